@@ -1,1 +1,48 @@
-fn main() {}
+//! `larder`: the one binary. It parses flags, hands each subcommand its own
+//! module, and turns the outcome into an exit code. All real work lives in the
+//! library crates (`larder-server`, `larder-control`, `larder-runtime`, `larder-lard`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod control;
+mod ctl;
+mod dispatch;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "larder", version, about = "Thread-per-core cluster web server (LARD, resource containers, single-copy caching)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a directory over HTTP/1.1 on the selected cores.
+    Serve(serve::ServeArgs),
+    /// Run a standalone control plane for a cluster.
+    Control(control::ControlArgs),
+    /// Query and steer a control plane.
+    Ctl(ctl::CtlArgs),
+    /// Run a content-aware front-end dispatcher.
+    Dispatch(dispatch::DispatchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Control(args) => control::run(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Dispatch(args) => dispatch::run(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("larder: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
