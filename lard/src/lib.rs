@@ -1,1 +1,331 @@
-//! (being built)
+//! (being built) Request-distribution policies; see the API below.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A member of the pool a policy distributes over: a shard of a node, or a node of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub u32);
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server-{}", self.0)
+    }
+}
+
+/// A target (a request path) as a 64-bit hash. See [`TargetId::from_path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetId(pub u64);
+
+impl TargetId {
+    /// FNV-1a 64 of the path's bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+    /// Fixed across processes and releases: every node and the control plane compute the same id.
+    /// The bytes are hashed exactly as given (no normalisation of case, query or `%`-escapes).
+    pub fn from_path(path: &str) -> TargetId {
+        const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = OFFSET_BASIS;
+        for byte in path.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        TargetId(hash)
+    }
+}
+
+/// Number of fallbacks a [`Decision`] carries.
+pub const FALLBACKS_MAX: usize = 2;
+
+/// The answer of [`Policy::select`]: the chosen server and, best effort, distinct live alternatives in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub server: ServerId,
+    pub fallbacks: [Option<ServerId>; FALLBACKS_MAX],
+}
+
+/// What [`Policy::members`] reports about one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub server: ServerId,
+    pub weight: u32,
+    pub draining: bool,
+    /// Requests in flight counted by the policy (`on_start` − `on_finish`) plus `external_load`.
+    pub load: u32,
+    /// Load last reported with [`Policy::set_external_load`].
+    pub external_load: u32,
+}
+
+/// What [`Policy::targets`] reports about one target of a LARD or LARD/R table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetView {
+    pub target: TargetId,
+    /// The target's server (LARD) or server set (LARD/R); never empty.
+    pub servers: Vec<ServerId>,
+    /// Time of the last change of `servers`.
+    pub last_change_ms: u64,
+    /// Time of the last `select` of this target.
+    pub last_use_ms: u64,
+    /// Number of `select` calls for this target since it entered the table.
+    pub requests: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("no live server: every member is draining or the membership is empty")]
+    NoLiveServer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("{0} is not a member")]
+    UnknownServer(ServerId),
+    #[error("{0} is already a member")]
+    DuplicateServer(ServerId),
+    #[error("weight {weight} of {server} is outside 1..={WEIGHT_MAX}")]
+    InvalidWeight { server: ServerId, weight: u32 },
+    #[error("membership is full: at most {SERVERS_MAX} servers")]
+    TooManyServers,
+    #[error(
+        "the hash ring would exceed {RING_POINTS_MAX} points (vnodes_per_server x weight summed)"
+    )]
+    RingFull,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {field} = {value}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("unknown policy {name:?}; valid names: wrr, lc, ch, ch-bl, lard, lard-r")]
+    UnknownPolicy { name: String },
+}
+
+/// Most members a policy holds (shards of a node or nodes of a cluster).
+pub const SERVERS_MAX: usize = 1024;
+/// Largest weight of one member.
+pub const WEIGHT_MAX: u32 = 256;
+/// Most points on a consistent-hash ring (16 bytes each: 16 MiB).
+pub const RING_POINTS_MAX: usize = 1 << 20;
+/// Largest `vnodes_per_server`.
+pub const VNODES_PER_SERVER_MAX: u32 = 1024;
+/// Largest `targets_max` a configuration may ask for (about 100 bytes a target: 1.6 GiB).
+pub const TARGETS_MAX_LIMIT: usize = 1 << 24;
+
+/// One policy instance. Pure: time (`now_ms`) and randomness (`random`) are arguments.
+pub trait Policy: Send {
+    fn name(&self) -> &'static str;
+    /// Choose a server for `target`. `random` is a caller-supplied random u64 (the caller owns the seeded RNG).
+    fn select(
+        &mut self,
+        target: TargetId,
+        now_ms: u64,
+        random: u64,
+    ) -> Result<Decision, SelectError>;
+    /// The caller dispatched a request for `target` to `server` (load += 1).
+    fn on_start(&mut self, server: ServerId, target: TargetId, now_ms: u64);
+    /// A request for `target` on `server` finished (load -= 1, saturating).
+    fn on_finish(&mut self, server: ServerId, target: TargetId, now_ms: u64);
+    fn add_server(&mut self, server: ServerId, weight: u32) -> Result<(), MembershipError>;
+    fn remove_server(&mut self, server: ServerId) -> Result<(), MembershipError>;
+    fn set_draining(&mut self, server: ServerId, draining: bool) -> Result<(), MembershipError>;
+    fn set_weight(&mut self, server: ServerId, weight: u32) -> Result<(), MembershipError>;
+    /// Load reported from elsewhere (e.g. the control plane), added to the policy's own count.
+    fn set_external_load(&mut self, server: ServerId, load: u32) -> Result<(), MembershipError>;
+    /// Own count + external load, `None` for a non-member.
+    fn load(&self, server: ServerId) -> Option<u32>;
+    /// Members in ascending id order.
+    fn members(&self) -> Vec<MemberView>;
+    /// The `limit` hottest targets (most requests first) and their server sets; empty for stateless policies.
+    fn targets(&self, limit: usize) -> Vec<TargetView> {
+        let _ = limit;
+        Vec::new()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Wrr,
+    LeastConnections,
+    ConsistentHash,
+    ConsistentHashBoundedLoad,
+    Lard,
+    LardR,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 6] = [
+        PolicyKind::Wrr,
+        PolicyKind::LeastConnections,
+        PolicyKind::ConsistentHash,
+        PolicyKind::ConsistentHashBoundedLoad,
+        PolicyKind::Lard,
+        PolicyKind::LardR,
+    ];
+
+    /// The short name used on command lines: "wrr", "lc", "ch", "ch-bl", "lard", "lard-r".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Wrr => "wrr",
+            PolicyKind::LeastConnections => "lc",
+            PolicyKind::ConsistentHash => "ch",
+            PolicyKind::ConsistentHashBoundedLoad => "ch-bl",
+            PolicyKind::Lard => "lard",
+            PolicyKind::LardR => "lard-r",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = ConfigError;
+    fn from_str(name: &str) -> Result<PolicyKind, ConfigError> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| ConfigError::UnknownPolicy {
+                name: name.to_string(),
+            })
+    }
+}
+
+/// LARD thresholds (paper defaults: T_low 25, T_high 65 requests in flight, K 20 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LardParams {
+    pub t_low: u32,
+    pub t_high: u32,
+    pub k_ms: u64,
+}
+
+impl Default for LardParams {
+    fn default() -> LardParams {
+        LardParams {
+            t_low: 25,
+            t_high: 65,
+            k_ms: 20_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyConfig {
+    pub kind: PolicyKind,
+    pub lard: LardParams,
+    /// c of bounded-load hashing: no server above ⌈c·average load⌉; at least 1.
+    pub balance_factor: f64,
+    pub vnodes_per_server: u32,
+    /// Capacity of the LARD / LARD/R target table.
+    pub targets_max: usize,
+    /// A target not selected for this long is dropped from the table.
+    pub target_idle_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> PolicyConfig {
+        PolicyConfig {
+            kind: PolicyKind::Lard,
+            lard: LardParams::default(),
+            balance_factor: 1.25,
+            vnodes_per_server: 160,
+            targets_max: 1_000_000,
+            target_idle_ms: 600_000,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn new(kind: PolicyKind) -> PolicyConfig {
+        PolicyConfig {
+            kind,
+            ..PolicyConfig::default()
+        }
+    }
+
+    /// Check every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(
+            field: &'static str,
+            value: impl fmt::Display,
+            reason: &'static str,
+        ) -> ConfigError {
+            ConfigError::Invalid {
+                field,
+                value: value.to_string(),
+                reason,
+            }
+        }
+        let lard = &self.lard;
+        if lard.t_low == 0 {
+            return Err(invalid("lard.t_low", lard.t_low, "must be at least 1"));
+        }
+        if lard.t_low >= lard.t_high {
+            return Err(invalid(
+                "lard.t_low",
+                lard.t_low,
+                "must be below lard.t_high",
+            ));
+        }
+        if lard.t_high > u32::MAX / 2 {
+            return Err(invalid(
+                "lard.t_high",
+                lard.t_high,
+                "2 x t_high must fit in u32",
+            ));
+        }
+        if lard.k_ms == 0 {
+            return Err(invalid("lard.k_ms", lard.k_ms, "must be at least 1 ms"));
+        }
+        if !(self.balance_factor.is_finite() && self.balance_factor >= 1.0) {
+            return Err(invalid(
+                "balance_factor",
+                self.balance_factor,
+                "must be a finite number >= 1",
+            ));
+        }
+        if self.vnodes_per_server == 0 || self.vnodes_per_server > VNODES_PER_SERVER_MAX {
+            return Err(invalid(
+                "vnodes_per_server",
+                self.vnodes_per_server,
+                "must be in 1..=1024",
+            ));
+        }
+        if self.targets_max == 0 || self.targets_max > TARGETS_MAX_LIMIT {
+            return Err(invalid(
+                "targets_max",
+                self.targets_max,
+                "must be in 1..=16777216",
+            ));
+        }
+        if self.target_idle_ms == 0 {
+            return Err(invalid(
+                "target_idle_ms",
+                self.target_idle_ms,
+                "must be at least 1 ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The front-end admission bound of the LARD paper: at most `(n−1)·T_high + T_low − 1` requests outstanding
+/// over `servers` back-ends.
+pub fn admission_bound(servers: u32, params: &LardParams) -> u32 {
+    servers
+        .saturating_sub(1)
+        .saturating_mul(params.t_high)
+        .saturating_add(params.t_low)
+        .saturating_sub(1)
+}
+
+/// Validate `config` and build its policy with no members.
+pub fn build(config: &PolicyConfig) -> Result<Box<dyn Policy>, ConfigError> {
+    config.validate()?;
+    todo!()
+}
