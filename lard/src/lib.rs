@@ -1,7 +1,57 @@
-//! (being built) Request-distribution policies; see the API below.
+//! Pure request-distribution policies: which member serves a request. One library for both levels of
+//! Larder: the shards of a node and the nodes of a cluster.
+//!
+//! # Model
+//! A [`Policy`] holds the members ([`ServerId`], weight, drain flag, load) and answers [`Policy::select`] for a
+//! target ([`TargetId`], a fixed FNV-1a hash of the path) with a [`Decision`]: one server and up to
+//! [`FALLBACKS_MAX`] distinct live alternatives. The caller reports `on_start` / `on_finish` of each request it
+//! dispatched; load = own count + [`Policy::set_external_load`]. The crate is pure: no I/O, no clock, no RNG,
+//! no global state. Time (`now_ms`) and randomness (`random`, from the caller's seeded RNG) are arguments, so
+//! the same call sequence gives the same decisions on every machine.
+//!
+//! | name | policy | state | decision cost |
+//! |---|---|---|---|
+//! | `wrr` | smooth weighted round robin (nginx) | current weights | O(n) |
+//! | `lc` | least connections, load / weight | — | O(n) |
+//! | `ch` | consistent hashing, `vnodes_per_server` × weight points | ring | O(log P) |
+//! | `ch-bl` | consistent hashing with bounded loads, factor c | ring | O(log P) + walk |
+//! | `lard` | LARD (ASPLOS '98): target → server | target table | O(log n), O(n) when overloaded |
+//! | `lard-r` | LARD/R: target → server set, K-ms shrink | target table | O(k log n), O(n) when overloaded |
+//!
+//! # Invariants (tested by the contract suite in `tests/contract.rs` over every policy)
+//! - `select` returns a live (non-draining) member, or [`SelectError::NoLiveServer`] when there is none.
+//! - A draining member gets no new requests; its load still drops as its requests finish. Removing a member
+//!   reassigns only the targets it held (LARD, LARD/R: lazily, at their next `select`; hashing: its points).
+//! - Loads return to zero when every `on_start` is matched by an `on_finish`.
+//! - LARD/R sets are never empty after `select` and never larger than the live membership.
+//! - Bounded-load hashing never places a request on a member above ⌈c · average load⌉ (equal weights).
+//!
+//! # Limits
+//! | limit | value | why |
+//! |---|---|---|
+//! | [`SERVERS_MAX`] | 1024 members | least-loaded scans are O(n); 1024 × ~1 ns fits a µs budget |
+//! | [`WEIGHT_MAX`] | 256 | ring points = vnodes × weight |
+//! | [`RING_POINTS_MAX`] | 2^20 points (16 MiB) | bounded ring memory and rebuild time |
+//! | [`VNODES_PER_SERVER_MAX`] | 1024 | same |
+//! | `targets_max` | default 10^6, at most [`TARGETS_MAX_LIMIT`] = 2^24 | ~100 B a target: 100 MB at the default |
+//! | `target_idle_ms` | default 600 000 | cold targets age out, [`EXPIRE_PER_TOUCH`] per select |
+//! | [`FALLBACK_WALK_MAX`] | 32 ring points | bounded search for hashing fallbacks |
 
 use std::fmt;
 use std::str::FromStr;
+
+mod lard;
+mod least_connections;
+mod members;
+mod pool;
+mod ring;
+mod table;
+mod wrr;
+
+pub use ring::{bounded_load_capacity, FALLBACK_WALK_MAX};
+pub use table::EXPIRE_PER_TOUCH;
+
+use pool::Pool;
 
 /// A member of the pool a policy distributes over: a shard of a node, or a node of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,6 +192,10 @@ pub trait Policy: Send {
     fn targets(&self, limit: usize) -> Vec<TargetView> {
         let _ = limit;
         Vec::new()
+    }
+    /// Number of targets in the table (LARD, LARD/R); 0 for stateless policies.
+    fn targets_len(&self) -> usize {
+        0
     }
 }
 
@@ -327,5 +381,22 @@ pub fn admission_bound(servers: u32, params: &LardParams) -> u32 {
 /// Validate `config` and build its policy with no members.
 pub fn build(config: &PolicyConfig) -> Result<Box<dyn Policy>, ConfigError> {
     config.validate()?;
-    todo!()
+    let policy: Box<dyn Policy> = match config.kind {
+        PolicyKind::Wrr => Box::new(Pool::new(wrr::Wrr::default())),
+        PolicyKind::LeastConnections => Box::new(Pool::new(least_connections::LeastConnections)),
+        PolicyKind::ConsistentHash => {
+            Box::new(Pool::new(ring::Ring::new(config.vnodes_per_server, None)))
+        }
+        PolicyKind::ConsistentHashBoundedLoad => Box::new(Pool::new(ring::Ring::new(
+            config.vnodes_per_server,
+            Some(config.balance_factor),
+        ))),
+        PolicyKind::Lard | PolicyKind::LardR => Box::new(Pool::new(lard::Lard::new(
+            config.lard,
+            config.kind == PolicyKind::LardR,
+            config.targets_max,
+            config.target_idle_ms,
+        ))),
+    };
+    Ok(policy)
 }
