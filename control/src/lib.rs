@@ -1,1 +1,39 @@
-//! (being built)
+//! The Larder control plane: a tonic gRPC server that aggregates per-shard load
+//! from nodes and steers how they distribute requests, and the node-side agent
+//! that talks to it.
+//!
+//! # What it owns
+//! - [`state`]: the cluster state in domain types (node registry, latest load per
+//!   shard, down detection, policy, weights, drain flags, containers, steering
+//!   version). Pure: time is an argument.
+//! - [`convert`]: protobuf ↔ domain conversions; prost types stop here.
+//! - [`auth`]: bearer token / loopback-only rules for mutations.
+//! - [`server`]: [`ControlPlane::spawn`] runs `larder.v1.Control`,
+//!   `larder.v1.NodeService`, server reflection v1 + v1alpha and
+//!   `grpc.health.v1.Health` on its own thread and tokio runtime.
+//! - [`agent`]: [`NodeAgent::spawn`] registers a node, streams its load and applies
+//!   steering through [`NodeHooks`], on its own thread and tokio runtime.
+//!
+//! # Why this shape
+//! The data plane runs one pinned thread per core with its own I/O runtime; tokio
+//! must never run there. So both halves here own a thread with a current-thread
+//! tokio runtime (one core at most) and meet the data plane only through
+//! [`NodeHooks`], which the server implements with its bounded channels into shards.
+//!
+//! Limits are listed in [`state`] (tables), [`server`] (streams, intervals) and
+//! [`agent`] (report queue, backoff).
+
+pub mod agent;
+pub mod auth;
+pub mod convert;
+pub mod server;
+pub mod state;
+
+pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
+pub use server::{
+    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,
+};
+pub use state::{
+    Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,
+    ShardId, ShardLoad, Steering, TargetLoad,
+};

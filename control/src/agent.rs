@@ -1,0 +1,394 @@
+//! The node side of the control plane: [`NodeAgent`] registers a node, streams
+//! its load and applies steering through [`NodeHooks`], which the server
+//! (`larder serve`) implements. It runs on its own thread with a current-thread
+//! tokio runtime, so the data-plane shards never run tokio.
+//!
+//! # One session
+//! 1. Connect (at most [`CONNECT_TIMEOUT`]) and `Register`; apply the steering in
+//!    the answer if it is new; learn the report interval.
+//! 2. Open `WatchSteering` and the `ReportLoad` client stream.
+//! 3. Every report interval call [`NodeHooks::load_report`] and queue the report
+//!    (at most [`REPORT_QUEUE_MAX`] waiting; when full the report is dropped and
+//!    counted, the next one carries fresher numbers anyway). Apply every steering
+//!    whose `(epoch, version)` differs from the last applied one: a new epoch (a
+//!    restarted control plane) always wins, within an epoch only a higher version.
+//! 4. Any error ends the session.
+//!
+//! # Between sessions (fail static)
+//! Nothing is applied: the node keeps serving with its last settings. The agent
+//! waits `backoff` (starting at [`AgentConfig::backoff_initial`], doubling up to
+//! [`AgentConfig::backoff_max`]; reset by every successful registration) and
+//! starts a new session, which registers again.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use larder_proto::v1 as pb;
+use larder_proto::v1::node_service_client::NodeServiceClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::convert;
+use crate::server::stop_requested;
+use crate::state::{Container, LoadReport, NodeId, NodeInfo, ShardLoad, Steering, TargetLoad};
+
+/// Reports waiting to be sent before new ones are dropped.
+pub const REPORT_QUEUE_MAX: usize = 8;
+/// Longest wait for a TCP connection to the control plane.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default first reconnect delay.
+pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Default longest reconnect delay.
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(5);
+
+/// One node's load at one instant, as the server measures it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeLoad {
+    pub shards: Vec<ShardLoad>,
+    pub hot_targets: Vec<TargetLoad>,
+}
+
+/// What the server implements for the agent. Called on the agent's thread only,
+/// never concurrently; implementations hand work to the shards through their own
+/// bounded channels and must not block for long.
+pub trait NodeHooks: Send + 'static {
+    /// The node's current load (called once per report interval).
+    fn load_report(&mut self) -> NodeLoad;
+    /// Apply new settings (called once per new steering, in order).
+    fn apply(&mut self, steering: &Steering);
+    /// The session with the control plane started (`true`) or ended (`false`).
+    fn connection_changed(&mut self, connected: bool) {
+        let _ = connected;
+    }
+}
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub control_addr: SocketAddr,
+    pub node: NodeInfo,
+    /// Containers configured on the node (added to the cluster's set if unknown).
+    pub containers: Vec<Container>,
+    /// Bearer token for the control plane, if it has one.
+    pub token: Option<String>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(control_addr: SocketAddr, node: NodeInfo) -> AgentConfig {
+        AgentConfig {
+            control_addr,
+            node,
+            containers: Vec::new(),
+            token: None,
+            backoff_initial: BACKOFF_INITIAL_DEFAULT,
+            backoff_max: BACKOFF_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Counters of an agent (read them with [`NodeAgent::stats`]).
+#[derive(Debug, Default)]
+struct Counters {
+    connected: AtomicBool,
+    registrations: AtomicU64,
+    reports_sent: AtomicU64,
+    reports_dropped: AtomicU64,
+    steerings_applied: AtomicU64,
+    sessions_failed: AtomicU64,
+}
+
+/// A snapshot of an agent's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    pub connected: bool,
+    pub registrations: u64,
+    pub reports_sent: u64,
+    pub reports_dropped: u64,
+    pub steerings_applied: u64,
+    pub sessions_failed: u64,
+}
+
+/// Why an agent did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot start the agent thread or runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("invalid token: {0}")]
+    Token(String),
+}
+
+/// A running agent; [`NodeAgent::shutdown`] stops it (dropping it does too).
+#[derive(Debug)]
+pub struct NodeAgent {
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NodeAgent {
+    /// Starts an agent with default backoff and no token.
+    pub fn spawn(
+        control_addr: SocketAddr,
+        node: NodeInfo,
+        hooks: impl NodeHooks,
+    ) -> Result<NodeAgent, AgentError> {
+        NodeAgent::spawn_with(AgentConfig::new(control_addr, node), hooks)
+    }
+
+    /// Starts an agent.
+    pub fn spawn_with(config: AgentConfig, hooks: impl NodeHooks) -> Result<NodeAgent, AgentError> {
+        let authorization = match &config.token {
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|error| AgentError::Token(error.to_string()))?,
+            ),
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AgentError::Runtime)?;
+        let counters = Arc::new(Counters::default());
+        let (stop, stopped) = watch::channel(false);
+        let agent = Agent {
+            config,
+            authorization,
+            hooks,
+            counters: Arc::clone(&counters),
+            stopped,
+            applied: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("larder-agent".to_string())
+            .spawn(move || runtime.block_on(agent.run()))
+            .map_err(AgentError::Runtime)?;
+        Ok(NodeAgent {
+            counters,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stats(&self) -> AgentStats {
+        let c = &self.counters;
+        AgentStats {
+            connected: c.connected.load(Ordering::Relaxed),
+            registrations: c.registrations.load(Ordering::Relaxed),
+            reports_sent: c.reports_sent.load(Ordering::Relaxed),
+            reports_dropped: c.reports_dropped.load(Ordering::Relaxed),
+            steerings_applied: c.steerings_applied.load(Ordering::Relaxed),
+            sessions_failed: c.sessions_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the agent and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            // A panic in the hooks is the server's bug; it already printed.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Failed { registered: bool, error: Status },
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Debug)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+struct Agent<H> {
+    config: AgentConfig,
+    authorization: Option<MetadataValue<Ascii>>,
+    hooks: H,
+    counters: Arc<Counters>,
+    stopped: watch::Receiver<bool>,
+    /// `(epoch, version)` of the last steering applied.
+    applied: Option<(u64, u64)>,
+}
+
+impl<H: NodeHooks> Agent<H> {
+    async fn run(mut self) {
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            match self.session().await {
+                SessionEnd::Stopped => break,
+                SessionEnd::Failed { registered, error } => {
+                    self.counters
+                        .sessions_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self.counters.connected.swap(false, Ordering::Relaxed) {
+                        self.hooks.connection_changed(false);
+                    }
+                    tracing::debug!(code = ?error.code(), message = error.message(), "control session ended");
+                    if registered {
+                        backoff = self.config.backoff_initial;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop_requested(&mut self.stopped) => break,
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+        if self.counters.connected.swap(false, Ordering::Relaxed) {
+            self.hooks.connection_changed(false);
+        }
+    }
+
+    fn apply(&mut self, steering: pb::Steering) {
+        let key = (steering.epoch, steering.version);
+        let newer = match self.applied {
+            None => true,
+            Some((epoch, version)) => epoch != key.0 || version < key.1,
+        };
+        if newer {
+            self.applied = Some(key);
+            self.hooks.apply(&convert::steering(steering));
+            self.counters
+                .steerings_applied
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn connect(
+        control_addr: SocketAddr,
+        authorization: Option<MetadataValue<Ascii>>,
+    ) -> Result<Client, Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{control_addr}"))
+            .map_err(|error| Status::invalid_argument(error.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        Ok(NodeServiceClient::with_interceptor(
+            channel,
+            Bearer(authorization),
+        ))
+    }
+
+    async fn session(&mut self) -> SessionEnd {
+        let failed = |registered, error| SessionEnd::Failed { registered, error };
+        let mut client = tokio::select! {
+            client = Self::connect(self.config.control_addr, self.authorization.clone()) => match client {
+                Ok(client) => client,
+                Err(error) => return failed(false, error),
+            },
+            () = stop_requested(&mut self.stopped) => return SessionEnd::Stopped,
+        };
+        let register = pb::RegisterRequest {
+            node: Some(convert::node_info_to_pb(&self.config.node)),
+            containers: self
+                .config
+                .containers
+                .iter()
+                .map(convert::container_to_pb)
+                .collect(),
+        };
+        let registered = match client.register(register).await {
+            Ok(response) => response.into_inner(),
+            Err(error) => return failed(false, error),
+        };
+        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+        self.counters.connected.store(true, Ordering::Relaxed);
+        self.hooks.connection_changed(true);
+        if let Some(steering) = registered.steering {
+            self.apply(steering);
+        }
+        let interval = Duration::from_millis(registered.report_interval_ms.max(1));
+        let node_id = self.config.node.node_id.clone();
+        let mut steering = match client
+            .watch_steering(pb::WatchSteeringRequest {
+                node_id: node_id.0.clone(),
+            })
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(error) => return failed(true, error),
+        };
+        let (reports, queue) = mpsc::channel(REPORT_QUEUE_MAX);
+        let mut report_client = client.clone();
+        let report_call = report_client.report_load(ReceiverStream::new(queue));
+        tokio::pin!(report_call);
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sequence = 0;
+        loop {
+            tokio::select! {
+                () = stop_requested(&mut self.stopped) => return SessionEnd::Stopped,
+                message = steering.message() => match message {
+                    Ok(Some(message)) => self.apply(message),
+                    Ok(None) => return failed(true, Status::unavailable("steering stream ended")),
+                    Err(error) => return failed(true, error),
+                },
+                _ = ticks.tick() => {
+                    sequence += 1;
+                    let load = self.hooks.load_report();
+                    let report = convert::load_report_to_pb(&LoadReport {
+                        node_id: NodeId(node_id.0.clone()),
+                        sequence,
+                        shards: load.shards,
+                        hot_targets: load.hot_targets,
+                    });
+                    match reports.try_send(report) {
+                        Ok(()) => {
+                            self.counters.reports_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.counters.reports_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return failed(true, Status::unavailable("report stream closed"));
+                        }
+                    }
+                }
+                outcome = &mut report_call => {
+                    let error = match outcome {
+                        Ok(_) => Status::unavailable("report stream ended"),
+                        Err(error) => error,
+                    };
+                    return failed(true, error);
+                }
+            }
+        }
+    }
+}
