@@ -31,7 +31,7 @@
 //! |---|---|---|
 //! | [`SERVERS_MAX`] | 1024 members | least-loaded scans are O(n); 1024 × ~1 ns fits a µs budget |
 //! | [`WEIGHT_MAX`] | 256 | ring points = vnodes × weight |
-//! | [`RING_POINTS_MAX`] | 2^20 points (16 MiB) | bounded ring memory and rebuild time |
+//! | [`RING_POINTS_MAX`] | 2^20 points (12 MiB) | bounded ring memory and rebuild time |
 //! | [`VNODES_PER_SERVER_MAX`] | 1024 | same |
 //! | `targets_max` | default 10^6, at most [`TARGETS_MAX_LIMIT`] = 2^24 | ~100 B a target: 100 MB at the default |
 //! | `target_idle_ms` | default 600 000 | cold targets age out, [`EXPIRE_PER_TOUCH`] per select |
@@ -157,7 +157,7 @@ pub enum ConfigError {
 pub const SERVERS_MAX: usize = 1024;
 /// Largest weight of one member.
 pub const WEIGHT_MAX: u32 = 256;
-/// Most points on a consistent-hash ring (16 bytes each: 16 MiB).
+/// Most points on a consistent-hash ring (12 bytes each: 12 MiB).
 pub const RING_POINTS_MAX: usize = 1 << 20;
 /// Largest `vnodes_per_server`.
 pub const VNODES_PER_SERVER_MAX: u32 = 1024;
@@ -399,4 +399,112 @@ pub fn build(config: &PolicyConfig) -> Result<Box<dyn Policy>, ConfigError> {
         ))),
     };
     Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_id_is_fnv_1a_64() {
+        // Reference vectors of the FNV-1a 64 specification.
+        assert_eq!(TargetId::from_path(""), TargetId(0xcbf2_9ce4_8422_2325));
+        assert_eq!(TargetId::from_path("a"), TargetId(0xaf63_dc4c_8601_ec8c));
+        assert_eq!(
+            TargetId::from_path("foobar"),
+            TargetId(0x8594_4171_f739_67e8)
+        );
+    }
+
+    #[test]
+    fn admission_bound_matches_the_paper() {
+        // (n − 1)·T_high + T_low − 1 with T_low 25, T_high 65.
+        assert_eq!(admission_bound(8, &LardParams::default()), 7 * 65 + 25 - 1);
+        assert_eq!(admission_bound(1, &LardParams::default()), 24);
+        assert_eq!(admission_bound(0, &LardParams::default()), 24);
+    }
+
+    #[test]
+    fn policy_names_parse_and_unknown_names_list_the_valid_ones() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(kind.as_str().parse::<PolicyKind>(), Ok(kind));
+        }
+        let error = "lrad".parse::<PolicyKind>().expect_err("unknown");
+        assert_eq!(
+            error.to_string(),
+            "unknown policy \"lrad\"; valid names: wrr, lc, ch, ch-bl, lard, lard-r"
+        );
+    }
+
+    #[test]
+    fn validate_names_the_invalid_field() {
+        let field_of = |config: PolicyConfig| match config.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        let base = PolicyConfig::default();
+        assert_eq!(base.validate(), Ok(()));
+        let lard = LardParams {
+            t_low: 65,
+            ..LardParams::default()
+        };
+        assert_eq!(
+            field_of(PolicyConfig {
+                lard,
+                ..base.clone()
+            }),
+            "lard.t_low"
+        );
+        let lard = LardParams {
+            k_ms: 0,
+            ..LardParams::default()
+        };
+        assert_eq!(
+            field_of(PolicyConfig {
+                lard,
+                ..base.clone()
+            }),
+            "lard.k_ms"
+        );
+        assert_eq!(
+            field_of(PolicyConfig {
+                balance_factor: 0.99,
+                ..base.clone()
+            }),
+            "balance_factor"
+        );
+        assert_eq!(
+            field_of(PolicyConfig {
+                balance_factor: f64::NAN,
+                ..base.clone()
+            }),
+            "balance_factor"
+        );
+        assert_eq!(
+            field_of(PolicyConfig {
+                vnodes_per_server: 0,
+                ..base.clone()
+            }),
+            "vnodes_per_server"
+        );
+        assert_eq!(
+            field_of(PolicyConfig {
+                targets_max: 0,
+                ..base.clone()
+            }),
+            "targets_max"
+        );
+        assert_eq!(
+            field_of(PolicyConfig {
+                target_idle_ms: 0,
+                ..base.clone()
+            }),
+            "target_idle_ms"
+        );
+        assert!(build(&PolicyConfig {
+            targets_max: 0,
+            ..base
+        })
+        .is_err());
+    }
 }

@@ -260,20 +260,19 @@ impl Members {
     /// A request started on `id`; ignored for a non-member (removed while its request was in flight).
     #[inline]
     pub(crate) fn start(&mut self, id: ServerId) {
-        if let Some(index) = self.index(id) {
-            self.update_load(index, |member| {
-                member.own_load = member.own_load.saturating_add(1)
-            });
-        }
+        self.update_own_load(id, |load| load.saturating_add(1));
     }
 
     /// A request finished on `id`; saturating at zero, ignored for a non-member.
     #[inline]
     pub(crate) fn finish(&mut self, id: ServerId) {
+        self.update_own_load(id, |load| load.saturating_sub(1));
+    }
+
+    #[inline]
+    fn update_own_load(&mut self, id: ServerId, update: impl FnOnce(u32) -> u32) {
         if let Some(index) = self.index(id) {
-            self.update_load(index, |member| {
-                member.own_load = member.own_load.saturating_sub(1)
-            });
+            self.update_load(index, |member| member.own_load = update(member.own_load));
         }
     }
 
