@@ -109,7 +109,8 @@ pub struct MemberView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetView {
     pub target: TargetId,
-    /// The target's server (LARD) or server set (LARD/R); never empty.
+    /// The target's server (LARD) or server set (LARD/R), current members only: empty when they all left
+    /// (the target is reassigned at its next `select`).
     pub servers: Vec<ServerId>,
     /// Time of the last change of `servers`.
     pub last_change_ms: u64,

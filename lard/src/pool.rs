@@ -132,8 +132,14 @@ impl<S: Strategy> Policy for Pool<S> {
         self.members.views()
     }
 
+    /// Sets are pruned lazily at `select`; views show only current members.
     fn targets(&self, limit: usize) -> Vec<TargetView> {
-        self.strategy.targets(limit)
+        let mut views = self.strategy.targets(limit);
+        for view in &mut views {
+            view.servers
+                .retain(|server| self.members.get(*server).is_some());
+        }
+        views
     }
 
     fn targets_len(&self) -> usize {

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{draw, letter, loads, policy, policy_with};
-use larder_lard::{LardParams, Policy, PolicyConfig, PolicyKind, ServerId, TargetId};
+use common::{draw, lard_policy, letter, loads, policy, policy_with};
+use larder_lard::{Policy, PolicyConfig, PolicyKind, ServerId, TargetId};
 
 #[test]
 fn wrr_smooth_weights_5_1_1() {
@@ -139,13 +139,7 @@ fn bounded_load_hashing_with_c_2_lets_the_home_run_ahead() {
 }
 
 fn small_lard(kind: PolicyKind) -> Box<dyn Policy> {
-    let mut config = PolicyConfig::new(kind);
-    config.lard = LardParams {
-        t_low: 2,
-        t_high: 4,
-        k_ms: 100,
-    };
-    policy_with(&config, &[1, 1])
+    lard_policy(kind, (2, 4, 100), &[1, 1])
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use larder_lard::{build, Policy, PolicyConfig, PolicyKind, ServerId, TargetId};
+use larder_lard::{build, LardParams, Policy, PolicyConfig, PolicyKind, ServerId, TargetId};
 
 /// A policy of `config` with members 0..weights.len() of the given weights.
 pub fn policy_with(config: &PolicyConfig, weights: &[u32]) -> Box<dyn Policy> {
@@ -16,6 +16,21 @@ pub fn policy_with(config: &PolicyConfig, weights: &[u32]) -> Box<dyn Policy> {
 
 pub fn policy(kind: PolicyKind, weights: &[u32]) -> Box<dyn Policy> {
     policy_with(&PolicyConfig::new(kind), weights)
+}
+
+/// A LARD-family (or any) policy with small thresholds `(t_low, t_high, k_ms)`.
+pub fn lard_policy(
+    kind: PolicyKind,
+    (t_low, t_high, k_ms): (u32, u32, u64),
+    weights: &[u32],
+) -> Box<dyn Policy> {
+    let mut config = PolicyConfig::new(kind);
+    config.lard = LardParams {
+        t_low,
+        t_high,
+        k_ms,
+    };
+    policy_with(&config, weights)
 }
 
 /// Member 0 is 'a', 1 is 'b', ...
