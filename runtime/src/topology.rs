@@ -1,1 +1,674 @@
-//! (being built by h1)
+//! Machine topology: packages, cores, hardware threads and NUMA nodes; shard selection and pinning.
+//!
+//! This module owns the answer to "which CPUs do shards run on". It reads the kernel's view from sysfs
+//! (`/sys/devices/system/cpu/cpuN/topology/{physical_package_id,core_id}`, `/sys/devices/system/node/nodeN/cpulist`)
+//! and intersects it with the process's allowed CPU set (`sched_getaffinity`), so a process started under
+//! `taskset` or a cgroup cpuset only ever sees — and pins to — the CPUs it may use. With the cargo feature
+//! `hwloc` the same [`Topology`] can be built through hwloc ([`Topology::discover_hwloc`]); the sysfs path needs
+//! no system library and is the default.
+//!
+//! Invariants of a [`Topology`]:
+//! - every hardware thread is in the allowed CPU set, listed once, sorted by [`CpuId`];
+//! - a core is identified by (package, core id); its first hardware thread is its lowest CPU number.
+//!
+//! Shard selection ([`ShardSelection`]): `all` = one shard per physical core, on the core's first hardware
+//! thread (hyperthread siblings share a core's caches and execution units, so a second shard there mostly
+//! competes with the first). `N` = the first N CPUs of the order "first thread of every core, then second
+//! threads, …". An explicit list (`0,1`, `0-3`, `0-1,6`) is taken as given after checking every CPU is allowed.
+//!
+//! Limits: at most [`CPUS_MAX`] CPU numbers (the kernel's `CPU_SETSIZE`, 1024); sysfs files read here are
+//! a few bytes each.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rustix::thread::CpuSet;
+
+/// Highest CPU number + 1 this module handles (the kernel's `CPU_SETSIZE`).
+pub const CPUS_MAX: usize = CpuSet::MAX_CPU;
+
+/// An operating-system CPU number (a hardware thread, "PU" in hwloc), as in `/sys/devices/system/cpu/cpuN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuId(pub u32);
+
+impl fmt::Display for CpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu{}", self.0)
+    }
+}
+
+/// A physical package (socket) number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PackageId(pub u32);
+
+/// A physical core: unique per (package, core id) — core ids repeat across packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CoreId {
+    pub package: PackageId,
+    pub core: u32,
+}
+
+/// A NUMA node number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NumaNodeId(pub u32);
+
+/// One hardware thread and where it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardwareThread {
+    pub cpu: CpuId,
+    pub core: CoreId,
+    /// `None` when the kernel exposes no NUMA information (non-NUMA builds) or the backend cannot tell.
+    pub numa_node: Option<NumaNodeId>,
+}
+
+/// Errors of topology discovery, selection and pinning.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("sched_getaffinity failed: {0}")]
+    Affinity(std::io::Error),
+    #[error("pinning the current thread to {cpu}: {source}")]
+    Pin { cpu: CpuId, source: std::io::Error },
+    #[error("no usable CPU: the allowed set and the online set do not intersect")]
+    NoCpus,
+    #[error("shard count {requested} is not in 1..={available} (allowed hardware threads)")]
+    CountOutOfRange { requested: usize, available: usize },
+    #[error("{cpu} is not an allowed online CPU (allowed: {allowed})")]
+    CpuNotAllowed { cpu: CpuId, allowed: String },
+    #[error("{cpu} is listed twice in the shard selection")]
+    DuplicateCpu { cpu: CpuId },
+    #[cfg(feature = "hwloc")]
+    #[error("hwloc: {0}")]
+    Hwloc(String),
+}
+
+/// Which CPUs run shards. Parsed from `all`, `N` (a count), or a CPU list `0,1` / `0-3` / `0-1,6`.
+///
+/// A lone number is a count; to name a single CPU write it as a range (`2-2`) or with a trailing comma (`2,`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ShardSelection {
+    /// One shard per physical core (the default).
+    #[default]
+    All,
+    /// The first `n` CPUs in core-spreading order (see the module docs).
+    Count(usize),
+    /// Exactly these CPUs, in this order (shard i runs on `list[i]`).
+    List(Vec<CpuId>),
+}
+
+/// A shard selection string that does not parse; `part` is the offending piece.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad shard selection {input:?}: part {part:?} {reason} (expected \"all\", a count like \"2\", or a CPU list like \"0,1\" or \"0-3\")")]
+pub struct ShardSelectionParseError {
+    pub input: String,
+    pub part: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for ShardSelection {
+    type Err = ShardSelectionParseError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let trimmed = input.trim();
+        let error = |part: &str, reason: &'static str| ShardSelectionParseError {
+            input: input.to_string(),
+            part: part.to_string(),
+            reason,
+        };
+        if trimmed.eq_ignore_ascii_case("all") {
+            return Ok(ShardSelection::All);
+        }
+        if trimmed.is_empty() {
+            return Err(error(trimmed, "is empty"));
+        }
+        if !trimmed.contains([',', '-']) {
+            let count: usize = trimmed
+                .parse()
+                .map_err(|_| error(trimmed, "is not a number"))?;
+            if count == 0 {
+                return Err(error(trimmed, "must be at least 1"));
+            }
+            return Ok(ShardSelection::Count(count));
+        }
+        let cpus = parse_cpu_list(trimmed).map_err(|(part, reason)| error(&part, reason))?;
+        let mut seen = BTreeSet::new();
+        for cpu in &cpus {
+            if !seen.insert(*cpu) {
+                return Err(error(&cpu.0.to_string(), "is listed twice"));
+            }
+        }
+        Ok(ShardSelection::List(cpus))
+    }
+}
+
+impl fmt::Display for ShardSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardSelection::All => write!(f, "all"),
+            ShardSelection::Count(n) => write!(f, "{n}"),
+            ShardSelection::List(cpus) => {
+                let parts: Vec<String> = cpus.iter().map(|c| c.0.to_string()).collect();
+                // A lone number would read back as a count: mark a one-CPU list with a trailing comma.
+                let trailer = if cpus.len() == 1 { "," } else { "" };
+                write!(f, "{}{trailer}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// Parses the kernel's CPU list format (`0-3,6,8-9`; empty parts are ignored, so `2,` is CPU 2).
+/// On error returns the offending part and why.
+fn parse_cpu_list(text: &str) -> Result<Vec<CpuId>, (String, &'static str)> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let number = |s: &str| -> Result<u32, (String, &'static str)> {
+            let n: u32 = s
+                .trim()
+                .parse()
+                .map_err(|_| (part.to_string(), "is not a CPU number or range"))?;
+            if n as usize >= CPUS_MAX {
+                return Err((part.to_string(), "is beyond the highest CPU number (1023)"));
+            }
+            Ok(n)
+        };
+        match part.split_once('-') {
+            None => cpus.push(CpuId(number(part)?)),
+            Some((low, high)) => {
+                let (low, high) = (number(low)?, number(high)?);
+                if low > high {
+                    return Err((part.to_string(), "is a range whose start exceeds its end"));
+                }
+                cpus.extend((low..=high).map(CpuId));
+            }
+        }
+    }
+    if cpus.is_empty() {
+        return Err((text.to_string(), "names no CPU"));
+    }
+    Ok(cpus)
+}
+
+/// The hardware threads this process may use, grouped into cores, packages and NUMA nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    threads: Vec<HardwareThread>,
+}
+
+impl Topology {
+    /// Builds a topology from hardware threads (sorted and deduplicated here).
+    pub fn from_threads(mut threads: Vec<HardwareThread>) -> Result<Self, TopologyError> {
+        threads.sort_by_key(|t| t.cpu);
+        threads.dedup_by_key(|t| t.cpu);
+        if threads.is_empty() {
+            return Err(TopologyError::NoCpus);
+        }
+        Ok(Topology { threads })
+    }
+
+    /// Discovers the topology from sysfs, restricted to the process's allowed CPUs.
+    pub fn discover() -> Result<Self, TopologyError> {
+        let allowed = allowed_cpus()?;
+        Self::discover_sysfs(Path::new("/sys/devices/system"), &allowed)
+    }
+
+    /// Discovers from a sysfs tree rooted at `root` (normally `/sys/devices/system`), keeping only `allowed`.
+    pub fn discover_sysfs(root: &Path, allowed: &BTreeSet<CpuId>) -> Result<Self, TopologyError> {
+        let online_path = root.join("cpu/online");
+        let online = parse_cpu_list(&read_trimmed(&online_path)?).map_err(|(part, reason)| {
+            TopologyError::Parse {
+                path: online_path.clone(),
+                reason: format!("{part:?} {reason}"),
+            }
+        })?;
+        let numa_of = numa_nodes_sysfs(root)?;
+        let mut threads = Vec::new();
+        for cpu in online.into_iter().filter(|c| allowed.contains(c)) {
+            let dir = root.join(format!("cpu/cpu{}/topology", cpu.0));
+            let package = read_number(&dir.join("physical_package_id"))?;
+            let core = read_number(&dir.join("core_id"))?;
+            threads.push(HardwareThread {
+                cpu,
+                core: CoreId {
+                    package: PackageId(package),
+                    core,
+                },
+                numa_node: numa_of.get(&cpu).copied(),
+            });
+        }
+        Self::from_threads(threads)
+    }
+
+    /// All usable hardware threads, sorted by CPU number.
+    pub fn hardware_threads(&self) -> &[HardwareThread] {
+        &self.threads
+    }
+
+    /// Number of distinct packages with a usable CPU.
+    pub fn package_count(&self) -> usize {
+        self.threads
+            .iter()
+            .map(|t| t.core.package)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// Number of distinct physical cores with a usable CPU.
+    pub fn core_count(&self) -> usize {
+        self.cores().len()
+    }
+
+    /// Number of distinct NUMA nodes with a usable CPU (0 when unknown).
+    pub fn numa_node_count(&self) -> usize {
+        self.threads
+            .iter()
+            .filter_map(|t| t.numa_node)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// Cores and their CPUs, lowest CPU first.
+    pub fn cores(&self) -> BTreeMap<CoreId, Vec<CpuId>> {
+        let mut cores: BTreeMap<CoreId, Vec<CpuId>> = BTreeMap::new();
+        for t in &self.threads {
+            cores.entry(t.core).or_default().push(t.cpu);
+        }
+        cores
+    }
+
+    /// CPUs in core-spreading order: the first thread of every core (by CPU number), then the second threads…
+    pub fn spreading_order(&self) -> Vec<CpuId> {
+        let mut by_core: Vec<Vec<CpuId>> = self.cores().into_values().collect();
+        by_core.sort_by_key(|cpus| cpus[0]);
+        let depth = by_core.iter().map(Vec::len).max().unwrap_or(0);
+        (0..depth)
+            .flat_map(|level| {
+                by_core
+                    .iter()
+                    .filter_map(move |cpus| cpus.get(level).copied())
+            })
+            .collect()
+    }
+
+    /// The CPUs that shards run on, shard i on element i.
+    pub fn select(&self, selection: &ShardSelection) -> Result<Vec<CpuId>, TopologyError> {
+        let order = self.spreading_order();
+        match selection {
+            ShardSelection::All => Ok(order[..self.core_count()].to_vec()),
+            ShardSelection::Count(n) => {
+                if *n == 0 || *n > order.len() {
+                    return Err(TopologyError::CountOutOfRange {
+                        requested: *n,
+                        available: order.len(),
+                    });
+                }
+                Ok(order[..*n].to_vec())
+            }
+            ShardSelection::List(cpus) => {
+                let mut seen = BTreeSet::new();
+                for cpu in cpus {
+                    if !self.threads.iter().any(|t| t.cpu == *cpu) {
+                        let allowed: Vec<String> =
+                            self.threads.iter().map(|t| t.cpu.0.to_string()).collect();
+                        return Err(TopologyError::CpuNotAllowed {
+                            cpu: *cpu,
+                            allowed: allowed.join(","),
+                        });
+                    }
+                    if !seen.insert(*cpu) {
+                        return Err(TopologyError::DuplicateCpu { cpu: *cpu });
+                    }
+                }
+                Ok(cpus.clone())
+            }
+        }
+    }
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`).
+pub fn allowed_cpus() -> Result<BTreeSet<CpuId>, TopologyError> {
+    let set =
+        rustix::thread::sched_getaffinity(None).map_err(|e| TopologyError::Affinity(e.into()))?;
+    Ok((0..CPUS_MAX)
+        .filter(|&i| set.is_set(i))
+        .map(|i| CpuId(i as u32))
+        .collect())
+}
+
+/// Pins the calling thread to exactly one CPU (`sched_setaffinity`).
+pub fn pin_current_thread(cpu: CpuId) -> Result<(), TopologyError> {
+    let mut set = CpuSet::new();
+    if cpu.0 as usize >= CPUS_MAX {
+        return Err(TopologyError::Pin {
+            cpu,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    set.set(cpu.0 as usize);
+    rustix::thread::sched_setaffinity(None, &set).map_err(|e| TopologyError::Pin {
+        cpu,
+        source: e.into(),
+    })
+}
+
+/// The CPU the calling thread is running on right now (`sched_getcpu`).
+pub fn current_cpu() -> CpuId {
+    CpuId(rustix::thread::sched_getcpu() as u32)
+}
+
+fn read_trimmed(path: &Path) -> Result<String, TopologyError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| TopologyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_number(path: &Path) -> Result<u32, TopologyError> {
+    let text = read_trimmed(path)?;
+    // Some kernels report -1 for an unknown package; treat it as package 0.
+    if text == "-1" {
+        return Ok(0);
+    }
+    text.parse().map_err(|_| TopologyError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("{text:?} is not a number"),
+    })
+}
+
+/// Maps CPU → NUMA node from `root/node/nodeN/cpulist`; empty when the kernel has no node directory.
+fn numa_nodes_sysfs(root: &Path) -> Result<BTreeMap<CpuId, NumaNodeId>, TopologyError> {
+    let mut map = BTreeMap::new();
+    let node_root = root.join("node");
+    let Ok(entries) = fs::read_dir(&node_root) else {
+        return Ok(map);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix("node")) else {
+            continue;
+        };
+        let Ok(node) = number.parse::<u32>() else {
+            continue;
+        };
+        let path = entry.path().join("cpulist");
+        let text = read_trimmed(&path)?;
+        if text.is_empty() {
+            continue; // a memory-only node
+        }
+        let cpus = parse_cpu_list(&text).map_err(|(part, reason)| TopologyError::Parse {
+            path: path.clone(),
+            reason: format!("{part:?} {reason}"),
+        })?;
+        for cpu in cpus {
+            map.insert(cpu, NumaNodeId(node));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(feature = "hwloc")]
+impl Topology {
+    /// Discovers the topology through hwloc, restricted to the process's allowed CPUs.
+    ///
+    /// Uses only `objects_with_type` for `Package`, `Core` and `PU` plus `cpuset()`/`os_index()`:
+    /// hwloc2 2.2.0 panics in `objects_with_type(NUMANode)` and segfaults in `TopologyObject::name()`
+    /// against hwloc 2.9. NUMA nodes therefore come from sysfs even on this path.
+    pub fn discover_hwloc() -> Result<Self, TopologyError> {
+        use hwloc2::{ObjectType, Topology as HwlocTopology};
+
+        let allowed = allowed_cpus()?;
+        let topology =
+            HwlocTopology::new().ok_or_else(|| TopologyError::Hwloc("init failed".into()))?;
+        let cpus_of = |object: &hwloc2::TopologyObject| -> Vec<u32> {
+            object
+                .cpuset()
+                .map(|set| set.into_iter().collect())
+                .unwrap_or_default()
+        };
+        let objects = |kind: ObjectType| {
+            topology
+                .objects_with_type(&kind)
+                .map_err(|e| TopologyError::Hwloc(format!("objects_with_type({kind:?}): {e:?}")))
+        };
+        let mut package_of = BTreeMap::new();
+        for package in objects(ObjectType::Package)? {
+            for cpu in cpus_of(package) {
+                package_of.insert(cpu, package.os_index());
+            }
+        }
+        let mut core_of = BTreeMap::new();
+        for core in objects(ObjectType::Core)? {
+            for cpu in cpus_of(core) {
+                core_of.insert(cpu, core.os_index());
+            }
+        }
+        let numa_of = numa_nodes_sysfs(Path::new("/sys/devices/system"))?;
+        let mut threads = Vec::new();
+        for pu in objects(ObjectType::PU)? {
+            let cpu = CpuId(pu.os_index());
+            if !allowed.contains(&cpu) {
+                continue;
+            }
+            threads.push(HardwareThread {
+                cpu,
+                core: CoreId {
+                    package: PackageId(package_of.get(&cpu.0).copied().unwrap_or(0)),
+                    core: core_of.get(&cpu.0).copied().unwrap_or(cpu.0),
+                },
+                numa_node: numa_of.get(&cpu).copied(),
+            });
+        }
+        Self::from_threads(threads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(cpu: u32, package: u32, core: u32) -> HardwareThread {
+        HardwareThread {
+            cpu: CpuId(cpu),
+            core: CoreId {
+                package: PackageId(package),
+                core,
+            },
+            numa_node: Some(NumaNodeId(package)),
+        }
+    }
+
+    /// 2 packages × 2 cores × 2 threads, Intel-style numbering: siblings are n and n+4.
+    fn two_socket() -> Topology {
+        Topology::from_threads(vec![
+            thread(0, 0, 0),
+            thread(1, 0, 1),
+            thread(2, 1, 0),
+            thread(3, 1, 1),
+            thread(4, 0, 0),
+            thread(5, 0, 1),
+            thread(6, 1, 0),
+            thread(7, 1, 1),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_selections() {
+        assert_eq!("all".parse(), Ok(ShardSelection::All));
+        assert_eq!(" ALL ".parse(), Ok(ShardSelection::All));
+        assert_eq!("2".parse(), Ok(ShardSelection::Count(2)));
+        assert_eq!(
+            "0,1".parse(),
+            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1)]))
+        );
+        assert_eq!(
+            "0-3".parse(),
+            Ok(ShardSelection::List((0..4).map(CpuId).collect()))
+        );
+        assert_eq!(
+            "0-1,6".parse(),
+            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1), CpuId(6)]))
+        );
+        assert_eq!("2,".parse(), Ok(ShardSelection::List(vec![CpuId(2)])));
+    }
+
+    #[test]
+    fn parse_errors_name_the_bad_part() {
+        let cases = [
+            ("", ""),
+            ("0", "0"),
+            ("two", "two"),
+            ("0,x", "x"),
+            ("3-1", "3-1"),
+            ("0-", "0-"),
+            ("0,1,0", "0"),
+            ("5000,", "5000"),
+        ];
+        for (input, part) in cases {
+            let error = input.parse::<ShardSelection>().unwrap_err();
+            assert_eq!(error.part, part, "input {input:?}: {error}");
+            assert!(error.to_string().contains(&format!("{part:?}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in ["all", "3", "0,2,", "4-5"] {
+            let selection: ShardSelection = text.parse().unwrap();
+            assert_eq!(selection.to_string().parse(), Ok(selection.clone()));
+        }
+    }
+
+    #[test]
+    fn counts_two_socket_machine() {
+        let t = two_socket();
+        assert_eq!(t.package_count(), 2);
+        assert_eq!(t.core_count(), 4);
+        assert_eq!(t.hardware_threads().len(), 8);
+        assert_eq!(t.numa_node_count(), 2);
+    }
+
+    #[test]
+    fn all_takes_first_thread_of_each_core() {
+        let t = two_socket();
+        assert_eq!(
+            t.select(&ShardSelection::All).unwrap(),
+            vec![CpuId(0), CpuId(1), CpuId(2), CpuId(3)]
+        );
+    }
+
+    #[test]
+    fn count_spreads_over_cores_before_siblings() {
+        let t = two_socket();
+        assert_eq!(
+            t.select(&ShardSelection::Count(5)).unwrap(),
+            vec![CpuId(0), CpuId(1), CpuId(2), CpuId(3), CpuId(4)]
+        );
+        assert!(matches!(
+            t.select(&ShardSelection::Count(9)),
+            Err(TopologyError::CountOutOfRange {
+                requested: 9,
+                available: 8
+            })
+        ));
+    }
+
+    #[test]
+    fn list_must_be_allowed_and_distinct() {
+        let t = Topology::from_threads(vec![thread(0, 0, 0), thread(1, 0, 1)]).unwrap();
+        assert_eq!(
+            t.select(&ShardSelection::List(vec![CpuId(1), CpuId(0)]))
+                .unwrap(),
+            vec![CpuId(1), CpuId(0)]
+        );
+        assert!(matches!(
+            t.select(&ShardSelection::List(vec![CpuId(7)])),
+            Err(TopologyError::CpuNotAllowed { cpu: CpuId(7), .. })
+        ));
+        assert!(matches!(
+            t.select(&ShardSelection::List(vec![CpuId(0), CpuId(0)])),
+            Err(TopologyError::DuplicateCpu { cpu: CpuId(0) })
+        ));
+    }
+
+    #[test]
+    fn sysfs_tree_with_restricted_affinity() {
+        let root = std::env::temp_dir().join(format!("larder-topology-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let write = |relative: &str, text: &str| {
+            let path = root.join(relative);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        };
+        write("cpu/online", "0-3\n");
+        for (cpu, package, core) in [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)] {
+            write(
+                &format!("cpu/cpu{cpu}/topology/physical_package_id"),
+                &format!("{package}\n"),
+            );
+            write(
+                &format!("cpu/cpu{cpu}/topology/core_id"),
+                &format!("{core}\n"),
+            );
+        }
+        write("node/node0/cpulist", "0-1\n");
+        write("node/node1/cpulist", "2-3\n");
+        write("node/node2/cpulist", "\n");
+        let allowed: BTreeSet<CpuId> = [CpuId(1), CpuId(2), CpuId(3)].into();
+        let t = Topology::discover_sysfs(&root, &allowed).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(t.hardware_threads().len(), 3);
+        assert_eq!(t.core_count(), 2);
+        assert_eq!(t.numa_node_count(), 2);
+        assert_eq!(
+            t.select(&ShardSelection::All).unwrap(),
+            vec![CpuId(1), CpuId(2)]
+        );
+    }
+
+    #[test]
+    fn this_machine_has_a_cpu_and_pinning_sticks() {
+        let t = Topology::discover().unwrap();
+        assert!(t.core_count() >= 1);
+        let cpu = t.select(&ShardSelection::Count(1)).unwrap()[0];
+        std::thread::spawn(move || {
+            pin_current_thread(cpu).unwrap();
+            assert_eq!(current_cpu(), cpu);
+            assert_eq!(allowed_cpus().unwrap(), [cpu].into());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[cfg(feature = "hwloc")]
+    #[test]
+    fn hwloc_and_sysfs_agree() {
+        let sysfs = Topology::discover().unwrap();
+        let hwloc = Topology::discover_hwloc().unwrap();
+        assert_eq!(hwloc.package_count(), sysfs.package_count());
+        assert_eq!(hwloc.core_count(), sysfs.core_count());
+        assert_eq!(
+            hwloc.hardware_threads().len(),
+            sysfs.hardware_threads().len()
+        );
+        assert_eq!(hwloc.numa_node_count(), sysfs.numa_node_count());
+        assert_eq!(
+            hwloc.select(&ShardSelection::All).unwrap(),
+            sysfs.select(&ShardSelection::All).unwrap()
+        );
+    }
+}
