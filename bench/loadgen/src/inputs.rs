@@ -149,3 +149,49 @@ pub fn spread_over_seconds(times_s: &[i64]) -> Vec<Duration> {
     }
     offsets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_second_groups_are_spread_evenly() {
+        let offsets = spread_over_seconds(&[10, 10, 10, 10, 11, 13]);
+        let ms: Vec<u128> = offsets.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![0, 250, 500, 750, 1000, 3000]);
+    }
+
+    #[test]
+    fn trace_keeps_successful_gets_in_order_with_monotonic_offsets() {
+        let log = "\
+127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] \"GET /a.html HTTP/1.0\" 200 2326
+127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] \"GET /b.html HTTP/1.0\" 200 10 \"-\" \"curl\"
+127.0.0.1 - - [10/Oct/2000:13:55:35 -0700] \"POST /form HTTP/1.0\" 200 1
+this line is not a log line
+127.0.0.1 - - [10/Oct/2000:13:55:34 -0700] \"GET /a.html HTTP/1.0\" 200 2326
+127.0.0.1 - - [10/Oct/2000:13:55:38 -0700] \"GET /c.html HTTP/1.0\" 404 0
+127.0.0.1 - - [10/Oct/2000:13:55:39 -0700] \"GET /b.html HTTP/1.0\" 200 10
+";
+        let trace = load_trace(Path::new("test.log"), log.as_bytes(), Some(2.0)).unwrap();
+        assert_eq!(trace.stats.malformed, 1);
+        assert_eq!(trace.dropped, 2, "POST and 404");
+        let WorkloadSpec::Replay {
+            paths,
+            order,
+            offsets,
+            speed,
+        } = trace.workload
+        else {
+            panic!("not a replay")
+        };
+        assert_eq!(paths, vec!["/a.html", "/b.html"]);
+        assert_eq!(order, vec![0, 1, 0, 1]);
+        let ms: Vec<u128> = offsets.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            vec![0, 333, 666, 3000],
+            "the out-of-order 13:55:34 line is held at 13:55:36"
+        );
+        assert_eq!(speed, Some(2.0));
+    }
+}
