@@ -328,12 +328,12 @@ impl<H: NodeHooks> Agent<H> {
             Ok(response) => response.into_inner(),
             Err(error) => return failed(false, error),
         };
-        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
-        self.counters.connected.store(true, Ordering::Relaxed);
-        self.hooks.connection_changed(true);
         if let Some(steering) = registered.steering {
             self.apply(steering);
         }
+        self.hooks.connection_changed(true);
+        self.counters.connected.store(true, Ordering::Relaxed);
+        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         let interval = Duration::from_millis(registered.report_interval_ms.max(1));
         let node_id = self.config.node.node_id.clone();
         let mut steering = match client

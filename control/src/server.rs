@@ -48,8 +48,10 @@ use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Ste
 pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 /// Default number of silent report intervals after which a node is down.
 pub const DOWN_AFTER_INTERVALS_DEFAULT: u32 = 5;
-/// How long in-flight calls may run after shutdown begins.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long in-flight calls may run after shutdown begins. tonic's graceful
+/// shutdown also waits for idle client connections to close (it has no forced
+/// shutdown), so an open operator connection holds shutdown for this long.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Messages buffered per server stream before the sender waits.
 pub const STREAM_BUFFER_MAX: usize = 16;
 /// WatchClusterLoad interval bounds (and the default for 0).
@@ -689,8 +691,13 @@ async fn serve(
     }
 }
 
+/// Both reflection versions describe the same files: larder.v1, grpc.health.v1 and
+/// both reflection protocols (so either one lists every service).
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
         .register_encoded_file_descriptor_set(larder_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }

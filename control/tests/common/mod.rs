@@ -1,0 +1,179 @@
+//! Helpers shared by the integration tests: a control plane on loopback, node
+//! hooks that record what they were told, and bounded waits on conditions.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use larder_control::{
+    ContainerLoad, ContainerName, ControlConfig, ControlHandle, ControlPlane, NodeHooks, NodeId,
+    NodeInfo, NodeLoad, ShardId, ShardLoad, Steering, TargetLoad,
+};
+use larder_proto::v1::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// Longest wait for any asynchronous condition in these tests.
+pub const WAIT_MAX: Duration = Duration::from_secs(20);
+/// Poll period of [`wait_until`].
+const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `condition` until it holds; panics naming `what` after [`WAIT_MAX`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_MAX:?} waiting for: {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Async twin of [`wait_until`] for conditions that need a gRPC call.
+pub async fn wait_until_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT_MAX;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_MAX:?} waiting for: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `probe` until it yields a value; panics naming `what` after [`WAIT_MAX`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_MAX:?} waiting for: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub fn loopback_any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback address")
+}
+
+pub fn start(config: ControlConfig) -> ControlHandle {
+    ControlPlane::spawn(config).expect("control plane starts")
+}
+
+pub fn start_default() -> ControlHandle {
+    start(ControlConfig::new(loopback_any_port()))
+}
+
+pub async fn channel(address: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects to the control plane")
+}
+
+pub async fn control_client(address: SocketAddr) -> ControlClient<Channel> {
+    ControlClient::new(channel(address).await)
+}
+
+pub fn node_info(id: &str, cores: u32) -> NodeInfo {
+    NodeInfo {
+        node_id: NodeId(id.to_string()),
+        http_address: "127.0.0.1:8080".to_string(),
+        cores,
+        cache_bytes_budget: 64 << 20,
+    }
+}
+
+/// The load every [`RecordingHooks`] reports: shard `s` has `10 + s` connections.
+pub fn fixed_load(cores: u32) -> NodeLoad {
+    NodeLoad {
+        shards: (0..cores)
+            .map(|shard| ShardLoad {
+                shard: ShardId(shard),
+                active_connections: 10 + u64::from(shard),
+                requests_per_second: 100.0,
+                cache_hits: 7,
+                cpu_time_us: 1_000,
+                containers: vec![ContainerLoad {
+                    container: ContainerName("default".into()),
+                    cpu_time_us: 500,
+                    rejections: 2,
+                }],
+                ..ShardLoad::default()
+            })
+            .collect(),
+        hot_targets: vec![TargetLoad {
+            target: "/index.html".into(),
+            requests_per_second: 50.0,
+            shards: vec![ShardId(0)],
+        }],
+    }
+}
+
+/// What a node was told, shared with the test.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub applied: Vec<Steering>,
+    pub connection_changes: Vec<bool>,
+}
+
+/// Hooks that report [`fixed_load`] and record every steering.
+#[derive(Clone, Debug)]
+pub struct RecordingHooks {
+    pub cores: u32,
+    pub record: Arc<Mutex<Record>>,
+}
+
+impl RecordingHooks {
+    pub fn new(cores: u32) -> RecordingHooks {
+        RecordingHooks {
+            cores,
+            record: Arc::default(),
+        }
+    }
+
+    pub fn applied(&self) -> Vec<Steering> {
+        self.record.lock().unwrap().applied.clone()
+    }
+
+    pub fn last_applied(&self) -> Option<Steering> {
+        self.record.lock().unwrap().applied.last().cloned()
+    }
+
+    pub fn connection_changes(&self) -> Vec<bool> {
+        self.record.lock().unwrap().connection_changes.clone()
+    }
+}
+
+impl NodeHooks for RecordingHooks {
+    fn load_report(&mut self) -> NodeLoad {
+        fixed_load(self.cores)
+    }
+
+    fn apply(&mut self, steering: &Steering) {
+        self.record.lock().unwrap().applied.push(steering.clone());
+    }
+
+    fn connection_changed(&mut self, connected: bool) {
+        self.record
+            .lock()
+            .unwrap()
+            .connection_changes
+            .push(connected);
+    }
+}
