@@ -97,6 +97,7 @@ fn changed_file_is_served_stale_only_within_the_interval_then_reloaded() {
 
     let first = cached(&mut cache, &path, 10_000);
     assert_eq!(&first.body[..], b"version one");
+    assert_eq!(first.meta.mtime_unix_s, 1_700_000_000);
     assert_eq!(
         first.meta.etag,
         format!("\"{:x}-{:x}\"", 1_700_000_000u64, 11)

@@ -264,16 +264,17 @@ impl ShardCache {
         body_bytes + path.as_os_str().len() as u64 + ENTRY_OVERHEAD_BYTES
     }
 
-    /// Probes without touching the file system. A `Hit` counts as a hit and refreshes the entry's priority;
-    /// `Miss` and `Stale` count nothing (the following [`ShardCache::get_or_load`] does).
+    /// Probes without touching the file system (one hash probe). A `Hit` counts as a hit; `Miss` and `Stale`
+    /// count nothing (the following [`ShardCache::get_or_load`] does). `Hit` and `Stale` both refresh the entry's
+    /// priority: the object was asked for either way.
     pub fn lookup(&mut self, path: &Path, now_ms: u64) -> Lookup {
-        let Some(entry) = self.entries.peek(path) else {
+        let interval_ms = self.config.revalidate_interval_ms;
+        let Some(entry) = self.entries.touch(path) else {
             return Lookup::Miss;
         };
-        if now_ms.saturating_sub(entry.validated_ms) >= self.config.revalidate_interval_ms {
+        if now_ms.saturating_sub(entry.validated_ms) >= interval_ms {
             return Lookup::Stale;
         }
-        let entry = self.entries.touch(path).expect("peeked just above");
         self.counters.hits += 1;
         Lookup::Hit(Arc::clone(&entry.object))
     }

@@ -19,6 +19,8 @@ pub struct FileMeta {
     pub size_bytes: u64,
     /// Last modification time (nanosecond resolution where the file system has it).
     pub mtime: SystemTime,
+    /// `mtime` in whole Unix seconds (what `Last-Modified` and `If-Modified-Since` compare; 0 before 1970).
+    pub mtime_unix_s: u64,
     /// Device and inode: a file replaced by `rename` (an atomic deploy) is a new version even with equal size/mtime.
     pub device: u64,
     /// See `device`.
@@ -41,6 +43,7 @@ impl FileMeta {
         FileMeta {
             size_bytes: stat.size(),
             mtime,
+            mtime_unix_s: mtime_s,
             device: stat.dev(),
             inode: stat.ino(),
             etag: format!("\"{mtime_s:x}-{:x}\"", stat.size()),
