@@ -1,10 +1,12 @@
 //! Differential test: `GdsMap` against a naive GreedyDual-Size (a Vec scanned for the minimum) under random
 //! get/insert/remove sequences. Both must make identical eviction decisions, hold the same keys, and never exceed
-//! the byte budget or the entry cap. Proptest prints the failing sequence (and its seed) on failure.
+//! the byte budget or the entry cap. Then the whole `ShardCache` on real files against the same naive model.
+//! Proptest prints the failing sequence (and its seed) on failure.
 
 use std::collections::HashMap;
 
 use larder_server::cache::gds::{CostModel, GdsMap, Priority, PRIORITY_SCALE};
+use larder_server::cache::{CacheConfig, Fetched, ShardCache};
 use proptest::prelude::*;
 
 /// GreedyDual-Size written as plainly as possible: linear scans, nothing clever.
@@ -139,6 +141,59 @@ proptest! {
             let expected_keys: Vec<u32> = expected_order.iter().map(|item| item.2).collect();
             let keys: Vec<u32> = subject.keys_in_eviction_order().copied().collect();
             prop_assert_eq!(keys, expected_keys, "step {}: eviction order", step);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The shard cache (charging body + path + overhead, cost 1) decides exactly as the naive model fed the same
+    /// charged sizes: same hits, misses and evictions, and the same files held after every request.
+    #[test]
+    fn shard_cache_matches_naive_gds_on_real_files(
+        sizes in proptest::collection::vec(0usize..2500, 10),
+        requests in proptest::collection::vec(0u32..10, 1..150),
+        bytes_budget in 3000u64..8000,
+        entries_max in 1usize..8,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, size)| {
+                let path = dir.path().join(format!("file-{index}"));
+                std::fs::write(&path, vec![b'x'; *size]).unwrap();
+                path
+            })
+            .collect();
+        let config = CacheConfig {
+            object_bytes_max: 2500,
+            entries_max,
+            ..CacheConfig::with_budget(bytes_budget)
+        };
+        let mut cache = ShardCache::new(config).unwrap();
+        let mut naive = NaiveGds { bytes_budget, entries_max, inflation: 0, clock: 0, items: Vec::new() };
+        let (mut hits, mut misses, mut evictions) = (0u64, 0u64, 0u64);
+        for (step, key) in requests.iter().enumerate() {
+            let path = &paths[*key as usize];
+            if naive.get(*key) {
+                hits += 1;
+            } else {
+                misses += 1;
+                let charged = ShardCache::charged_bytes(path, sizes[*key as usize] as u64);
+                let evicted = naive.insert(*key, charged, 1).expect("object_bytes_max keeps every file under the budget");
+                evictions += evicted.len() as u64;
+            }
+            let fetched = cache.get_or_load(path, 0).unwrap();
+            prop_assert!(matches!(fetched, Fetched::Cached(_)), "step {}: file {} not cached", step, key);
+            let counters = cache.counters();
+            prop_assert_eq!((counters.hits, counters.misses, counters.evictions), (hits, misses, evictions), "step {}", step);
+            for (index, path) in paths.iter().enumerate() {
+                let held = naive.items.iter().any(|item| item.0 == index as u32);
+                prop_assert_eq!(cache.contains(path), held, "step {}: file {}", step, index);
+            }
+            prop_assert!(counters.bytes_cached <= bytes_budget);
         }
     }
 }
