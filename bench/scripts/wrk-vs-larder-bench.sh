@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# wrk vs larder-bench, side by side against nginx serving one 4 KiB file (issue 6 acceptance).
+#
+# nginx: 1 worker pinned to CPU $SERVER_CPU, access_log off, sendfile on, 127.0.0.1:$PORT, config in a temp dir.
+# Clients, pinned to CPU $CLIENT_CPU, same connection count: `wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency`
+# and `larder-bench --cores $CLIENT_CPU -c $CONNECTIONS -d ${DURATION}s`, in alternating rounds (wrk first in odd
+# rounds, larder-bench first in even ones). Prints medians over rounds and the ratios larder-bench/wrk:
+# pass when req/s >= 0.95x and p50/p99 are within 20% of wrk's. nginx is stopped on exit (also on error).
+#
+# Usage: bench/scripts/wrk-vs-larder-bench.sh            (ROUNDS=3 DURATION=10 CONNECTIONS=64 by default)
+#        ROUNDS=5 DURATION=20 DRIVER=uring bench/scripts/wrk-vs-larder-bench.sh
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT=${PORT:-18480}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+DRIVER=${DRIVER:-epoll}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v jq >/dev/null || need+=(jq)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    echo "installing ${need[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [[ -z "${LARDER_BENCH:-}" ]]; then
+    (cd "$REPO" && cargo build --release -q -p larder-loadgen)
+    LARDER_BENCH=${CARGO_TARGET_DIR:-$REPO/target}/release/larder-bench
+fi
+
+WORK=$(mktemp -d /tmp/wrk-vs-larder-bench.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/www" "$WORK/logs"
+head -c 4096 /dev/zero | tr '\0' 'x' >"$WORK/www/4k.html"
+mask=$(printf '%x' $((1 << SERVER_CPU)))
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+worker_cpu_affinity $mask;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    server {
+        listen 127.0.0.1:$PORT;
+        root $WORK/www;
+    }
+}
+CONF
+
+NGINX_PID=
+cleanup() {
+    if [[ -n "$NGINX_PID" ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -QUIT "$NGINX_PID" 2>/dev/null || true
+        wait "$NGINX_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" &
+NGINX_PID=$!
+URL=http://127.0.0.1:$PORT/4k.html
+for _ in $(seq 50); do
+    curl -sf -o /dev/null "$URL" 2>/dev/null && break
+    sleep 0.1
+done
+
+# wrk latency "402.00us" / "1.20ms" / "1.01s" -> milliseconds
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.4f", n }'; }
+
+run_wrk() {
+    local out
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$URL")
+    local rps p50 p99
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+    echo "$rps $p50 $p99"
+}
+
+run_larder() {
+    local out
+    out=$(taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$DRIVER" -c "$CONNECTIONS" \
+        -d "${DURATION}s" --quiet --json "$URL")
+    jq -r '"\(.requests_per_sec) \(.latency_ms.p50) \(.latency_ms.p99) \(.errors)"' <<<"$out"
+}
+
+# short warm-up of nginx and the page cache
+taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d1s "$URL" >/dev/null
+
+declare -a W_RPS W_P50 W_P99 L_RPS L_P50 L_P99
+for round in $(seq "$ROUNDS"); do
+    order=(wrk larder)
+    ((round % 2 == 0)) && order=(larder wrk)
+    for tool in "${order[@]}"; do
+        if [[ $tool == wrk ]]; then
+            read -r rps p50 p99 < <(run_wrk)
+            W_RPS+=("$rps"); W_P50+=("$p50"); W_P99+=("$p99")
+            printf 'round %d wrk           %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms\n' "$round" "$rps" "$p50" "$p99" >&2
+        else
+            read -r rps p50 p99 errors < <(run_larder)
+            L_RPS+=("$rps"); L_P50+=("$p50"); L_P99+=("$p99")
+            printf 'round %d larder-bench  %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  errors %s\n' \
+                "$round" "$rps" "$p50" "$p99" "$errors" >&2
+        fi
+    done
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo
+echo "nginx 1 worker on CPU $SERVER_CPU; clients on CPU $CLIENT_CPU; $CONNECTIONS connections; ${DURATION}s x $ROUNDS rounds each; larder-bench driver $DRIVER"
+printf '%-10s %14s %14s %10s  %-22s %s\n' figure wrk larder-bench ratio target result
+row() {
+    local name=$1 w=$2 l=$3 low=$4 high=$5
+    awk -v n="$name" -v w="$w" -v l="$l" -v lo="$low" -v hi="$high" 'BEGIN {
+        r = (w > 0) ? l / w : 0
+        ok = (r >= lo && (hi == "" || r <= hi + 0)) ? "pass" : "FAIL"
+        target = (hi == "") ? sprintf("ratio >= %.2f", lo) : sprintf("%.2f <= ratio <= %.2f", lo, hi)
+        printf "%-10s %14.3f %14.3f %10.3f  %-22s %s\n", n, w, l, r, target, ok
+    }'
+}
+row "req/s" "$(median "${W_RPS[@]}")" "$(median "${L_RPS[@]}")" 0.95 ""
+row "p50 ms" "$(median "${W_P50[@]}")" "$(median "${L_P50[@]}")" 0.80 1.20
+row "p99 ms" "$(median "${W_P99[@]}")" "$(median "${L_P99[@]}")" 0.80 1.20
