@@ -1,8 +1,10 @@
 //! Zipf popularity: rank `r` in `1..=n` is drawn with probability `r^-alpha / H(n, alpha)`.
 //!
-//! Sampling is exact inverse-CDF: [`Zipf::new`] precomputes the cumulative table (8 bytes a rank, so 80 MB at the
-//! limit [`Zipf::RANKS_MAX`] of 10 million ranks) and [`Zipf::sample`] binary-searches it with one uniform draw:
-//! `O(log n)` (about 15 probes for the 31,000-target Rice preset) and deterministic given the RNG.
+//! Sampling is exact inverse-CDF: [`Zipf::new`] precomputes the cumulative table and a guide table (Chen & Asau's
+//! cutpoint method: `guide[k]` = first rank whose CDF exceeds `k / n`), 12 bytes a rank, so 120 MB at the limit
+//! [`Zipf::RANKS_MAX`] of 10 million ranks. [`Zipf::sample`] takes one uniform draw `u`, jumps to
+//! `guide[floor(u * n)]` and binary-searches only up to the next cutpoint: the same rank a full binary search
+//! gives, in expected `O(1)` probes, deterministic given the RNG.
 
 use rand::Rng;
 
@@ -24,6 +26,8 @@ pub struct Zipf {
     alpha: f64,
     /// `cdf[i]` = P(rank <= i + 1); the last entry is exactly 1.0.
     cdf: Vec<f64>,
+    /// `guide[k]` = number of CDF entries `<= k / n`, for `k` in `0..=n`.
+    guide: Vec<u32>,
 }
 
 impl Zipf {
@@ -55,7 +59,21 @@ impl Zipf {
             *c /= sum;
         }
         *cdf.last_mut().expect("n >= 1") = 1.0;
-        Ok(Self { n, alpha, cdf })
+        let mut guide = Vec::with_capacity(n as usize + 1);
+        let mut index = 0usize;
+        for k in 0..=n {
+            let cut = f64::from(k) / f64::from(n);
+            while index < cdf.len() && cdf[index] <= cut {
+                index += 1;
+            }
+            guide.push(index as u32);
+        }
+        Ok(Self {
+            n,
+            alpha,
+            cdf,
+            guide,
+        })
     }
 
     /// Number of ranks.
@@ -85,9 +103,16 @@ impl Zipf {
 
     /// The rank whose CDF interval holds `u` in `[0, 1)`: the inverse CDF.
     pub fn rank_for_uniform(&self, u: f64) -> u32 {
-        let index = self.cdf.partition_point(|&c| c <= u);
+        let n = self.n as usize;
+        // The answer lies in [guide[k], guide[k + 1]]: every CDF entry <= k/n <= u comes before it, and
+        // cdf[guide[k + 1]] > (k + 1)/n > u.
+        let k = ((u * n as f64) as usize).min(n - 1);
+        // cdf[n-1] = 1 > k/n, so low <= n - 1; guide is non-decreasing, so low <= high.
+        let low = self.guide[k] as usize;
+        let high = (self.guide[k + 1] as usize).min(n - 1);
+        let index = low + self.cdf[low..=high].partition_point(|&c| c <= u);
         // u < 1.0 = cdf[n-1], so index <= n - 1; min() guards a caller passing u >= 1.
-        index.min(self.n as usize - 1) as u32 + 1
+        index.min(n - 1) as u32 + 1
     }
 }
 
@@ -121,6 +146,24 @@ mod tests {
         assert!((ratio - 4.0).abs() < 1e-9, "p1/p4 = {ratio}");
         assert_eq!(zipf.probability(0), 0.0);
         assert_eq!(zipf.probability(101), 0.0);
+    }
+
+    #[test]
+    fn guided_search_equals_full_binary_search() {
+        for (n, alpha) in [
+            (1u64, 1.0),
+            (7, 0.0),
+            (1000, 1.0),
+            (31_000, 1.02),
+            (500, 2.5),
+        ] {
+            let zipf = Zipf::new(n, alpha).unwrap();
+            for step in 0..20_000u32 {
+                let u = f64::from(step) / 20_000.0;
+                let full = zipf.cdf.partition_point(|&c| c <= u).min(n as usize - 1) as u32 + 1;
+                assert_eq!(zipf.rank_for_uniform(u), full, "n {n} alpha {alpha} u {u}");
+            }
+        }
     }
 
     #[test]
