@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum ErrorKind {
     /// A connection attempt failed or timed out (not a request).
     Connect,
-    /// No complete response within `--timeout`.
+    /// No response byte for `--timeout` while the request was in flight (each read is bounded, not the whole
+    /// response; in open loop the latency still counts from the intended start).
     Timeout,
     /// A response with status 400 or above (the response itself was read completely).
     BadStatus,
