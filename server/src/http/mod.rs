@@ -7,5 +7,6 @@ pub mod range;
 pub mod request;
 pub mod response;
 
+pub use range::{ByteRange, Selection, Validators};
 pub use request::{parse_request, Method, ParseLimits, RequestError, RequestHead, Version};
-pub use response::{DateCache, ObjectHead, Status};
+pub use response::{DateCache, Status};

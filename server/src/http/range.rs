@@ -12,7 +12,7 @@
 //! max_ranges does), which bounds the iovec count of a response at 2·16+2.
 
 use crate::http::request::{parse_decimal, trim, RequestHead};
-use crate::http::response::{parse_http_date, ObjectHead};
+use crate::http::response::parse_http_date;
 
 /// Default cap on ranges in one request.
 pub const RANGES_MAX: usize = 16;
@@ -34,6 +34,15 @@ impl ByteRange {
     }
 }
 
+/// What conditional requests compare: the object's length, mtime and ETag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validators<'a> {
+    pub len: u64,
+    pub mtime_secs: u64,
+    /// Quoted strong ETag, e.g. `"5f5e1000-1000"`.
+    pub etag: &'a [u8],
+}
+
 /// What the request's preconditions and Range ask of this object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Selection {
@@ -50,13 +59,13 @@ pub enum Selection {
 /// Decides the response for `object`; fills `ranges` when the answer is 206.
 pub fn select(
     head: &RequestHead<'_>,
-    object: &ObjectHead,
+    object: &Validators<'_>,
     ranges_max: usize,
     ranges: &mut Vec<ByteRange>,
 ) -> Selection {
     ranges.clear();
     if let Some(tags) = head.if_none_match {
-        if etag_list_matches(tags, &object.etag) {
+        if etag_list_matches(tags, object.etag) {
             return Selection::NotModified;
         }
     } else if let Some(since) = head.if_modified_since.and_then(parse_http_date) {
@@ -149,9 +158,9 @@ fn invalid(ranges: &mut Vec<ByteRange>) -> Selection {
     Selection::Full
 }
 
-fn if_range_holds(validator: &[u8], object: &ObjectHead) -> bool {
+fn if_range_holds(validator: &[u8], object: &Validators<'_>) -> bool {
     if validator.starts_with(b"\"") {
-        return validator == &*object.etag;
+        return validator == object.etag;
     }
     if validator.starts_with(b"W/") {
         return false;
@@ -177,6 +186,13 @@ mod tests {
     use super::*;
     use crate::http::request::{parse_request, ParseLimits};
     use crate::http::response::format_http_date;
+
+    const ETAG: &[u8] = b"\"f4240-3e8\"";
+    const OBJECT: Validators<'static> = Validators {
+        len: 1000,
+        mtime_secs: 1_000_000,
+        etag: ETAG,
+    };
     use proptest::prelude::*;
 
     fn ranges(value: &str, len: u64) -> (Selection, Vec<(u64, u64)>) {
@@ -229,7 +245,7 @@ mod tests {
         );
     }
 
-    fn select_for(fields: &str, object: &ObjectHead) -> Selection {
+    fn select_for(fields: &str, object: &Validators<'_>) -> Selection {
         let request = format!("GET /f HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
         let head = parse_request(request.as_bytes(), &ParseLimits::default())
             .unwrap()
@@ -239,81 +255,81 @@ mod tests {
 
     #[test]
     fn conditionals() {
-        let object = ObjectHead::new(b"/f", 1000, 1_000_000);
-        let etag = String::from_utf8(object.etag.to_vec()).unwrap();
-        let modified = String::from_utf8(object.last_modified.to_vec()).unwrap();
+        let object = &OBJECT;
+        let etag = String::from_utf8(ETAG.to_vec()).unwrap();
+        let modified = String::from_utf8(format_http_date(1_000_000).to_vec()).unwrap();
         let later = String::from_utf8(format_http_date(1_000_001).to_vec()).unwrap();
         let earlier = String::from_utf8(format_http_date(999_999).to_vec()).unwrap();
         assert_eq!(
-            select_for(&format!("If-None-Match: {etag}\r\n"), &object),
+            select_for(&format!("If-None-Match: {etag}\r\n"), object),
             Selection::NotModified
         );
         assert_eq!(
-            select_for(&format!("If-None-Match: \"x\", W/{etag}\r\n"), &object),
+            select_for(&format!("If-None-Match: \"x\", W/{etag}\r\n"), object),
             Selection::NotModified
         );
         assert_eq!(
-            select_for("If-None-Match: *\r\n", &object),
+            select_for("If-None-Match: *\r\n", object),
             Selection::NotModified
         );
         assert_eq!(
-            select_for("If-None-Match: \"other\"\r\n", &object),
+            select_for("If-None-Match: \"other\"\r\n", object),
             Selection::Full
         );
         assert_eq!(
-            select_for(&format!("If-Modified-Since: {modified}\r\n"), &object),
+            select_for(&format!("If-Modified-Since: {modified}\r\n"), object),
             Selection::NotModified
         );
         assert_eq!(
-            select_for(&format!("If-Modified-Since: {later}\r\n"), &object),
+            select_for(&format!("If-Modified-Since: {later}\r\n"), object),
             Selection::NotModified
         );
         assert_eq!(
-            select_for(&format!("If-Modified-Since: {earlier}\r\n"), &object),
+            select_for(&format!("If-Modified-Since: {earlier}\r\n"), object),
             Selection::Full
         );
         // If-None-Match wins over If-Modified-Since.
         assert_eq!(
             select_for(
                 &format!("If-None-Match: \"other\"\r\nIf-Modified-Since: {later}\r\n"),
-                &object
+                object
             ),
             Selection::Full
         );
         assert_eq!(
             select_for(
                 &format!("Range: bytes=0-1\r\nIf-Range: {etag}\r\n"),
-                &object
+                object
             ),
             Selection::Partial
         );
         assert_eq!(
-            select_for("Range: bytes=0-1\r\nIf-Range: \"old\"\r\n", &object),
+            select_for("Range: bytes=0-1\r\nIf-Range: \"old\"\r\n", object),
             Selection::Full
         );
         assert_eq!(
             select_for(
                 &format!("Range: bytes=0-1\r\nIf-Range: W/{etag}\r\n"),
-                &object
+                object
             ),
             Selection::Full
         );
         assert_eq!(
             select_for(
                 &format!("Range: bytes=0-1\r\nIf-Range: {modified}\r\n"),
-                &object
+                object
             ),
             Selection::Partial
         );
         assert_eq!(
             select_for(
                 &format!("Range: bytes=0-1\r\nIf-Range: {earlier}\r\n"),
-                &object
+                object
             ),
             Selection::Full
         );
         assert_eq!(
-            select_for("Range: bytes=5000-\r\n", &object),
+            select_for("Range: bytes=5000-\r\n", object),
             Selection::NotSatisfiable
         );
     }

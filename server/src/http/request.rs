@@ -16,7 +16,7 @@
 pub const HEADERS_COUNT_MAX: usize = 64;
 
 /// Bytes allowed in a request line beyond the target (method, version, spaces).
-const REQUEST_LINE_SLACK_BYTES: usize = 32;
+pub const REQUEST_LINE_SLACK_BYTES: usize = 32;
 
 /// The methods the node tells apart; everything else is answered 405.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,10 +3,8 @@
 //!
 //! Owns: the bytes of every response head. Heads are written into a
 //! caller-owned `Vec<u8>` that is reused across requests, so the steady state
-//! allocates nothing. The constant part of an object's head (Content-Type,
-//! Last-Modified, ETag, Accept-Ranges) is rendered once per object version in
-//! [`ObjectHead`]; per response only the status line, Date, Content-Length
-//! and Connection are written.
+//! allocates nothing. The per-object fields (Content-Type, Last-Modified,
+//! ETag) are formatted once per object version by the cache and copied here.
 //!
 //! Invariants: every head ends with an empty line; Date is the IMF-fixdate of
 //! the second the [`DateCache`] was last refreshed (29 bytes).
@@ -146,56 +144,15 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
     httpdate::parse_http_date(text).ok().map(unix_secs)
 }
 
-/// The per-object part of a 200/206/304 head, rendered once per version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectHead {
-    pub len: u64,
-    pub mtime_secs: u64,
-    pub content_type: &'static str,
-    /// `"<mtime hex>-<len hex>"` with quotes, as nginx renders it.
-    pub etag: Box<[u8]>,
-    pub last_modified: [u8; HTTP_DATE_BYTES],
-    /// Content-Type, Last-Modified, ETag and Accept-Ranges field lines.
-    pub fields: Box<[u8]>,
-}
-
-impl ObjectHead {
-    pub fn new(path: &[u8], len: u64, mtime_secs: u64) -> Self {
-        let content_type = content_type_for(path);
-        let etag = format!("\"{mtime_secs:x}-{len:x}\"")
-            .into_bytes()
-            .into_boxed_slice();
-        let last_modified = format_http_date(mtime_secs);
-        let mut fields = Vec::with_capacity(160);
-        fields.extend_from_slice(b"Content-Type: ");
-        fields.extend_from_slice(content_type.as_bytes());
-        fields.extend_from_slice(b"\r\nLast-Modified: ");
-        fields.extend_from_slice(&last_modified);
-        fields.extend_from_slice(b"\r\nETag: ");
-        fields.extend_from_slice(&etag);
-        fields.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\n");
-        ObjectHead {
-            len,
-            mtime_secs,
-            content_type,
-            etag,
-            last_modified,
-            fields: fields.into_boxed_slice(),
-        }
-    }
-}
-
-/// Content-Type by file extension (mime_guess), octet-stream when unknown.
-pub fn content_type_for(path: &[u8]) -> &'static str {
-    let name = path.rsplit(|&byte| byte == b'/').next().unwrap_or(path);
-    let extension = match name.iter().rposition(|&byte| byte == b'.') {
-        Some(dot) if dot > 0 => &name[dot + 1..],
-        _ => return "application/octet-stream",
-    };
-    std::str::from_utf8(extension)
-        .ok()
-        .and_then(|extension| mime_guess::from_ext(extension).first_raw())
-        .unwrap_or("application/octet-stream")
+/// Writes the per-object fields of a 200/206/304 head.
+pub fn object_fields(buf: &mut Vec<u8>, content_type: &str, last_modified: &[u8], etag: &[u8]) {
+    buf.extend_from_slice(b"Content-Type: ");
+    buf.extend_from_slice(content_type.as_bytes());
+    buf.extend_from_slice(b"\r\nLast-Modified: ");
+    buf.extend_from_slice(last_modified);
+    buf.extend_from_slice(b"\r\nETag: ");
+    buf.extend_from_slice(etag);
+    buf.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\n");
 }
 
 /// Writes the status line, Server and Date.
@@ -232,6 +189,11 @@ pub fn end_head(buf: &mut Vec<u8>, keep_alive: bool) {
     }
 }
 
+/// Digits of `value` in decimal.
+pub fn decimal_len(value: u64) -> usize {
+    value.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 /// Appends `value` in decimal without allocating.
 pub fn push_decimal(buf: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
@@ -253,12 +215,14 @@ pub fn write_simple(
     buf: &mut Vec<u8>,
     status: Status,
     date: &[u8; HTTP_DATE_BYTES],
-    extra: &[u8],
+    extra: &[&[u8]],
     keep_alive: bool,
     send_body: bool,
 ) {
     start_head(buf, status, date);
-    buf.extend_from_slice(extra);
+    for fields in extra {
+        buf.extend_from_slice(fields);
+    }
     buf.extend_from_slice(b"Content-Type: text/plain\r\n");
     // "404 Not Found\n"
     let body_len = 3 + 1 + status.reason().len() + 1;
@@ -289,16 +253,18 @@ mod tests {
     }
 
     #[test]
-    fn object_head_matches_nginx_etag_and_types() {
-        let head = ObjectHead::new(b"/dir/page.html", 4096, 0x5f5e_1000);
-        assert_eq!(&*head.etag, b"\"5f5e1000-1000\"");
-        assert_eq!(head.content_type, "text/html");
-        let fields = String::from_utf8(head.fields.to_vec()).unwrap();
-        assert!(fields.contains("ETag: \"5f5e1000-1000\"\r\n"), "{fields}");
-        assert!(fields.ends_with("Accept-Ranges: bytes\r\n"), "{fields}");
-        assert_eq!(content_type_for(b"/a/b.css"), "text/css");
-        assert_eq!(content_type_for(b"/a/noext"), "application/octet-stream");
-        assert_eq!(content_type_for(b"/a/.x"), "application/octet-stream");
+    fn object_fields_render_in_order() {
+        let mut buf = Vec::new();
+        object_fields(
+            &mut buf,
+            "text/html",
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+            b"\"0-10\"",
+        );
+        assert_eq!(
+            buf,
+            b"Content-Type: text/html\r\nLast-Modified: Thu, 01 Jan 1970 00:00:00 GMT\r\nETag: \"0-10\"\r\nAccept-Ranges: bytes\r\n"
+        );
     }
 
     #[test]
@@ -309,7 +275,7 @@ mod tests {
             &mut buf,
             Status::MethodNotAllowed,
             &date,
-            b"Allow: GET, HEAD\r\n",
+            &[b"Allow: GET, HEAD\r\n"],
             true,
             true,
         );
@@ -330,6 +296,7 @@ mod tests {
             let mut buf = Vec::new();
             push_decimal(&mut buf, value);
             assert_eq!(buf, value.to_string().into_bytes());
+            assert_eq!(decimal_len(value), buf.len());
         }
     }
 }
