@@ -20,8 +20,9 @@
 //! for the requests it delayed — no coordinated omission) and its send time in closed loop. It is taken once per
 //! read, so responses that arrive in one read share one end time.
 //!
-//! Limits: [`READ_BUFFER_BYTES`] (64 KiB) per connection (a response head must fit in it), a write buffer of at
-//! most `pipeline × 8 KiB`, and [`CONNECT_RETRY_MS`] (10 ms) between failed connection attempts.
+//! Limits: [`READ_BUFFER_BYTES`] (32 KiB) per connection, so 10 000 connections hold 320 MB of read buffers (a
+//! response head must fit in one); a write buffer of at most `pipeline × 8 KiB`; [`CONNECT_RETRY_MS`] (10 ms)
+//! between failed connection attempts; [`URING_ENTRIES`] (4096) io_uring entries per thread.
 
 use crate::config::{DriverChoice, RunConfig, WorkloadSpec};
 use crate::cores::{pin_current_thread, CoreId};

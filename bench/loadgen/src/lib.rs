@@ -10,7 +10,7 @@
 //! [`compare`] measures two servers in alternating rounds and reports medians and ratios.
 //!
 //! Limits (see each module): 64 classes, 100 000 connections per class, pipeline depth 256, 10 million distinct
-//! requests per class, 64 KiB response heads, latencies up to 60 s at 3 significant digits.
+//! requests per class, 32 KiB response heads, latencies up to 60 s at 3 significant digits.
 
 pub mod compare;
 pub mod config;

@@ -9,11 +9,11 @@
 //! it, so a response of any size needs only the head to fit in the buffer.
 //!
 //! Invariants: `feed` never consumes bytes beyond the end of the current response; after a completed response the
-//! parser is back at the start state. Limits: a head must fit in [`HEAD_BYTES_MAX`] (64 KiB) with at most
+//! parser is back at the start state. Limits: a head must fit in [`HEAD_BYTES_MAX`] (32 KiB) with at most
 //! [`HEADERS_MAX`] (64) headers; a chunk-size or trailer line must fit in [`LINE_BYTES_MAX`] (4 KiB).
 
 /// Largest response head (status line + headers) accepted, in bytes.
-pub const HEAD_BYTES_MAX: usize = 64 * 1024;
+pub const HEAD_BYTES_MAX: usize = 32 * 1024;
 /// Most headers accepted in one response.
 pub const HEADERS_MAX: usize = 64;
 /// Longest chunk-size or trailer line accepted, in bytes.
