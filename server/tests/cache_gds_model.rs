@@ -139,7 +139,7 @@ proptest! {
             let mut expected_order: Vec<_> = naive.items.iter().map(|item| (item.3, item.4, item.0)).collect();
             expected_order.sort();
             let expected_keys: Vec<u32> = expected_order.iter().map(|item| item.2).collect();
-            let keys: Vec<u32> = subject.keys_in_eviction_order().copied().collect();
+            let keys: Vec<u32> = subject.keys_in_eviction_order().into_iter().copied().collect();
             prop_assert_eq!(keys, expected_keys, "step {}: eviction order", step);
         }
     }

@@ -1,6 +1,10 @@
 //! Cost of a cache hit with 10,000 cached objects: `ShardCache::lookup` (hash probe + GreedyDual-Size re-ordering
 //! in a BTreeMap + Arc clone) beside its baseline, a plain `HashMap` probe + Arc clone of the same objects.
 //!
+//! Also the cost of a miss, which blocks the shard for one synchronous read: `get_or_load` after `invalidate`, for a
+//! 4 KiB and a 256 KiB file in each read mode. `PageCache` re-reads from the kernel's copy; `DropCache` and
+//! `DirectOrDropCache` keep no kernel copy, so every miss goes to the device — the price of holding one copy.
+//!
 //! Run: `cargo bench -p larder-micro --bench cache` (quick check: add `-- --quick`).
 //! Paths are requested in a seeded (PCG 0x1a2d) uniformly random order, so the probes miss the CPU cache as a real
 //! working set of 10k objects would.
@@ -11,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use larder_server::cache::{CacheConfig, CachedObject, Fetched, Lookup, ShardCache};
+use larder_server::cache::{CacheConfig, CachedObject, Fetched, Lookup, ReadMode, ShardCache};
 use rand::Rng;
 use rand::SeedableRng;
 
@@ -63,5 +67,38 @@ fn cache_hit(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cache_hit);
+fn cache_miss(criterion: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = criterion.benchmark_group("cache_miss");
+    for size_bytes in [4096usize, 256 * 1024] {
+        let path = dir.path().join(format!("miss-{size_bytes}.bin"));
+        std::fs::write(&path, vec![b'm'; size_bytes]).expect("write object");
+        std::fs::File::open(&path)
+            .and_then(|file| file.sync_all())
+            .expect("sync");
+        for mode in [
+            ReadMode::PageCache,
+            ReadMode::DropCache,
+            ReadMode::DirectOrDropCache,
+        ] {
+            let config = CacheConfig {
+                read_mode: mode,
+                ..CacheConfig::with_budget(64 << 20)
+            };
+            let mut cache = ShardCache::new(config).expect("valid config");
+            group.bench_function(format!("{size_bytes}B_{mode:?}"), |bencher| {
+                bencher.iter(|| {
+                    cache.invalidate(&path);
+                    match cache.get_or_load(&path, 0) {
+                        Ok(Fetched::Cached(object)) => black_box(object),
+                        other => panic!("expected a load, got {other:?}"),
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cache_hit, cache_miss);
 criterion_main!(benches);
