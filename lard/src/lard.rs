@@ -97,14 +97,14 @@ impl Strategy for Lard {
         let mut most_load = 0;
         let servers = &mut self.table.entry_mut(slot).servers;
         let before = servers.len();
-        servers.retain(|server| match live_load(members, *server) {
+        servers.retain(|server| match live_load(members, server) {
             None => false,
             Some(load) => {
                 if least.is_none_or(|(_, least_load)| load < least_load) {
-                    least = Some((*server, load));
+                    least = Some((server, load));
                 }
                 if most.is_none() || load >= most_load {
-                    most = Some(*server);
+                    most = Some(server);
                     most_load = load;
                 }
                 true
@@ -126,13 +126,13 @@ impl Strategy for Lard {
         let mut changed = pruned;
         let mut chosen = n;
         if let Some(relief) = relief {
-            if !entry.servers.contains(&relief.server) {
+            if !entry.servers.contains(relief.server) {
                 chosen = relief.server;
                 changed = true;
                 if self.replicated {
                     entry.servers.push(chosen);
                 } else {
-                    entry.servers[0] = chosen;
+                    entry.servers.replace_all(chosen);
                 }
             }
         }
@@ -141,16 +141,16 @@ impl Strategy for Lard {
             && now_ms.saturating_sub(entry.last_change_ms) > self.params.k_ms
         {
             let m = most.expect("a non-empty set has a most loaded member");
-            entry.servers.retain(|server| *server != m);
+            entry.servers.retain(|server| server != m);
             changed = true;
         }
         if changed {
             entry.last_change_ms = now_ms;
         }
         let mut fallbacks = [None; FALLBACKS_MAX];
-        let others = entry.servers.iter().filter(|server| **server != chosen);
+        let others = entry.servers.iter().filter(|server| *server != chosen);
         for (fallback, server) in fallbacks.iter_mut().zip(others) {
-            *fallback = Some(*server);
+            *fallback = Some(server);
         }
         if let Some(relief) =
             relief.filter(|relief| relief.server == chosen && fallbacks[0].is_none())

@@ -72,6 +72,12 @@ impl Top3 {
     /// Offer candidate `index`; `better(a, b)` says whether `a` ranks strictly before `b`.
     #[inline]
     pub(crate) fn offer(&mut self, index: usize, better: impl Fn(usize, usize) -> bool) {
+        // Most candidates of a scan lose to the current third: one comparison.
+        if let Some(last) = self.slots[FALLBACKS_MAX] {
+            if !better(index, last) {
+                return;
+            }
+        }
         let mut candidate = index;
         for slot in &mut self.slots {
             match *slot {

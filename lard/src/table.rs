@@ -1,24 +1,27 @@
-//! The bounded target table of LARD and LARD/R: target → server set, in least-recently-used order.
+//! The bounded target table of LARD and LARD/R: target → server set, with CLOCK (second-chance) eviction.
 //!
-//! Model: a hash map from target to a slot of `entries`, and an intrusive doubly linked list through the
-//! slots, most recently used first. Every `touch` first drops up to [`EXPIRE_PER_TOUCH`] targets idle for
-//! `idle_ms` or more from the cold end, then finds or inserts the target and moves it to the hot end; when the
-//! table is full the coldest target is evicted. Every operation is O(1) (amortised over the map's growth).
+//! Model: a hash map from target to a slot of `entries`. A hit sets the slot's `referenced` bit and touches
+//! nothing else (two memory accesses: the map bucket and the entry; an LRU list would also touch both
+//! neighbours). When the table is full, the eviction hand sweeps the slots, clearing `referenced` bits, and
+//! evicts the first unreferenced target: an approximation of least-recently-used that gives every target
+//! used since the hand last passed a second chance. A separate age hand visits [`EXPIRE_PER_TOUCH`] slots per
+//! `touch` and drops targets idle for `idle_ms` or more, so a cold target leaves within `capacity / 2`
+//! touches of turning cold. Both hands are amortised O(1): each eviction sweep step clears a bit that one
+//! `touch` set.
 //!
-//! Invariants: `map.len()` ≤ `capacity`; the list holds exactly the slots in `map`, and the free list the
-//! others; a slot's `servers` keeps its allocation when the slot is reused, so a full table stops allocating.
-//! Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; about 100 bytes a target (a 64-byte entry, the map's
-//! 16-byte bucket at 87.5 % load, a small heap block for the set).
+//! Invariants: `map.len()` ≤ `capacity`; a slot is occupied iff the map points at it; free slots are on the
+//! free list; an occupied slot's set is non-empty except between insertion and the caller's first
+//! assignment. Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; about 80 bytes a target (a 64-byte entry,
+//! the map's 12-byte bucket at 87.5 % load); sets of more than one member spill to a heap block that the slot
+//! keeps when it is reused, so a full table stops allocating.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::{ServerId, TargetId, TargetView};
 
-/// Most idle targets dropped by one `touch`: more than one, so the table drains faster than it fills.
+/// Slots the age hand visits per `touch`: more than one, so the table drains faster than it fills.
 pub const EXPIRE_PER_TOUCH: usize = 2;
-
-const NIL: u32 = u32::MAX;
 
 /// Hasher for ids that already are hashes: one 64×64→128-bit multiply, folded (as foldhash does), so both the
 /// low bits (bucket) and the high bits (hashbrown's tag) depend on every input bit.
@@ -43,26 +46,85 @@ impl Hasher for IdHasher {
     }
 }
 
+/// A target's server set in insertion order: the first member inline, the others in a spill vector that
+/// stays unallocated (and untouched) for single-member sets, i.e. always for LARD.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerSet {
+    first: Option<ServerId>,
+    rest: Vec<ServerId>,
+}
+
+impl ServerSet {
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    #[inline]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.first.into_iter().chain(self.rest.iter().copied())
+    }
+
+    pub(crate) fn contains(&self, server: ServerId) -> bool {
+        self.iter().any(|held| held == server)
+    }
+
+    pub(crate) fn push(&mut self, server: ServerId) {
+        match self.first {
+            None => self.first = Some(server),
+            Some(_) => self.rest.push(server),
+        }
+    }
+
+    /// Make `server` the only member.
+    pub(crate) fn replace_all(&mut self, server: ServerId) {
+        self.first = Some(server);
+        self.rest.clear();
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    /// Keep the members for which `keep` is true, in order.
+    #[inline]
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(ServerId) -> bool) {
+        let first_kept = self.first.filter(|first| keep(*first));
+        if !self.rest.is_empty() {
+            self.rest.retain(|server| keep(*server));
+        }
+        self.first = first_kept;
+        if self.first.is_none() && !self.rest.is_empty() {
+            self.first = Some(self.rest.remove(0));
+        }
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<ServerId> {
+        self.iter().collect()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     pub(crate) target: TargetId,
-    /// LARD: exactly one server once assigned; LARD/R: the server set. Empty only when just inserted.
-    pub(crate) servers: Vec<ServerId>,
     pub(crate) last_change_ms: u64,
     pub(crate) last_use_ms: u64,
     pub(crate) requests: u64,
-    prev: u32,
-    next: u32,
+    /// LARD: exactly one server once assigned; LARD/R: the server set. Empty only when just inserted.
+    pub(crate) servers: ServerSet,
+    referenced: bool,
+    occupied: bool,
 }
 
 pub(crate) struct TargetTable {
     map: HashMap<TargetId, u32, BuildHasherDefault<IdHasher>>,
     entries: Vec<Entry>,
     free: Vec<u32>,
-    /// Most recently used slot, or NIL.
-    head: u32,
-    /// Least recently used slot, or NIL.
-    tail: u32,
+    /// Next slot the eviction sweep looks at.
+    evict_hand: usize,
+    /// Next slot the idle check looks at.
+    age_hand: usize,
     capacity: usize,
     idle_ms: u64,
 }
@@ -74,15 +136,15 @@ impl TargetTable {
             "target table capacity {capacity} must be at least 1"
         );
         assert!(
-            capacity < NIL as usize,
+            capacity <= u32::MAX as usize,
             "target table capacity {capacity} must fit a u32 slot"
         );
         TargetTable {
             map: HashMap::default(),
             entries: Vec::new(),
             free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            evict_hand: 0,
+            age_hand: 0,
             capacity,
             idle_ms,
         }
@@ -92,110 +154,105 @@ impl TargetTable {
         self.map.len()
     }
 
-    fn unlink(&mut self, slot: u32) {
-        let (prev, next) = (
-            self.entries[slot as usize].prev,
-            self.entries[slot as usize].next,
-        );
-        match prev {
-            NIL => self.head = next,
-            prev => self.entries[prev as usize].next = next,
-        }
-        match next {
-            NIL => self.tail = prev,
-            next => self.entries[next as usize].prev = prev,
-        }
-    }
-
-    fn push_front(&mut self, slot: u32) {
-        let old_head = self.head;
-        let entry = &mut self.entries[slot as usize];
-        entry.prev = NIL;
-        entry.next = old_head;
-        match old_head {
-            NIL => self.tail = slot,
-            old_head => self.entries[old_head as usize].prev = slot,
-        }
-        self.head = slot;
-    }
-
-    fn evict(&mut self, slot: u32) {
-        self.unlink(slot);
-        let target = self.entries[slot as usize].target;
-        self.map.remove(&target);
-        self.free.push(slot);
+    fn evict(&mut self, slot: usize) {
+        let entry = &mut self.entries[slot];
+        debug_assert!(entry.occupied, "evicting free slot {slot}");
+        entry.occupied = false;
+        self.map.remove(&entry.target);
+        self.free.push(slot as u32);
     }
 
     fn expire(&mut self, now_ms: u64) {
+        let len = self.entries.len();
+        if len == 0 {
+            return;
+        }
         for _ in 0..EXPIRE_PER_TOUCH {
-            let tail = self.tail;
-            if tail == NIL
-                || now_ms.saturating_sub(self.entries[tail as usize].last_use_ms) < self.idle_ms
-            {
-                return;
+            self.age_hand = if self.age_hand + 1 >= len {
+                0
+            } else {
+                self.age_hand + 1
+            };
+            let entry = &self.entries[self.age_hand];
+            if entry.occupied && now_ms.saturating_sub(entry.last_use_ms) >= self.idle_ms {
+                self.evict(self.age_hand);
             }
-            self.evict(tail);
         }
     }
 
-    /// Find or insert `target`, make it the most recently used and count one request; returns its slot.
+    /// Sweep to the first unreferenced occupied slot, clearing bits on the way, and evict it. Terminates
+    /// within two turns: the first turn clears every bit it passes.
+    fn evict_one(&mut self) {
+        let len = self.entries.len();
+        loop {
+            let hand = self.evict_hand;
+            self.evict_hand = if hand + 1 >= len { 0 } else { hand + 1 };
+            let entry = &mut self.entries[hand];
+            if !entry.occupied {
+                continue;
+            }
+            if entry.referenced {
+                entry.referenced = false;
+            } else {
+                self.evict(hand);
+                return;
+            }
+        }
+    }
+
+    /// Find or insert `target`, mark it used and count one request; returns its slot.
     /// A new target has an empty server set.
+    #[inline]
     pub(crate) fn touch(&mut self, target: TargetId, now_ms: u64) -> usize {
         self.expire(now_ms);
         if let Some(&slot) = self.map.get(&target) {
-            if self.head != slot {
-                self.unlink(slot);
-                self.push_front(slot);
-            }
             let entry = &mut self.entries[slot as usize];
+            entry.referenced = true;
             entry.last_use_ms = now_ms;
             entry.requests += 1;
             return slot as usize;
         }
         if self.map.len() >= self.capacity {
-            self.evict(self.tail);
+            self.evict_one();
         }
         let slot = match self.free.pop() {
-            Some(slot) => slot,
+            Some(slot) => slot as usize,
             None => {
                 self.entries.push(Entry {
                     target,
-                    servers: Vec::new(),
                     last_change_ms: now_ms,
                     last_use_ms: now_ms,
                     requests: 0,
-                    prev: NIL,
-                    next: NIL,
+                    servers: ServerSet::default(),
+                    referenced: false,
+                    occupied: false,
                 });
-                (self.entries.len() - 1) as u32
+                self.entries.len() - 1
             }
         };
-        let entry = &mut self.entries[slot as usize];
+        let entry = &mut self.entries[slot];
         entry.target = target;
         entry.servers.clear();
         entry.last_change_ms = now_ms;
         entry.last_use_ms = now_ms;
         entry.requests = 1;
-        self.map.insert(target, slot);
-        self.push_front(slot);
-        slot as usize
+        // New targets start unreferenced: a scan of one-hit targets cannot flush the hot ones.
+        entry.referenced = false;
+        entry.occupied = true;
+        self.map.insert(target, slot as u32);
+        slot
     }
 
     pub(crate) fn entry_mut(&mut self, slot: usize) -> &mut Entry {
         &mut self.entries[slot]
     }
 
-    /// Targets from the most to the least recently used.
+    /// Occupied entries in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
-        let mut slot = self.head;
-        std::iter::from_fn(move || {
-            let entry = self.entries.get(slot as usize)?;
-            slot = entry.next;
-            Some(entry)
-        })
+        self.entries.iter().filter(|entry| entry.occupied)
     }
 
-    /// The `limit` targets with the most requests, most first (ties: most recently used first).
+    /// The `limit` targets with the most requests, most first.
     pub(crate) fn hottest(&self, limit: usize) -> Vec<TargetView> {
         let mut entries: Vec<&Entry> = self.iter().collect();
         if limit < entries.len() {
@@ -207,7 +264,7 @@ impl TargetTable {
             .into_iter()
             .map(|entry| TargetView {
                 target: entry.target,
-                servers: entry.servers.clone(),
+                servers: entry.servers.to_vec(),
                 last_change_ms: entry.last_change_ms,
                 last_use_ms: entry.last_use_ms,
                 requests: entry.requests,
@@ -220,47 +277,64 @@ impl TargetTable {
 mod tests {
     use super::*;
 
-    fn order(table: &TargetTable) -> Vec<u64> {
-        table.iter().map(|entry| entry.target.0).collect()
+    fn held(table: &TargetTable) -> Vec<u64> {
+        let mut targets: Vec<u64> = table.iter().map(|entry| entry.target.0).collect();
+        targets.sort_unstable();
+        targets
     }
 
     #[test]
-    fn full_table_evicts_the_least_recently_used() {
+    fn full_table_evicts_an_unreferenced_target_first() {
         let mut table = TargetTable::new(3, 1_000);
-        for target in [1, 2, 3, 1, 4] {
+        for target in [1, 2, 3, 1] {
             table.touch(TargetId(target), 0);
         }
-        assert_eq!(order(&table), vec![4, 1, 3]);
+        // 1 was used again (referenced): the hand skips it and evicts 2.
+        table.touch(TargetId(4), 0);
+        assert_eq!(held(&table), vec![1, 3, 4]);
         assert_eq!(table.len(), 3);
     }
 
     #[test]
-    fn idle_targets_age_out_two_per_touch() {
+    fn idle_targets_age_out_as_the_hand_passes() {
         let mut table = TargetTable::new(10, 100);
         for target in 1..=5 {
             table.touch(TargetId(target), target);
         }
-        // At 104, targets used at 1..=4 are idle for >= 100 ms; one touch drops the two coldest.
-        table.touch(TargetId(9), 104);
-        assert_eq!(order(&table), vec![9, 5, 4, 3]);
-        table.touch(TargetId(9), 104);
-        assert_eq!(order(&table), vec![9, 5]);
+        // At 104, targets used at 1..=4 are idle for >= 100 ms. Each touch checks two slots.
+        table.touch(TargetId(5), 104);
+        table.touch(TargetId(5), 104);
+        table.touch(TargetId(5), 104);
+        assert_eq!(held(&table), vec![5]);
     }
 
-    /// Differential test against a naive model: a Vec in LRU order.
+    /// Differential test against a naive CLOCK model: a Vec of (target, referenced) and a hand.
     #[test]
-    fn matches_a_naive_lru_model() {
-        let mut table = TargetTable::new(8, u64::MAX);
-        let mut model: Vec<u64> = Vec::new();
+    fn matches_a_naive_clock_model() {
+        const CAPACITY: usize = 8;
+        let mut table = TargetTable::new(CAPACITY, u64::MAX);
+        let mut model: Vec<(u64, bool)> = Vec::new();
+        let mut hand = 0usize;
         let mut state = 7u64;
         for step in 0..5_000u64 {
             state = crate::ring::mix64(state + step);
             let target = state % 20;
             table.touch(TargetId(target), step);
-            model.retain(|held| *held != target);
-            model.insert(0, target);
-            model.truncate(8);
-            assert_eq!(order(&table), model, "step {step}");
+            if let Some(held) = model.iter_mut().find(|(held, _)| *held == target) {
+                held.1 = true;
+            } else if model.len() < CAPACITY {
+                model.push((target, false));
+            } else {
+                while model[hand].1 {
+                    model[hand].1 = false;
+                    hand = (hand + 1) % CAPACITY;
+                }
+                model[hand] = (target, false);
+                hand = (hand + 1) % CAPACITY;
+            }
+            let mut expected: Vec<u64> = model.iter().map(|(target, _)| *target).collect();
+            expected.sort_unstable();
+            assert_eq!(held(&table), expected, "step {step}");
         }
     }
 
@@ -276,5 +350,18 @@ mod tests {
             .map(|view| (view.target.0, view.requests))
             .collect();
         assert_eq!(hottest, vec![(3, 3), (2, 2)]);
+    }
+
+    #[test]
+    fn server_set_keeps_order_and_promotes_the_second_member() {
+        let mut set = ServerSet::default();
+        for id in [4, 2, 9] {
+            set.push(ServerId(id));
+        }
+        set.retain(|server| server != ServerId(4));
+        assert_eq!(set.to_vec(), vec![ServerId(2), ServerId(9)]);
+        assert!(set.contains(ServerId(9)));
+        set.replace_all(ServerId(1));
+        assert_eq!((set.to_vec(), set.len()), (vec![ServerId(1)], 1));
     }
 }
