@@ -154,7 +154,7 @@ proptest! {
     fn shard_cache_matches_naive_gds_on_real_files(
         sizes in proptest::collection::vec(0usize..2500, 10),
         requests in proptest::collection::vec(0u32..10, 1..150),
-        bytes_budget in 3000u64..8000,
+        bytes_budget in 3100u64..8000,
         entries_max in 1usize..8,
     ) {
         let dir = tempfile::tempdir().unwrap();

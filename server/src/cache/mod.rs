@@ -18,7 +18,7 @@
 //!   for less than `revalidate_interval_ms` (default 1000 ms) after the change, never longer.
 //!
 //! Invariants: charged bytes ≤ `bytes_budget` and entries ≤ `entries_max` after every call; every cached body is at
-//! most `object_bytes_max` bytes. An entry is charged `body length + path length + ENTRY_OVERHEAD_BYTES` (256) so
+//! most `object_bytes_max` bytes. An entry is charged `body length + path length + ENTRY_OVERHEAD_BYTES` (512) so
 //! that the budget bounds metadata too. Objects still referenced by in-flight responses after eviction or reload
 //! live on until those responses finish; they are no longer charged (memory can briefly exceed the budget by the
 //! bodies of responses in flight).
@@ -41,9 +41,11 @@ pub use gds::{CostModel, GdsMap, Priority};
 pub use object::{CachedObject, FileMeta};
 pub use read::{FileStream, LargeFile, ReadMode, ReadPath, STREAM_CHUNK_BYTES_DEFAULT};
 
-/// Bytes charged per entry on top of its body and path: the map slot, the order entry, the `Arc`'d object and its
-/// formatted header fields (~200 bytes measured by summing the structures, rounded up).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
+/// Bytes charged per entry on top of its body and path: the metadata memory of one entry, from the type sizes
+/// (`size_of`, x86-64): hash-table slot 112 B at load ≤ 7/8 and power-of-two growth (130–260 B), queue entry 48 B in
+/// half-to-full B-tree nodes (~70 B), the `Arc`'d `CachedObject` 160 B, ETag and Last-Modified strings 2 × 32 B,
+/// the `Bytes` owner header ~32 B, the path's `Arc` header 16 B: about 500 B.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 512;
 
 /// Largest default `object_bytes_max`: 16 MiB (larger files stream).
 pub const OBJECT_BYTES_MAX_DEFAULT_CAP: u64 = 16 * 1024 * 1024;
@@ -115,7 +117,7 @@ impl CacheConfig {
 /// A [`CacheConfig`] that cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CacheConfigError {
-    /// `object_bytes_max` + 256 bytes of entry overhead must fit in `bytes_budget`.
+    /// `object_bytes_max` + 512 bytes of entry overhead must fit in `bytes_budget`.
     #[error("cache object_bytes_max ({object_bytes_max}) plus {ENTRY_OVERHEAD_BYTES} bytes must not exceed bytes_budget ({bytes_budget})")]
     ObjectLargerThanBudget {
         /// Configured threshold.
