@@ -33,8 +33,8 @@
 //! | [`WEIGHT_MAX`] | 256 | ring points = vnodes × weight |
 //! | [`RING_POINTS_MAX`] | 2^20 points (12 MiB) | bounded ring memory and rebuild time |
 //! | [`VNODES_PER_SERVER_MAX`] | 1024 | same |
-//! | `targets_max` | default 10^6, at most [`TARGETS_MAX_LIMIT`] = 2^24 | ~100 B a target: 100 MB at the default |
-//! | `target_idle_ms` | default 600 000 | cold targets age out, [`EXPIRE_PER_TOUCH`] per select |
+//! | `targets_max` | default 10^6, at most [`TARGETS_MAX_LIMIT`] = 2^24 | ~85 B a target: 85 MB at the default |
+//! | `target_idle_ms` | default 600 000 | cold targets age out; [`EXPIRE_PER_TOUCH`] = 2 slots checked a select |
 //! | [`FALLBACK_WALK_MAX`] | 32 ring points | bounded search for hashing fallbacks |
 
 use std::fmt;
@@ -162,7 +162,7 @@ pub const WEIGHT_MAX: u32 = 256;
 pub const RING_POINTS_MAX: usize = 1 << 20;
 /// Largest `vnodes_per_server`.
 pub const VNODES_PER_SERVER_MAX: u32 = 1024;
-/// Largest `targets_max` a configuration may ask for (about 100 bytes a target: 1.6 GiB).
+/// Largest `targets_max` a configuration may ask for (about 85 bytes a target: 1.4 GiB).
 pub const TARGETS_MAX_LIMIT: usize = 1 << 24;
 
 /// One policy instance. Pure: time (`now_ms`) and randomness (`random`) are arguments.

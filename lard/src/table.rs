@@ -11,9 +11,10 @@
 //!
 //! Invariants: `map.len()` ≤ `capacity`; a slot is occupied iff the map points at it; free slots are on the
 //! free list; an occupied slot's set is non-empty except between insertion and the caller's first
-//! assignment. Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; about 80 bytes a target (a 64-byte entry,
-//! the map's 12-byte bucket at 87.5 % load); sets of more than one member spill to a heap block that the slot
-//! keeps when it is reused, so a full table stops allocating.
+//! assignment. Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; about 85 bytes a target: a 64-byte entry
+//! (never more than `capacity` slots: the vector grows by doubling, capped) and the map's 16-byte bucket plus
+//! a control byte at up to 87.5 % load; sets of more than one member spill to a heap block that the slot keeps
+//! when it is reused, so a full table stops allocating.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -110,7 +111,8 @@ pub(crate) struct Entry {
     pub(crate) target: TargetId,
     pub(crate) last_change_ms: u64,
     pub(crate) last_use_ms: u64,
-    pub(crate) requests: u64,
+    /// Saturates at u32::MAX.
+    pub(crate) requests: u32,
     /// LARD: exactly one server once assigned; LARD/R: the server set. Empty only when just inserted.
     pub(crate) servers: ServerSet,
     referenced: bool,
@@ -209,7 +211,7 @@ impl TargetTable {
             let entry = &mut self.entries[slot as usize];
             entry.referenced = true;
             entry.last_use_ms = now_ms;
-            entry.requests += 1;
+            entry.requests = entry.requests.saturating_add(1);
             return slot as usize;
         }
         if self.map.len() >= self.capacity {
@@ -218,6 +220,12 @@ impl TargetTable {
         let slot = match self.free.pop() {
             Some(slot) => slot as usize,
             None => {
+                if self.entries.len() == self.entries.capacity() {
+                    // Grow by doubling, but never past `capacity` slots.
+                    let room = self.capacity - self.entries.len();
+                    let more = self.entries.len().max(16).min(room);
+                    self.entries.reserve_exact(more);
+                }
                 self.entries.push(Entry {
                     target,
                     last_change_ms: now_ms,
@@ -267,7 +275,7 @@ impl TargetTable {
                 servers: entry.servers.to_vec(),
                 last_change_ms: entry.last_change_ms,
                 last_use_ms: entry.last_use_ms,
-                requests: entry.requests,
+                requests: u64::from(entry.requests),
             })
             .collect()
     }
@@ -336,6 +344,29 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(held(&table), expected, "step {step}");
         }
+    }
+
+    #[test]
+    fn entry_fits_a_cache_line() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn slots_never_exceed_capacity() {
+        let mut table = TargetTable::new(100, 1_000);
+        for target in 0..1_000 {
+            table.touch(TargetId(target), 0);
+        }
+        assert!(
+            table.entries.capacity() <= 100,
+            "{}",
+            table.entries.capacity()
+        );
+        assert_eq!(table.len(), 100);
     }
 
     #[test]
