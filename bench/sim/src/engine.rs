@@ -162,28 +162,30 @@ struct Event {
     target: u32,
 }
 
-struct Node {
-    cache: GdsCache,
-    cpu_free_us: u64,
-    disk_free_us: u64,
-    cpu_busy_us: u64,
-    disk_busy_us: u64,
+/// A FIFO single server (a node's CPU or disk).
+#[derive(Debug, Clone, Copy, Default)]
+struct Resource {
+    free_at_us: u64,
+    /// Service time of jobs started inside the measurement window.
+    busy_us: u64,
 }
 
-/// A FIFO single server: returns the completion time and adds the service to `busy` if it starts in the window.
-fn enqueue(
-    free_us: &mut u64,
-    busy_us: &mut u64,
-    now_us: u64,
-    service_us: u64,
-    window_start_us: Option<u64>,
-) -> u64 {
-    let start = now_us.max(*free_us);
-    *free_us = start + service_us;
-    if window_start_us.is_some_and(|w| start >= w) {
-        *busy_us += service_us;
+impl Resource {
+    /// Queues a job arriving at `now_us`; returns its completion time.
+    fn serve(&mut self, now_us: u64, service_us: u64, window_start_us: Option<u64>) -> u64 {
+        let start = now_us.max(self.free_at_us);
+        self.free_at_us = start + service_us;
+        if window_start_us.is_some_and(|w| start >= w) {
+            self.busy_us += service_us;
+        }
+        self.free_at_us
     }
-    *free_us
+}
+
+struct Node {
+    cache: GdsCache,
+    cpu: Resource,
+    disk: Resource,
 }
 
 /// Per-target tables, computed once: the hot loop only indexes.
@@ -242,26 +244,13 @@ impl Sim<'_> {
         let hit = node
             .cache
             .access(target, self.tables.sizes[target as usize]);
+        let window = self.window_start_us;
         let (stage, done_us) = if hit {
             let service = self.tables.cpu_us[target as usize];
-            let done = enqueue(
-                &mut node.cpu_free_us,
-                &mut node.cpu_busy_us,
-                now_us,
-                service,
-                self.window_start_us,
-            );
-            (Stage::CpuDone, done)
+            (Stage::CpuDone, node.cpu.serve(now_us, service, window))
         } else {
             let service = self.tables.disk_us[target as usize];
-            let done = enqueue(
-                &mut node.disk_free_us,
-                &mut node.disk_busy_us,
-                now_us,
-                service,
-                self.window_start_us,
-            );
-            (Stage::DiskDone, done)
+            (Stage::DiskDone, node.disk.serve(now_us, service, window))
         };
         if self.window_start_us.is_some() {
             self.measured_dispatches += 1;
@@ -318,10 +307,8 @@ pub fn run(config: &SimConfig, source: RequestSource<'_>) -> Result<SimResult, S
     let nodes = (0..config.nodes)
         .map(|_| Node {
             cache: GdsCache::new(targets.len(), config.cache_bytes),
-            cpu_free_us: 0,
-            disk_free_us: 0,
-            cpu_busy_us: 0,
-            disk_busy_us: 0,
+            cpu: Resource::default(),
+            disk: Resource::default(),
         })
         .collect();
     let mut sim = Sim {
@@ -357,13 +344,7 @@ pub fn run(config: &SimConfig, source: RequestSource<'_>) -> Result<SimResult, S
                 node.cache
                     .insert(event.target, sim.tables.sizes[target], &sim.tables.sizes);
                 let service = sim.tables.cpu_us[target];
-                let done = enqueue(
-                    &mut node.cpu_free_us,
-                    &mut node.cpu_busy_us,
-                    now_us,
-                    service,
-                    sim.window_start_us,
-                );
+                let done = node.cpu.serve(now_us, service, sim.window_start_us);
                 sim.push(done, Stage::CpuDone, event.node, event.target);
             }
             Stage::CpuDone => {
@@ -398,7 +379,7 @@ pub fn run(config: &SimConfig, source: RequestSource<'_>) -> Result<SimResult, S
         } else {
             sim.measured_hits as f64 / sim.measured_dispatches as f64
         },
-        cpu_util: sim.nodes.iter().map(|n| util(n.cpu_busy_us)).collect(),
-        disk_util: sim.nodes.iter().map(|n| util(n.disk_busy_us)).collect(),
+        cpu_util: sim.nodes.iter().map(|n| util(n.cpu.busy_us)).collect(),
+        disk_util: sim.nodes.iter().map(|n| util(n.disk.busy_us)).collect(),
     })
 }
