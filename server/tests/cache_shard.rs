@@ -220,12 +220,18 @@ fn too_large_file_is_streamed_in_chunks_and_not_cached() {
         let mut stream = large.into_stream(100..9_000, 3000);
         let mut received = Vec::new();
         let mut chunk_lengths = Vec::new();
+        let mut buffers = Vec::new();
         while let Some(chunk) = stream.next_chunk().unwrap() {
             chunk_lengths.push(chunk.len());
+            buffers.push(chunk.as_ptr());
             received.extend_from_slice(&chunk);
             stream.recycle(chunk);
         }
         assert_eq!(chunk_lengths, vec![3000, 3000, 2900]);
+        assert!(
+            buffers.iter().all(|pointer| *pointer == buffers[0]),
+            "every chunk reuses the recycled buffer"
+        );
         assert_eq!(received, &content[100..9_000]);
     }
     let counters = cache.counters();
@@ -260,6 +266,31 @@ fn stream_of_a_file_that_shrinks_fails_instead_of_sending_short() {
         .unwrap();
     let error = stream.next_chunk().unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+}
+
+/// Regression: a file whose length differs from its `stat` size (sysfs reports 4096 bytes for a few) was cached
+/// with `meta.size_bytes` 4096 and a 4-byte body, so Content-Length would have promised bytes never sent.
+#[test]
+fn file_whose_length_is_not_its_stat_size_is_an_error_not_a_short_body() {
+    let path = Path::new("/sys/devices/system/cpu/online");
+    let Ok(stat) = fs::metadata(path) else {
+        eprintln!("no {}: nothing to check here", path.display());
+        return;
+    };
+    let length = fs::read(path).unwrap().len() as u64;
+    assert_ne!(
+        stat.len(),
+        length,
+        "sysfs reports a size other than the length"
+    );
+    let mut cache = ShardCache::new(CacheConfig::with_budget(1 << 20)).unwrap();
+    assert!(matches!(cache.get_or_load(path, 0), Err(CacheError::Io(_))));
+    assert!(cache.is_empty());
+    assert_eq!(
+        cache.counters().buffered_reads,
+        2,
+        "one retry before giving up"
+    );
 }
 
 /// True when this directory's file system accepts an aligned `O_DIRECT` read.

@@ -53,6 +53,9 @@ pub const OBJECT_BYTES_MAX_DEFAULT_CAP: u64 = 16 * 1024 * 1024;
 /// Default `revalidate_interval_ms`.
 pub const REVALIDATE_INTERVAL_MS_DEFAULT: u64 = 1000;
 
+/// Reads of one miss before giving up on a file whose length keeps differing from its `fstat` size.
+pub const LOAD_ATTEMPTS_MAX: u32 = 2;
+
 /// Default `entries_max`.
 pub const ENTRIES_MAX_DEFAULT: usize = 1 << 20;
 
@@ -320,20 +323,37 @@ impl ShardCache {
 
     fn load(&mut self, path: &Path, now_ms: u64) -> Result<Fetched, CacheError> {
         let file = std::fs::File::open(path)?;
-        let stat = file.metadata()?;
-        if stat.is_dir() {
-            return Err(CacheError::IsDirectory);
-        }
-        let meta = FileMeta::from_metadata(path, &stat);
-        if meta.size_bytes > self.config.object_bytes_max {
-            self.counters.too_large += 1;
-            return Ok(Fetched::TooLarge(LargeFile { meta, file }));
-        }
-        let (body, read_path) = read::read_whole(&file, meta.size_bytes, self.config.read_mode)?;
-        match read_path {
-            ReadPath::Direct => self.counters.direct_reads += 1,
-            ReadPath::Buffered => self.counters.buffered_reads += 1,
-        }
+        let mut attempt = 1;
+        let (meta, body) = loop {
+            let stat = file.metadata()?;
+            if stat.is_dir() {
+                return Err(CacheError::IsDirectory);
+            }
+            let meta = FileMeta::from_metadata(path, &stat);
+            if meta.size_bytes > self.config.object_bytes_max {
+                self.counters.too_large += 1;
+                return Ok(Fetched::TooLarge(LargeFile { meta, file }));
+            }
+            let (body, read_path) =
+                read::read_whole(&file, meta.size_bytes, self.config.read_mode)?;
+            match read_path {
+                ReadPath::Direct => self.counters.direct_reads += 1,
+                ReadPath::Buffered => self.counters.buffered_reads += 1,
+            }
+            // A body shorter than its stat size would contradict the Content-Length and ETag built from `meta`:
+            // the file shrank while being read (or is a sysfs-like file whose size is not its length).
+            if body.len() as u64 == meta.size_bytes {
+                break (meta, body);
+            }
+            if attempt == LOAD_ATTEMPTS_MAX {
+                return Err(CacheError::Io(io::Error::other(format!(
+                    "file length changed while reading: stat said {} bytes, read {}",
+                    meta.size_bytes,
+                    body.len()
+                ))));
+            }
+            attempt += 1;
+        };
         let charged_bytes = Self::charged_bytes(path, body.len() as u64);
         let increment = self.config.cost_model.priority_increment(charged_bytes);
         let object = Arc::new(CachedObject { body, meta });

@@ -286,7 +286,7 @@ impl FileStream {
 
     /// Returns a chunk's buffer for reuse.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
-        if buffer.capacity() >= self.chunk_bytes.min(DIRECT_ALIGN_BYTES) {
+        if buffer.capacity() >= self.chunk_bytes {
             self.buffer = Some(buffer);
         }
     }
