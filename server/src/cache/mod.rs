@@ -23,6 +23,10 @@
 //! live on until those responses finish; they are no longer charged (memory can briefly exceed the budget by the
 //! bodies of responses in flight).
 //!
+//! Cost: a hit is one hash probe of the path plus an `Arc` clone (`cargo bench -p larder-micro --bench cache`:
+//! `ShardCache::lookup` within 5% of a plain `HashMap` get with 10k objects); a miss is one synchronous file read
+//! (measured costs and the single-copy vs page-cache trade-off in [`read`]).
+//!
 //! Limits (defaults): `bytes_budget` given by the caller (`--cache-mb`); `object_bytes_max` = min(budget/8, 16 MiB);
 //! `entries_max` = 1,048,576; `revalidate_interval_ms` = 1000; `stream_chunk_bytes` = 256 KiB; `O_DIRECT` from
 //! 64 KiB up.
