@@ -4,15 +4,20 @@
 //! Ring protocol (any thread, [`Doorbell::ring`]):
 //! 1. make the condition true (push the message, set the shutdown flag, free a queue slot);
 //! 2. `pending |= reason` (SeqCst);
-//! 3. if `parked.swap(false)` was true — the pump is (about to be) asleep — write 1 to the eventfd.
+//! 3. if `parked.swap(false)` was true — the pump is (about to be) asleep — write 1 to the eventfd. While the pump
+//!    is awake or spinning no system call is made.
 //!
 //! Pump protocol (the shard's own thread, [`LocalBell::pump`]):
-//! 1. `parked = true`, full fence, `bits = pending.swap(0)`;
-//! 2. if `bits != 0`: wake the local waiters registered for those reasons, yield once, go to 1;
-//! 3. else await the eventfd becoming readable (an async `readv` of its 8-byte counter through the shard's driver:
-//!    io_uring `IORING_OP_READV` or epoll readiness + `readv`), then go to 1.
+//! 1. `bits = pending.swap(0)`; if `bits != 0`: wake the local waiters registered for those reasons, note the
+//!    time, yield once (to the back of the run queue, see `yielder.rs`), go to 1;
+//! 2. if less than `spin` (the mesh's `spin_before_park_us`) has passed since the last activity: yield once (the
+//!    shard's other tasks and its driver run in between) and go to 1 — the shard stays awake briefly instead of
+//!    paying two thread wake-ups per round trip;
+//! 3. park: `parked = true`, full fence, re-check `pending` (non-zero: `parked = false`, go to 1); else await the
+//!    eventfd becoming readable (an async `readv` of its 8-byte counter through the shard's driver: io_uring
+//!    `IORING_OP_READV`, or epoll readiness + `readv`), then `parked = false` and go to 1.
 //!
-//! Why no wake-up is lost: step 3 of the ring and step 1 of the pump are a Dekker pair (each side writes its flag,
+//! Why no wake-up is lost: step 3 of the ring and step 3 of the pump are a Dekker pair (each side writes its flag,
 //! fences, reads the other's), so either the ringer sees `parked` and writes the eventfd, or the pump sees the
 //! pending bit before it sleeps. Waiters live on the pump's thread, register before re-checking their condition, and
 //! are woken by reason, so a message never wakes tasks that wait only for shutdown. A stale eventfd count only
@@ -24,13 +29,15 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, EventfdFlags};
+
+use crate::yielder::Yielder;
 
 /// Why a doorbell was rung; one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +142,7 @@ impl LocalBell {
 
     /// The pump task (see the module docs). `nonblocking` must be true for the epoll driver (readiness-based
     /// reads) and false for io_uring (which then waits inside the kernel instead of returning EAGAIN).
-    pub(crate) async fn pump(self: Rc<Self>, nonblocking: bool) {
+    pub(crate) async fn pump(self: Rc<Self>, nonblocking: bool, spin: Duration, yielder: Yielder) {
         let fd = rustix::io::dup(self.bell.eventfd.as_fd()).expect("dup of the shard eventfd");
         rustix::io::ioctl_fionbio(&fd, nonblocking).expect("setting the eventfd's blocking mode");
         // SAFETY: `fd` is a freshly duplicated, owned descriptor; ownership moves into the std UnixStream (it is
@@ -144,18 +151,32 @@ impl LocalBell {
         let mut stream =
             monoio::net::UnixStream::from_std(std_stream).expect("registering the shard eventfd");
         let mut buffer = monoio::buf::VecBuf::from(vec![vec![0u8; 8]]);
+        let mut last_activity = Instant::now();
         loop {
-            self.bell.parked.store(true, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
+            // Step 1 (awake): take the pending reasons; ringers do not write the eventfd while we are not parked.
             let bits = self.bell.pending.swap(0, Ordering::SeqCst);
             if bits != 0 {
-                self.bell.parked.store(false, Ordering::SeqCst);
                 self.wake(bits);
-                YieldOnce(false).await;
+                last_activity = Instant::now();
+                yielder.yield_now().await;
+                continue;
+            }
+            // Step 2: shortly after activity, stay awake (yielding to the shard's other tasks and its driver) —
+            // a reply usually comes within microseconds, and parking costs two thread wake-ups per round trip.
+            if last_activity.elapsed() < spin {
+                yielder.yield_now().await;
+                continue;
+            }
+            // Step 3: park. Dekker pair with `ring`: announce, fence, re-check.
+            self.bell.parked.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.bell.pending.load(Ordering::SeqCst) != 0 {
+                self.bell.parked.store(false, Ordering::SeqCst);
                 continue;
             }
             let (result, returned) = monoio::io::AsyncReadRent::readv(&mut stream, buffer).await;
             buffer = returned;
+            self.bell.parked.store(false, Ordering::SeqCst);
             match result {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -163,21 +184,5 @@ impl LocalBell {
                 Err(e) => panic!("reading the shard eventfd failed: {e}"),
             }
         }
-    }
-}
-
-/// Returns `Pending` once (after waking itself), so other ready tasks run before the caller continues.
-pub(crate) struct YieldOnce(pub(crate) bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }

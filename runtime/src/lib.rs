@@ -14,6 +14,7 @@
 //! | [`timer`] | the hierarchical timer wheel itself (pure data structure) |
 //! | [`container`] | resource containers and the per-shard container scheduler |
 //! | [`stats`] | per-shard counters and CPU time, readable from any thread |
+//! | [`yielder`] | a yield that really lets the shard's other tasks run (monoio's self-wake does not) |
 //!
 //! Why its own crate: the data plane (`server/`) and benchmarks build on these pieces, and none of them needs to
 //! know about HTTP, LARD or gRPC; keeping them here makes the shard model testable on its own.
@@ -27,6 +28,7 @@ pub mod sleep;
 pub mod stats;
 pub mod timer;
 pub mod topology;
+pub mod yielder;
 
 pub use handoff::{Handoff, HandoffError};
 pub use mesh::{ControlSender, Envelope, MeshConfig, MeshError, MeshSendError, ShardMesh, Source};
@@ -36,6 +38,7 @@ pub use pool::{
 pub use sleep::{ShardTimers, Sleep, TimeoutError};
 pub use stats::{DriverKind, ShardStats, StatsHandle};
 pub use topology::{CpuId, ShardSelection, Topology};
+pub use yielder::Yielder;
 
 /// Index of a shard in its pool: `0..shard_count`. Distinct from [`CpuId`] (shard 0 may run on CPU 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

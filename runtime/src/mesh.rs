@@ -3,7 +3,8 @@
 //!
 //! What it owns: for N shards, N×(N−1) crossbeam bounded channels (shard i → shard j, i ≠ j), N control channels
 //! (any thread → shard j), and one doorbell (eventfd) per shard (see `bell.rs` for the wake-up protocol). A shard
-//! awaits [`ShardMesh::recv`] without busy polling: an empty mesh parks the shard in its I/O driver.
+//! awaits [`ShardMesh::recv`] without busy polling: an empty mesh parks the shard in its I/O driver (after staying
+//! awake for at most `spin_before_park_us`, default 50 µs, following the last message — see `bell.rs`).
 //!
 //! Back-pressure, never unbounded growth: every queue holds at most its capacity. [`ShardMesh::try_send`] on a full
 //! queue returns [`MeshError::Full`] with the message handed back; [`ShardMesh::send`] instead waits until the
@@ -23,6 +24,7 @@
 //! | [`CONTROL_QUEUE_CAPACITY_DEFAULT`] | 256 messages per shard | control traffic is a few messages a second |
 //! | [`QUEUE_CAPACITY_MAX`] | 65,536 | caps the up-front slot allocation |
 //! | [`SHARDS_MAX`] | 256 | N² channels; beyond this a hierarchy would be needed |
+//! | [`SPIN_BEFORE_PARK_US_DEFAULT`] | 50 µs awake after mesh activity (max 10 ms) | a round trip costs 2 wake-ups otherwise |
 
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -41,6 +43,10 @@ pub const SHARD_QUEUE_CAPACITY_DEFAULT: usize = 256;
 pub const CONTROL_QUEUE_CAPACITY_DEFAULT: usize = 256;
 /// Largest allowed capacity of any mesh queue.
 pub const QUEUE_CAPACITY_MAX: usize = 65_536;
+/// Default time a shard stays awake after mesh activity before parking in its driver.
+pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 50;
+/// Largest allowed `spin_before_park_us`.
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// Most shards a mesh connects.
 pub const SHARDS_MAX: usize = 256;
 
@@ -51,6 +57,9 @@ pub struct MeshConfig {
     pub shard_queue_capacity: usize,
     /// Messages each control → shard queue holds.
     pub control_queue_capacity: usize,
+    /// How long a shard's doorbell pump stays awake (yielding, not parked) after the last mesh activity; 0 parks
+    /// at once. See `bell.rs`, pump step 2.
+    pub spin_before_park_us: u64,
 }
 
 impl Default for MeshConfig {
@@ -58,6 +67,7 @@ impl Default for MeshConfig {
         MeshConfig {
             shard_queue_capacity: SHARD_QUEUE_CAPACITY_DEFAULT,
             control_queue_capacity: CONTROL_QUEUE_CAPACITY_DEFAULT,
+            spin_before_park_us: SPIN_BEFORE_PARK_US_DEFAULT,
         }
     }
 }
@@ -82,6 +92,8 @@ pub enum MeshBuildError {
     ShardCount { shard_count: usize },
     #[error("queue capacity {capacity} is not in 1..={QUEUE_CAPACITY_MAX}")]
     Capacity { capacity: usize },
+    #[error("spin_before_park_us {spin_before_park_us} is over {SPIN_BEFORE_PARK_US_MAX}")]
+    Spin { spin_before_park_us: u64 },
     #[error("creating a shard eventfd: {0}")]
     Eventfd(std::io::Error),
 }
@@ -142,6 +154,11 @@ pub(crate) fn build<M: Send + 'static>(
 ) -> Result<MeshParts<M>, MeshBuildError> {
     if shard_count == 0 || shard_count > SHARDS_MAX {
         return Err(MeshBuildError::ShardCount { shard_count });
+    }
+    if config.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
+        return Err(MeshBuildError::Spin {
+            spin_before_park_us: config.spin_before_park_us,
+        });
     }
     for capacity in [config.shard_queue_capacity, config.control_queue_capacity] {
         if capacity == 0 || capacity > QUEUE_CAPACITY_MAX {

@@ -11,7 +11,8 @@
 //! 4. When all N shards are ready, `start` tells each to go; if any failed (or did not report within
 //!    [`STARTUP_TIMEOUT_MS`]), it tells all to abort, joins them and returns [`PoolError::Startup`]. No init closure
 //!    runs unless every shard started.
-//! 5. Each shard spawns its local tasks (doorbell pump, timer driver, container scheduler, stats sampler), then
+//! 5. Each shard spawns its local tasks (yield bouncer, doorbell pump, timer driver, container scheduler, stats
+//!    sampler), then
 //!    the init closure's future as tracked in-flight work, and waits for shutdown.
 //!
 //! # Shutdown protocol ([`ShardPool::shutdown`], [`ShutdownHandle::request`], or a shard panic)
@@ -67,6 +68,7 @@ use crate::sleep::ShardTimers;
 use crate::stats::{DriverKind, ShardStats, StatsCell, StatsHandle, STATS_INTERVAL_MS_DEFAULT};
 use crate::timer::{TimerConfig, TimerError, TimerWheel};
 use crate::topology::{self, CpuId, ShardSelection, Topology, TopologyError};
+use crate::yielder::Yielder;
 use crate::ShardId;
 
 /// Default drain deadline (shutdown step 2).
@@ -295,6 +297,7 @@ struct ContextInner<M> {
     local: Rc<LocalBell>,
     timers: ShardTimers,
     containers: ContainerScheduler,
+    yielder: Yielder,
     in_flight: Rc<Cell<usize>>,
 }
 
@@ -337,6 +340,12 @@ impl<M: Send + 'static> ShardContext<M> {
     /// The shard's resource-container scheduler.
     pub fn containers(&self) -> &ContainerScheduler {
         &self.inner.containers
+    }
+
+    /// The shard's yield service: `ctx.yielder().yield_now().await` lets every other ready task run first
+    /// (monoio's self-wake yield does not; see `yielder.rs`).
+    pub fn yielder(&self) -> &Yielder {
+        &self.inner.yielder
     }
 
     /// True once shutdown was requested (shutdown step 1): stop accepting new work.
@@ -896,8 +905,14 @@ where
     F: Fn(ShardContext<M>) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
+    let yielder = Yielder::new();
+    monoio::spawn(yielder.clone().bounce());
     let local = LocalBell::new(parts.bell);
-    monoio::spawn(local.clone().pump(parts.driver == DriverKind::Epoll));
+    monoio::spawn(local.clone().pump(
+        parts.driver == DriverKind::Epoll,
+        Duration::from_micros(config.mesh.spin_before_park_us),
+        yielder.clone(),
+    ));
     let timers = ShardTimers::new(config.timer, parts.started).expect("validated by start");
     monoio::spawn(timers.clone().drive());
     let containers = ContainerScheduler::new(config.scheduler, MonotonicClock::new())
@@ -907,7 +922,12 @@ where
         monoio::spawn(async move { containers.run().await });
     }
     {
-        let (timers, containers, stats) = (timers.clone(), containers.clone(), parts.stats.clone());
+        let (timers, containers, stats, yielder) = (
+            timers.clone(),
+            containers.clone(),
+            parts.stats.clone(),
+            yielder.clone(),
+        );
         let interval = Duration::from_millis(config.stats_interval_ms);
         monoio::spawn(async move {
             loop {
@@ -915,7 +935,7 @@ where
                 stats.publish_containers(containers.stats().containers);
                 if timers.sleep(interval).await.is_err() {
                     // The wheel is full: sample again after the next poll of this task rather than never.
-                    crate::bell::YieldOnce(false).await;
+                    yielder.yield_now().await;
                 }
             }
         });
@@ -932,6 +952,7 @@ where
             local,
             timers: timers.clone(),
             containers: containers.clone(),
+            yielder,
             in_flight: Rc::new(Cell::new(0)),
         }),
     };
