@@ -22,7 +22,8 @@
 //!
 //! Limits: [`READ_BUFFER_BYTES`] (32 KiB) per connection, so 10 000 connections hold 320 MB of read buffers (a
 //! response head must fit in one); a write buffer of at most `pipeline × 8 KiB`; [`CONNECT_RETRY_MS`] (10 ms)
-//! between failed connection attempts; [`URING_ENTRIES`] (4096) io_uring entries per thread.
+//! between failed connection attempts and [`CONNECT_FAILURES_MAX`] (500) consecutive failures before a connection
+//! gives up; [`URING_ENTRIES`] (4096) io_uring entries per thread.
 
 use crate::config::{DriverChoice, RunConfig, WorkloadSpec};
 use crate::cores::{pin_current_thread, CoreId};
@@ -49,6 +50,9 @@ use std::time::{Duration, Instant};
 pub const READ_BUFFER_BYTES: usize = HEAD_BYTES_MAX;
 /// Pause after a failed connection attempt.
 pub const CONNECT_RETRY_MS: u64 = 10;
+/// Consecutive failed connection attempts after which a connection gives up (about 5 s of refusals), so a run
+/// bounded only by `--requests` ends when the server is gone.
+pub const CONNECT_FAILURES_MAX: u32 = 500;
 /// io_uring submission queue entries per thread.
 pub const URING_ENTRIES: u32 = 4096;
 
@@ -410,6 +414,7 @@ impl Connection {
     }
 
     async fn run(mut self) {
+        let mut failures = 0;
         loop {
             if self.pending.is_none() {
                 self.pending = self.class.source.borrow_mut().next(Instant::now());
@@ -421,6 +426,10 @@ impl Connection {
                 sleep_until(due).await;
             }
             let Some(stream) = self.connect().await else {
+                failures += 1;
+                if failures >= CONNECT_FAILURES_MAX {
+                    return;
+                }
                 monoio::time::sleep(Duration::from_millis(CONNECT_RETRY_MS)).await;
                 if self
                     .shared
@@ -431,6 +440,7 @@ impl Connection {
                 }
                 continue;
             };
+            failures = 0;
             match self.serve(stream).await {
                 Ending::Done => return,
                 Ending::Reconnect => continue,

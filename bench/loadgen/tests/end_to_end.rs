@@ -212,6 +212,26 @@ fn refused_connections_are_connect_errors_not_requests() {
 }
 
 #[test]
+fn a_run_bounded_only_by_requests_ends_when_the_server_is_gone() {
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = unused.local_addr().unwrap();
+    drop(unused);
+    let gone = config(
+        address,
+        DriverChoice::Epoll,
+        vec![class("default", "t.test", 2, 10)],
+    );
+    let report = run_quiet(&gone);
+    let failures = u64::from(larder_loadgen::engine::CONNECT_FAILURES_MAX);
+    assert_eq!(
+        report.total.errors_by_kind.connect,
+        2 * failures,
+        "each connection gives up"
+    );
+    assert_eq!(report.total.sent, 0);
+}
+
+#[test]
 fn compare_alternates_servers_and_takes_medians() {
     let good = TestServer::start(|_| Action::Ok);
     let failing = TestServer::start(|_| Action::Status500);
