@@ -38,7 +38,9 @@ pub mod engine;
 pub mod report;
 
 pub use cost::CostModel;
-pub use engine::{draw_sequence, run, Outstanding, RequestSource, SimConfig, SimError, SimResult};
+pub use engine::{
+    draw_sequence, run, Outstanding, RequestSource, SimConfig, SimError, SimResult, NODES_MAX,
+};
 
 /// Most node counts one sweep may ask for.
 pub const NODE_COUNTS_MAX: usize = 64;

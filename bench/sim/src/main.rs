@@ -10,16 +10,17 @@ use clap::Parser;
 use larder_lard::{LardParams, PolicyConfig, PolicyKind};
 use larder_sim::{
     chart, draw_sequence, report, run, CostModel, Outstanding, RequestSource, SimConfig, SimResult,
-    NODE_COUNTS_MAX,
+    NODES_MAX, NODE_COUNTS_MAX,
 };
 use larder_workload::{Preset, Trace, Workload};
 
 /// Trace-driven cluster simulator for LARD and its peers (cost model of Pai et al., ASPLOS '98).
 #[derive(Parser, Debug)]
 #[command(name = "larder-sim", version)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "trace"])))]
 struct Args {
     /// Synthetic workload matching a published trace: rice or ibm.
-    #[arg(long, conflicts_with = "trace", required_unless_present = "trace")]
+    #[arg(long)]
     preset: Option<String>,
     /// Access log to replay (Common, Combined, NASA or EPA format); successful GETs only.
     #[arg(long)]
@@ -97,6 +98,9 @@ fn run_cli(args: Args) -> Result<()> {
     if args.nodes.is_empty() || args.nodes.len() > NODE_COUNTS_MAX {
         bail!("--nodes takes 1 to {NODE_COUNTS_MAX} node counts");
     }
+    if let Some(bad) = args.nodes.iter().find(|&&n| n == 0 || n > NODES_MAX) {
+        bail!("--nodes: {bad} is outside 1..={NODES_MAX}");
+    }
     let policies: Vec<PolicyKind> = args
         .policies
         .iter()
@@ -111,8 +115,7 @@ fn run_cli(args: Args) -> Result<()> {
             )
         }
         (None, Some(path)) => {
-            let trace = Trace::from_path(path)
-                .with_context(|| format!("reading trace {}", path.display()))?;
+            let trace = Trace::from_path(path)?;
             eprintln!(
                 "trace {}: {} lines, {} parsed, {} malformed, {} not successful GETs; {} requests to {} targets",
                 path.display(),

@@ -76,7 +76,7 @@ pub enum LineError {
 /// Errors reading a whole log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{path}: {source}")]
+    #[error("I/O on {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("trace has more than {max} requests")]
     TooManyRequests { max: usize },

@@ -33,7 +33,7 @@ pub enum SiteError {
     TooManyFiles { files: u64, max: u32 },
     #[error("site of {bytes} bytes exceeds the limit {max} bytes")]
     TooManyBytes { bytes: u64, max: u64 },
-    #[error("{path}: {source}")]
+    #[error("I/O on {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}:{line}: malformed manifest line")]
     BadManifest { path: PathBuf, line: usize },
