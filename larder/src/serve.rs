@@ -1,10 +1,129 @@
-//! `larder serve` (not built yet).
+//! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node → exit 0
+//! after SIGINT/SIGTERM once in-flight responses are finished.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context as _;
+use larder_server::config::{parse_io_driver, parse_policy};
+use larder_server::{Node, ServeConfig};
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`larder serve` is not built yet")
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Shards: `all` (one per physical core), a count, or a CPU list like `0-3` [default: all].
+    #[arg(long)]
+    cores: Option<String>,
+    /// I/O driver: auto, uring or epoll [default: auto].
+    #[arg(long = "io-driver")]
+    io_driver: Option<String>,
+    /// Cache budget of the whole node in MiB, split across the shards [default: 256].
+    #[arg(long = "cache-mb")]
+    cache_mb: Option<u64>,
+    /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
+    #[arg(long)]
+    policy: Option<String>,
+    /// TOML file with any setting of `ServeConfig`; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Do not start the control plane.
+    #[arg(long = "no-control")]
+    no_control: bool,
+    /// Address of the control plane's gRPC endpoint.
+    #[arg(long)]
+    control: Option<String>,
+    /// Directory to serve [default: .].
+    root: Option<PathBuf>,
+}
+
+fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            ServeConfig::from_toml_str(&text)
+                .with_context(|| format!("config file {}", path.display()))?
+        }
+        None => ServeConfig::default(),
+    };
+    if let Some(listen) = &args.listen {
+        config.listen = listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("--listen {listen}: expected IP:PORT"))?;
+    }
+    if let Some(cores) = &args.cores {
+        config.cores = cores.parse().context("--cores")?;
+    }
+    if let Some(driver) = &args.io_driver {
+        config.io_driver = parse_io_driver(driver).context("--io-driver")?;
+    }
+    if let Some(cache_mb) = args.cache_mb {
+        config.cache_mb = cache_mb;
+    }
+    if let Some(policy) = &args.policy {
+        config.policy = parse_policy(policy).context("--policy")?;
+    }
+    if let Some(root) = &args.root {
+        config.root = root.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let config = config_from(&args)?;
+    if args.no_control {
+        tracing::info!("control plane disabled (--no-control)");
+    } else if let Some(control) = &args.control {
+        tracing::info!(%control, "--control accepted; the control plane is not part of this build yet");
+    }
+    // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
+    // thread receives them (in sigwait below).
+    let signals = block_termination_signals()?;
+    let node = Node::start(config).context("starting the node")?;
+    println!(
+        "larder: serving on http://{} with {} shards",
+        node.local_addr(),
+        node.shard_count()
+    );
+    let signal = wait_for(&signals);
+    tracing::info!(signal, "shutting down: finishing in-flight responses");
+    node.shutdown();
+    let report = node.join().context("stopping the node")?;
+    if !report.fully_drained() {
+        tracing::warn!("some connections were still busy at the drain deadline and were closed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn block_termination_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        anyhow::ensure!(result == 0, "pthread_sigmask failed: {result}");
+        Ok(set)
+    }
+}
+
+fn wait_for(signals: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `signals` is a valid set blocked in this thread; sigwait only writes `signal`.
+    let result = unsafe { libc::sigwait(signals, &mut signal) };
+    if result != 0 {
+        tracing::warn!(result, "sigwait failed; stopping");
+    }
+    signal
 }

@@ -1,7 +1,14 @@
 //! `larder-server`: the HTTP/1.1 static-content node behind `larder serve`.
 //!
 //! - [`http`]: the protocol, pure (no I/O): parsing, paths, heads, ranges.
+//! - [`config`]: `ServeConfig`, from defaults, TOML and flags, validated at start.
+//! - [`node`]: the running node: shards, connections, routing, containers, statistics.
 //! - [`cache`]: the per-shard object cache (GreedyDual-Size, single-copy reads).
 
 pub mod cache;
+pub mod config;
 pub mod http;
+pub mod node;
+
+pub use config::ServeConfig;
+pub use node::{Node, NodeError, NodeStats};

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# larder vs nginx on the same directory, same load generator, alternating rounds (issue 4 acceptance).
+#
+# Servers: `larder serve --cores $SERVER_CORES` and nginx with worker_processes = number of larder shards, pinned
+# to the same CPUs (worker_cpu_affinity), sendfile on, open_file_cache on, access_log off. Both serve $WORK/www.
+# Load: wrk pinned (taskset) to $CLIENT_CPUS, `--latency`; rounds alternate the order (nginx first in odd rounds).
+# Workloads:
+#   4k    GET /4k.html, keep-alive, $CONNECTIONS connections             → req/s, p50, p99
+#   1m    GET /1m.bin, keep-alive, 16 connections                        → bytes/s, p50, p99
+#   zipf  Zipf(alpha=$ZIPF_ALPHA) over 10,000 files of 16 KiB (160 MiB), larder --cache-mb $ZIPF_CACHE_MB (smaller
+#         than the set), a seeded wrk Lua script picks the paths           → req/s, p50, p99
+# Prints one table of medians over rounds and the ratio larder/nginx per metric.
+# Targets (issue 4): 4k on one core ≥ 1.2× nginx req/s with p99 ≤ nginx's; 1m ≥ 0.9× nginx bytes/s.
+#
+# Usage: bench/scripts/nginx-compare.sh                     (ROUNDS=3 DURATION=10 SERVER_CORES=0 CLIENT_CPUS=1)
+#        ROUNDS=5 DURATION=20 IO_DRIVER=uring WORKLOADS="4k 1m" bench/scripts/nginx-compare.sh
+#        LARDER=/path/to/larder bench/scripts/nginx-compare.sh   (skip the cargo build)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+SERVER_CORES=${SERVER_CORES:-0}        # CPU list for both servers, e.g. "0" or "0-1"
+CLIENT_CPUS=${CLIENT_CPUS:-1}          # CPU list for wrk
+WRK_THREADS=${WRK_THREADS:-1}
+IO_DRIVER=${IO_DRIVER:-auto}
+WORKLOADS=${WORKLOADS:-"4k 1m zipf"}
+ZIPF_ALPHA=${ZIPF_ALPHA:-1.0}
+ZIPF_CACHE_MB=${ZIPF_CACHE_MB:-64}
+LARDER_PORT=${LARDER_PORT:-18580}
+NGINX_PORT=${NGINX_PORT:-18581}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+
+need=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    echo "installing ${need[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [[ -z "${LARDER:-}" ]]; then
+    (cd "$REPO" && cargo build --release -q -p larder)
+    LARDER=${CARGO_TARGET_DIR:-$REPO/target}/release/larder
+fi
+
+# CPU list "0-1,3" → count and nginx affinity masks (one per worker).
+cpus=()
+IFS=',' read -ra parts <<<"$SERVER_CORES"
+for part in "${parts[@]}"; do
+    if [[ $part == *-* ]]; then for ((c = ${part%-*}; c <= ${part#*-}; c++)); do cpus+=("$c"); done
+    else cpus+=("$part"); fi
+done
+SHARDS=${#cpus[@]}
+masks=""
+for c in "${cpus[@]}"; do
+    bits=""
+    for ((b = 63; b >= 0; b--)); do if ((b == c)); then bits+="1"; elif [[ -n $bits ]]; then bits+="0"; fi; done
+    masks+=" $bits"
+done
+
+WORK=$(mktemp -d /tmp/nginx-compare.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/www/z" "$WORK/logs"
+head -c 4096 /dev/urandom | base64 -w 0 | head -c 4096 >"$WORK/www/4k.html"
+head -c $((1 << 20)) /dev/urandom >"$WORK/www/1m.bin"
+if [[ " $WORKLOADS " == *" zipf "* ]]; then
+    block=$(head -c 16384 /dev/urandom | base64 -w 0 | head -c 16384)
+    for ((i = 0; i < 10000; i++)); do printf '%s' "$block" >"$WORK/www/z/$i.html"; done
+fi
+chmod -R a+rX "$WORK/www"
+
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes $SHARDS;
+worker_cpu_affinity$masks;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=20000 inactive=60s;
+    open_file_cache_valid 60s;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:$NGINX_PORT reuseport;
+        root $WORK/www;
+    }
+}
+CONF
+
+cat >"$WORK/zipf.lua" <<'LUA'
+-- Zipf(alpha) over 10,000 paths with a fixed seed: the same sequence for both servers.
+local n, alpha = 10000, tonumber(os.getenv("ZIPF_ALPHA") or "1.0")
+local cdf, total = {}, 0
+for i = 1, n do total = total + 1 / (i ^ alpha); cdf[i] = total end
+for i = 1, n do cdf[i] = cdf[i] / total end
+math.randomseed(42)
+request = function()
+    local u, lo, hi = math.random(), 1, n
+    while lo < hi do local mid = (lo + hi) // 2; if cdf[mid] < u then lo = mid + 1 else hi = mid end end
+    return wrk.format("GET", "/z/" .. (lo - 1) .. ".html")
+end
+LUA
+
+LARDER_PID=""
+NGINX_PID=""
+cleanup() {
+    [[ -n $LARDER_PID ]] && kill "$LARDER_PID" 2>/dev/null && wait "$LARDER_PID" 2>/dev/null || true
+    [[ -n $NGINX_PID ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/4k.html" && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
+
+start_larder() { # $1 = cache MiB
+    "$LARDER" serve --listen "127.0.0.1:$LARDER_PORT" --cores "$SERVER_CORES," --io-driver "$IO_DRIVER" \
+        --cache-mb "$1" --no-control "$WORK/www" >"$WORK/logs/larder.log" 2>&1 &
+    LARDER_PID=$!
+    wait_up "$LARDER_PORT"
+}
+stop_larder() { kill "$LARDER_PID"; wait "$LARDER_PID" || true; LARDER_PID=""; }
+
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/logs/nginx.stderr" &
+NGINX_PID=$!
+wait_up "$NGINX_PORT"
+
+# wrk output → "req_per_s bytes_per_s p50_us p99_us"
+parse_wrk() {
+    awk '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
+    function bytes(v) { if (v ~ /GB$/) return v * 1073741824; if (v ~ /MB$/) return v * 1048576; if (v ~ /KB$/) return v * 1024; return v + 0 }
+    $1 == "50%" { p50 = us($2) } $1 == "99%" { p99 = us($2) }
+    $1 == "Requests/sec:" { rps = $2 } $1 == "Transfer/sec:" { bps = bytes($2) }
+    END { printf "%.0f %.0f %.0f %.0f\n", rps, bps, p50, p99 }'
+}
+
+run_wrk() { # $1 port, $2 workload
+    local port=$1 workload=$2 args=()
+    case $workload in
+        4k) args=(-c "$CONNECTIONS" "http://127.0.0.1:$port/4k.html") ;;
+        1m) args=(-c 16 "http://127.0.0.1:$port/1m.bin") ;;
+        zipf) args=(-c "$CONNECTIONS" -s "$WORK/zipf.lua" "http://127.0.0.1:$port/") ;;
+    esac
+    ZIPF_ALPHA=$ZIPF_ALPHA taskset -c "$CLIENT_CPUS" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${args[@]}" | parse_wrk
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo "larder $("$LARDER" --version 2>/dev/null | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')) vs $("$NGINX" -v 2>&1 | sed 's/.*: //')"
+echo "server CPUs $SERVER_CORES ($SHARDS shards/workers), wrk on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
+printf '\n%-6s %-7s %14s %14s %10s %10s\n' workload server "req/s" "bytes/s" "p50 µs" "p99 µs"
+for workload in $WORKLOADS; do
+    cache_mb=256
+    [[ $workload == zipf ]] && cache_mb=$ZIPF_CACHE_MB
+    start_larder "$cache_mb"
+    : >"$WORK/larder.$workload"
+    : >"$WORK/nginx.$workload"
+    # Warm both (first reads, caches), untimed.
+    DURATION=2 run_wrk "$LARDER_PORT" "$workload" >/dev/null
+    DURATION=2 run_wrk "$NGINX_PORT" "$workload" >/dev/null
+    for ((round = 1; round <= ROUNDS; round++)); do
+        if ((round % 2)); then order="nginx larder"; else order="larder nginx"; fi
+        for server in $order; do
+            port=$NGINX_PORT
+            [[ $server == larder ]] && port=$LARDER_PORT
+            run_wrk "$port" "$workload" >>"$WORK/$server.$workload"
+        done
+    done
+    stop_larder
+    declare -A med=()
+    for server in nginx larder; do
+        for column in 1 2 3 4; do
+            med[$server.$column]=$(awk -v c=$column '{ print $c }' "$WORK/$server.$workload" | median)
+        done
+        printf '%-6s %-7s %14s %14s %10s %10s\n' "$workload" "$server" "${med[$server.1]}" "${med[$server.2]}" "${med[$server.3]}" "${med[$server.4]}"
+    done
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+    printf '%-6s %-7s %14s %14s %10s %10s\n' "$workload" "ratio" "$(ratio "${med[larder.1]}" "${med[nginx.1]}")" \
+        "$(ratio "${med[larder.2]}" "${med[nginx.2]}")" "$(ratio "${med[larder.3]}" "${med[nginx.3]}")" \
+        "$(ratio "${med[larder.4]}" "${med[nginx.4]}")"
+    unset med
+done
+echo
+echo "ratio = larder / nginx (req/s and bytes/s: higher is better; latency: lower is better)"

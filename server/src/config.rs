@@ -1,0 +1,655 @@
+//! `ServeConfig`: every setting of `larder serve`, from defaults, a TOML file and flags, validated once at start.
+//!
+//! Owns: the typed settings and their validation. Errors name the setting (`keepalive_timeout_ms = 0: must be at
+//! least 1`), so a wrong file is fixed from the message alone. Flags override the file; the file overrides the
+//! defaults (the caller applies flags to the value returned by [`ServeConfig::from_toml_str`]).
+//!
+//! Defaults serve a newcomer: listen on 127.0.0.1:8080, one shard per physical core, ROOT ".", a 256 MiB cache
+//! split across the shards, LARD, nginx's timeouts (75 s keep-alive idle, 60 s header, 60 s write stall), access
+//! log off, dotfiles hidden, one container "default" that takes every request.
+//!
+//! Limits (all settings, with their ranges, in [`ServeConfig::validate`]): `connections_max` per shard
+//! (default 65,536), `containers` at most [`CONTAINERS_MAX`] (64), classification rules at most
+//! [`CLASSIFY_RULES_MAX`] (256), `cache_mb` at most 1 TiB.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use larder_lard::PolicyKind;
+pub use larder_runtime::pool::IoDriver;
+use larder_runtime::topology::ShardSelection;
+use serde::Deserialize;
+
+/// Most containers in one configuration.
+pub const CONTAINERS_MAX: usize = 64;
+/// Most classification rules.
+pub const CLASSIFY_RULES_MAX: usize = 256;
+/// Name of the container a request lands in when no rule matches.
+pub const DEFAULT_CONTAINER: &str = "default";
+
+/// Access log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Common Log Format.
+    Common,
+    /// Combined Log Format (CLF + Referer + User-Agent).
+    Combined,
+}
+
+/// Where and how each shard writes its access log (file `<path>.<shard>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: PathBuf,
+    pub format: LogFormat,
+}
+
+/// One resource container of the node (created on every shard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerConfig {
+    pub name: String,
+    /// CPU shares (proportional).
+    pub shares: u32,
+    /// Connections served at once in this container per shard; one more gets 503 + Retry-After.
+    pub tasks_max: u32,
+}
+
+/// A client network, `address/prefix_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix_len)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix_len)
+            }
+            (IpAddr::V4(net), IpAddr::V6(ip)) => ip
+                .to_ipv4_mapped()
+                .is_some_and(|ip| prefix_matches(&net.octets(), &ip.octets(), self.prefix_len)),
+            (IpAddr::V6(_), IpAddr::V4(_)) => false,
+        }
+    }
+}
+
+fn prefix_matches(network: &[u8], address: &[u8], prefix_len: u8) -> bool {
+    let full_bytes = usize::from(prefix_len / 8);
+    let rest_bits = prefix_len % 8;
+    if network[..full_bytes] != address[..full_bytes] {
+        return false;
+    }
+    if rest_bits == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest_bits);
+    network[full_bytes] & mask == address[full_bytes] & mask
+}
+
+impl FromStr for Network {
+    type Err = ConfigError;
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let bad = || {
+            invalid(
+                "classify.network",
+                text,
+                "must be ADDRESS/PREFIX_LEN, e.g. 10.0.0.0/8",
+            )
+        };
+        let (address, prefix_len) = text.split_once('/').ok_or_else(bad)?;
+        let address: IpAddr = address.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = prefix_len.parse().map_err(|_| bad())?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        if prefix_len > bits {
+            return Err(bad());
+        }
+        Ok(Network {
+            address,
+            prefix_len,
+        })
+    }
+}
+
+/// A classification rule: every given condition must hold; the first matching rule wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifyRule {
+    pub container: String,
+    /// Host without port, compared case-insensitively.
+    pub host: Option<String>,
+    /// Prefix of the normalised path.
+    pub path_prefix: Option<String>,
+    pub network: Option<Network>,
+}
+
+/// Every setting of `larder serve`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub cores: ShardSelection,
+    pub io_driver: IoDriver,
+    /// Cache budget for the whole node in MiB, split evenly across shards.
+    pub cache_mb: u64,
+    pub policy: PolicyKind,
+    pub root: PathBuf,
+    pub keepalive_timeout_ms: u64,
+    pub keepalive_requests_max: u32,
+    pub header_timeout_ms: u64,
+    /// A response whose write makes no progress for this long is abandoned (connection closed).
+    pub write_timeout_ms: u64,
+    pub uri_bytes_max: usize,
+    pub header_bytes_max: usize,
+    pub ranges_max: usize,
+    /// Connections per shard; the accepting shard closes new ones beyond it.
+    pub connections_max: usize,
+    pub allow_dotfiles: bool,
+    /// Cached objects older than this are re-`stat`ed.
+    pub revalidate_interval_ms: u64,
+    pub access_log: Option<AccessLogConfig>,
+    /// Add `X-Larder-Shard: <n>` to responses (tests, debugging).
+    pub shard_header: bool,
+    /// Shards that accept connections (empty: all). The others serve only handed-off connections.
+    pub accept_shards: Vec<u32>,
+    pub containers: Vec<ContainerConfig>,
+    pub classify: Vec<ClassifyRule>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cores: ShardSelection::All,
+            io_driver: IoDriver::Auto,
+            cache_mb: 256,
+            policy: PolicyKind::Lard,
+            root: PathBuf::from("."),
+            keepalive_timeout_ms: 75_000,
+            keepalive_requests_max: 1000,
+            header_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            uri_bytes_max: 8 * 1024,
+            header_bytes_max: 16 * 1024,
+            ranges_max: crate::http::range::RANGES_MAX,
+            connections_max: 65_536,
+            allow_dotfiles: false,
+            revalidate_interval_ms: 1000,
+            access_log: None,
+            shard_header: false,
+            accept_shards: Vec::new(),
+            containers: vec![ContainerConfig {
+                name: DEFAULT_CONTAINER.to_string(),
+                shares: 100,
+                tasks_max: 65_536,
+            }],
+            classify: Vec::new(),
+        }
+    }
+}
+
+/// A setting with a bad value, or a file that is not valid TOML.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting} = {value}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("config file: {0}")]
+    Toml(String),
+}
+
+fn invalid(
+    setting: &'static str,
+    value: impl std::fmt::Display,
+    reason: &'static str,
+) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// Parses `auto`, `uring` or `epoll`.
+pub fn parse_io_driver(name: &str) -> Result<IoDriver, ConfigError> {
+    name.parse()
+        .map_err(|_| invalid("io_driver", name, "must be auto, uring or epoll"))
+}
+
+/// Parses the CLI policy names: `lard`, `lard-r`, `wrr`, `hash` (= consistent hashing), and lard's own names.
+pub fn parse_policy(name: &str) -> Result<PolicyKind, ConfigError> {
+    match name {
+        "hash" => Ok(PolicyKind::ConsistentHash),
+        other => other
+            .parse()
+            .map_err(|_| invalid("policy", name, "must be lard, lard-r, wrr or hash")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    cores: Option<String>,
+    io_driver: Option<String>,
+    cache_mb: Option<u64>,
+    policy: Option<String>,
+    root: Option<PathBuf>,
+    keepalive_timeout_ms: Option<u64>,
+    keepalive_requests_max: Option<u32>,
+    header_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    uri_bytes_max: Option<usize>,
+    header_bytes_max: Option<usize>,
+    ranges_max: Option<usize>,
+    connections_max: Option<usize>,
+    allow_dotfiles: Option<bool>,
+    revalidate_interval_ms: Option<u64>,
+    shard_header: Option<bool>,
+    accept_shards: Option<Vec<u32>>,
+    access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    containers: Vec<RawContainer>,
+    #[serde(default)]
+    classify: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: PathBuf,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: String,
+    shares: Option<u32>,
+    tasks_max: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    container: String,
+    host: Option<String>,
+    path_prefix: Option<String>,
+    network: Option<String>,
+}
+
+impl ServeConfig {
+    /// Reads a TOML file's settings over the defaults and validates the result.
+    pub fn from_toml_str(text: &str) -> Result<ServeConfig, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|error| ConfigError::Toml(error.to_string()))?;
+        let mut config = ServeConfig::default();
+        if let Some(listen) = raw.listen {
+            config.listen = listen
+                .parse()
+                .map_err(|_| invalid("listen", &listen, "must be IP:PORT, e.g. 127.0.0.1:8080"))?;
+        }
+        if let Some(cores) = raw.cores {
+            config.cores = cores.parse().map_err(|_| {
+                invalid(
+                    "cores",
+                    &cores,
+                    "must be all, a count, or a CPU list like 0-3",
+                )
+            })?;
+        }
+        if let Some(driver) = raw.io_driver {
+            config.io_driver = parse_io_driver(&driver)?;
+        }
+        if let Some(policy) = raw.policy {
+            config.policy = parse_policy(&policy)?;
+        }
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(value) = raw.$field { config.$field = value; } )* };
+        }
+        take!(
+            cache_mb,
+            root,
+            keepalive_timeout_ms,
+            keepalive_requests_max,
+            header_timeout_ms,
+            write_timeout_ms,
+            uri_bytes_max,
+            header_bytes_max,
+            ranges_max,
+            connections_max,
+            allow_dotfiles,
+            revalidate_interval_ms,
+            shard_header,
+            accept_shards
+        );
+        if let Some(log) = raw.access_log {
+            let format = match log.format.as_deref() {
+                None | Some("combined") => LogFormat::Combined,
+                Some("common") => LogFormat::Common,
+                Some(other) => {
+                    return Err(invalid(
+                        "access_log.format",
+                        other,
+                        "must be common or combined",
+                    ))
+                }
+            };
+            config.access_log = Some(AccessLogConfig {
+                path: log.path,
+                format,
+            });
+        }
+        for container in raw.containers {
+            let defaults = &ServeConfig::default().containers[0];
+            let spec = ContainerConfig {
+                shares: container.shares.unwrap_or(defaults.shares),
+                tasks_max: container.tasks_max.unwrap_or(defaults.tasks_max),
+                name: container.name,
+            };
+            match config
+                .containers
+                .iter_mut()
+                .find(|known| known.name == spec.name)
+            {
+                Some(known) => *known = spec,
+                None => config.containers.push(spec),
+            }
+        }
+        for rule in raw.classify {
+            config.classify.push(ClassifyRule {
+                container: rule.container,
+                host: rule.host,
+                path_prefix: rule.path_prefix,
+                network: rule.network.as_deref().map(str::parse).transpose()?,
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting's range; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least<T: PartialOrd + std::fmt::Display>(
+            setting: &'static str,
+            value: T,
+            min: T,
+            reason: &'static str,
+        ) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(invalid(setting, value, reason));
+            }
+            Ok(())
+        }
+        at_least("cache_mb", self.cache_mb, 1, "must be at least 1")?;
+        if self.cache_mb > 1 << 20 {
+            return Err(invalid(
+                "cache_mb",
+                self.cache_mb,
+                "must be at most 1048576 (1 TiB)",
+            ));
+        }
+        at_least(
+            "keepalive_timeout_ms",
+            self.keepalive_timeout_ms,
+            1,
+            "must be at least 1",
+        )?;
+        at_least(
+            "keepalive_requests_max",
+            self.keepalive_requests_max,
+            1,
+            "must be at least 1",
+        )?;
+        at_least(
+            "header_timeout_ms",
+            self.header_timeout_ms,
+            1,
+            "must be at least 1",
+        )?;
+        at_least(
+            "write_timeout_ms",
+            self.write_timeout_ms,
+            1,
+            "must be at least 1",
+        )?;
+        at_least(
+            "uri_bytes_max",
+            self.uri_bytes_max,
+            16,
+            "must be at least 16",
+        )?;
+        at_least(
+            "header_bytes_max",
+            self.header_bytes_max,
+            64,
+            "must be at least 64",
+        )?;
+        if self.header_bytes_max > larder_runtime::handoff::ALREADY_READ_BYTES_MAX {
+            return Err(invalid(
+                "header_bytes_max",
+                self.header_bytes_max,
+                "must be at most 65536 (a handoff carries the bytes read)",
+            ));
+        }
+        if self.uri_bytes_max > self.header_bytes_max {
+            return Err(invalid(
+                "uri_bytes_max",
+                self.uri_bytes_max,
+                "must not exceed header_bytes_max",
+            ));
+        }
+        at_least("ranges_max", self.ranges_max, 1, "must be at least 1")?;
+        at_least(
+            "connections_max",
+            self.connections_max,
+            1,
+            "must be at least 1",
+        )?;
+        at_least(
+            "revalidate_interval_ms",
+            self.revalidate_interval_ms,
+            1,
+            "must be at least 1",
+        )?;
+        if self.containers.len() > CONTAINERS_MAX {
+            return Err(invalid(
+                "containers",
+                self.containers.len(),
+                "at most 64 containers",
+            ));
+        }
+        for container in &self.containers {
+            at_least(
+                "containers.shares",
+                container.shares,
+                1,
+                "must be at least 1",
+            )?;
+            at_least(
+                "containers.tasks_max",
+                container.tasks_max,
+                1,
+                "must be at least 1",
+            )?;
+        }
+        if self.classify.len() > CLASSIFY_RULES_MAX {
+            return Err(invalid(
+                "classify",
+                self.classify.len(),
+                "at most 256 rules",
+            ));
+        }
+        for rule in &self.classify {
+            if !self
+                .containers
+                .iter()
+                .any(|container| container.name == rule.container)
+            {
+                return Err(invalid(
+                    "classify.container",
+                    &rule.container,
+                    "names no container",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index (in `containers`) of the container for a request; the default container when no rule matches.
+    pub fn classify(&self, host: Option<&[u8]>, path: &[u8], client: IpAddr) -> usize {
+        if self.classify.is_empty() {
+            return self.default_container_index();
+        }
+        let host = host.map(|host| match host.iter().rposition(|&byte| byte == b':') {
+            Some(colon) if !host.ends_with(b"]") => &host[..colon],
+            _ => host,
+        });
+        let rule = self.classify.iter().find(|rule| {
+            rule.host.as_ref().is_none_or(|want| {
+                host.is_some_and(|host| host.eq_ignore_ascii_case(want.as_bytes()))
+            }) && rule
+                .path_prefix
+                .as_ref()
+                .is_none_or(|prefix| path.starts_with(prefix.as_bytes()))
+                && rule.network.is_none_or(|network| network.contains(client))
+        });
+        match rule {
+            Some(rule) => self
+                .containers
+                .iter()
+                .position(|container| container.name == rule.container)
+                .unwrap_or(0),
+            None => self.default_container_index(),
+        }
+    }
+
+    fn default_container_index(&self) -> usize {
+        // The defaults put "default" first and the file replaces it in place; a hand-built config may not.
+        match self.containers.first() {
+            Some(first) if first.name == DEFAULT_CONTAINER => 0,
+            _ => self
+                .containers
+                .iter()
+                .position(|container| container.name == DEFAULT_CONTAINER)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = ServeConfig::from_toml_str("").unwrap();
+        assert_eq!(config, ServeConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.root, PathBuf::from("."));
+    }
+
+    #[test]
+    fn file_settings_override_defaults() {
+        let config = ServeConfig::from_toml_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            cores = "2"
+            policy = "hash"
+            io_driver = "epoll"
+            cache_mb = 64
+            keepalive_timeout_ms = 5000
+            access_log = { path = "/tmp/access.log", format = "common" }
+            [[containers]]
+            name = "api"
+            shares = 300
+            tasks_max = 10
+            [[classify]]
+            container = "api"
+            path_prefix = "/api/"
+            network = "10.0.0.0/8"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.cores, ShardSelection::Count(2));
+        assert_eq!(config.policy, PolicyKind::ConsistentHash);
+        assert_eq!(config.io_driver, IoDriver::Epoll);
+        assert_eq!(config.cache_mb, 64);
+        assert_eq!(
+            config.access_log.as_ref().unwrap().format,
+            LogFormat::Common
+        );
+        assert_eq!(config.containers.len(), 2);
+        let ten: IpAddr = "10.1.2.3".parse().unwrap();
+        let other: IpAddr = "192.168.0.1".parse().unwrap();
+        assert_eq!(config.classify_for_test(b"/api/x", ten), "api");
+        assert_eq!(config.classify_for_test(b"/api/x", other), "default");
+        assert_eq!(config.classify_for_test(b"/static", ten), "default");
+    }
+
+    impl ServeConfig {
+        fn classify_for_test(&self, path: &[u8], client: IpAddr) -> &str {
+            &self.containers[self.classify(Some(b"h:80"), path, client)].name
+        }
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            ("keepalive_timeout_ms = 0", "keepalive_timeout_ms"),
+            ("cache_mb = 0", "cache_mb"),
+            ("policy = \"random\"", "policy"),
+            ("io_driver = \"kqueue\"", "io_driver"),
+            ("listen = \"nowhere\"", "listen"),
+            ("cores = \"x\"", "cores"),
+            ("header_bytes_max = 1000000", "header_bytes_max"),
+            ("[[classify]]\ncontainer = \"nope\"", "classify.container"),
+            (
+                "[[classify]]\ncontainer = \"default\"\nnetwork = \"10.0.0.0/40\"",
+                "classify.network",
+            ),
+            ("unknown_setting = 1", "unknown_setting"),
+        ];
+        for (text, setting) in cases {
+            let message = ServeConfig::from_toml_str(text).unwrap_err().to_string();
+            assert!(message.contains(setting), "{text:?} gave {message:?}");
+        }
+    }
+
+    #[test]
+    fn host_rules_ignore_port_and_case() {
+        let mut config = ServeConfig::default();
+        config.containers.push(ContainerConfig {
+            name: "a".into(),
+            shares: 1,
+            tasks_max: 1,
+        });
+        config.classify.push(ClassifyRule {
+            container: "a".into(),
+            host: Some("Example.org".into()),
+            path_prefix: None,
+            network: None,
+        });
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(config.classify(Some(b"example.ORG:8080"), b"/", local), 1);
+        assert_eq!(config.classify(Some(b"other"), b"/", local), 0);
+        assert_eq!(config.classify(None, b"/", local), 0);
+    }
+
+    #[test]
+    fn networks() {
+        let net: Network = "192.168.0.0/23".parse().unwrap();
+        assert!(net.contains("192.168.1.7".parse().unwrap()));
+        assert!(!net.contains("192.168.2.1".parse().unwrap()));
+        assert!(net.contains("::ffff:192.168.0.1".parse().unwrap()));
+        let v6: Network = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+    }
+}

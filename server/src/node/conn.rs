@@ -1,0 +1,591 @@
+//! One connection: read a request head, route it, answer it, repeat while keep-alive allows.
+//!
+//! Per request (data path steps 2-6 of the node docs):
+//! 1. Skip the body of the previous request, if it had one (GET/HEAD bodies are ignored).
+//! 2. Read until the buffer holds a whole head (a line ending in an empty line), or a limit says 414/431.
+//!    The read waits at most `header_timeout_ms` (408 if part of a head arrived), or `keepalive_timeout_ms`
+//!    between requests (then close quietly; also close at once when shutdown starts).
+//! 3. Parse, normalise the path, route (hand off if another shard owns the target), classify (move to the
+//!    request's container), answer, write with one `writev` per response (`write_timeout_ms` per write call).
+//! 4. Keep the connection if the request allows it, `keepalive_requests_max` is not reached, the status does
+//!    not close it and the node is not shutting down.
+//!
+//! Buffers: the read buffer starts at 4 KiB and grows to `header_bytes_max` + 1 at most; the response buffers
+//! are reused across requests, so a warm keep-alive connection allocates nothing per request.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use larder_lard::{ServerId, TargetId};
+use larder_runtime::Handoff;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::access_log::LogEntry;
+use super::iov::ResponseBufs;
+use super::respond::{self, Answer, Request};
+use super::shard::{place, race, Shard};
+use super::stats::ShardCounters;
+use super::ShardMessage;
+use crate::cache::FileStream;
+use crate::http::path::{normalise, PathError};
+use crate::http::range::ByteRange;
+use crate::http::request::REQUEST_LINE_SLACK_BYTES;
+use crate::http::response::unix_secs;
+use crate::http::{parse_request, Method, RequestError, Status};
+
+/// Initial read buffer; it grows to `header_bytes_max` + 1 for larger heads.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 4096;
+
+/// The state of one client connection; moves between tasks (containers) and shards (handoff).
+pub(crate) struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    read: Vec<u8>,
+    /// Bytes of `read` already consumed.
+    start: usize,
+    out: ResponseBufs,
+    path: Vec<u8>,
+    fs_path: Vec<u8>,
+    ranges: Vec<ByteRange>,
+    requests: u32,
+    /// Body bytes of the previous request still to skip.
+    discard: u64,
+    /// The next request was already routed here (and counted by the policy) by the shard that handed it off.
+    routed: Option<TargetId>,
+    /// Index of the container this connection's task runs in.
+    pub container: usize,
+}
+
+enum ReadEnd {
+    /// EOF, a read error, or shutdown while idle: close quietly.
+    Closed,
+    /// Part of a head arrived, then nothing for `header_timeout_ms`: 408.
+    HeaderTimeout,
+}
+
+impl Conn {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut already_read: Vec<u8>,
+        routed: Option<TargetId>,
+        container: usize,
+    ) -> Conn {
+        if already_read.capacity() < READ_BUFFER_BYTES_INITIAL {
+            already_read.reserve(READ_BUFFER_BYTES_INITIAL - already_read.len());
+        }
+        Conn {
+            stream,
+            peer,
+            read: already_read,
+            start: 0,
+            out: ResponseBufs::new(),
+            path: Vec::with_capacity(256),
+            fs_path: Vec::with_capacity(512),
+            ranges: Vec::new(),
+            requests: 0,
+            discard: 0,
+            routed,
+            container,
+        }
+    }
+}
+
+struct ActiveConnection(Rc<Shard>);
+
+impl ActiveConnection {
+    fn new(shard: &Rc<Shard>) -> Self {
+        ShardCounters::add(&shard.counters.connections_active, 1);
+        ActiveConnection(Rc::clone(shard))
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        ShardCounters::sub(&self.0.counters.connections_active, 1);
+    }
+}
+
+/// Serves requests until the connection closes, moves to another shard or moves to another container.
+pub(crate) async fn serve(shard: Rc<Shard>, conn: Conn) {
+    let _active = ActiveConnection::new(&shard);
+    let mut conn = Some(conn);
+    while let Some(current) = conn {
+        conn = serve_one(&shard, current).await;
+    }
+}
+
+/// Answers a connection whose container is over its limit: read its request head, send 503 + Retry-After, close.
+pub(crate) async fn reject_over_limit(shard: Rc<Shard>, mut conn: Conn) {
+    if let Some(target) = conn.routed.take() {
+        // Routed here and counted by the policy, but never served: uncount it.
+        finish_policy(&shard, ServerId(shard.index), target);
+    }
+    if read_head(&shard, &mut conn).await.is_err() {
+        return;
+    }
+    conn.out.clear();
+    respond::simple(
+        &shard,
+        &mut conn.out,
+        Status::ServiceUnavailable,
+        b"Retry-After: 1\r\n",
+        false,
+        true,
+    );
+    let _ = write_out(&shard, &mut conn.stream, &mut conn.out).await;
+}
+
+/// One request; `None` when the connection is closed or has moved elsewhere.
+async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Option<Conn> {
+    match read_head(shard, &mut conn).await {
+        Ok(()) => {}
+        Err(ReadEnd::Closed) => return None,
+        Err(ReadEnd::HeaderTimeout) => {
+            ShardCounters::add(&shard.counters.header_timeouts, 1);
+            conn.out.clear();
+            let answer = respond::simple(
+                shard,
+                &mut conn.out,
+                Status::RequestTimeout,
+                b"",
+                false,
+                true,
+            );
+            finish_simple(shard, &mut conn, answer).await;
+            return None;
+        }
+    }
+    let limits = shard.limits;
+    let head = match parse_request(&conn.read[conn.start..], &limits) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            let error = RequestError::BadRequest("malformed head");
+            return reject_request(shard, conn, error.status()).await;
+        }
+        Err(error) => return reject_request(shard, conn, error.status()).await,
+    };
+    conn.requests += 1;
+    conn.out.clear();
+    let config = &shard.node.config;
+    let keep_alive = head.keep_alive
+        && conn.requests < config.keepalive_requests_max
+        && !shard.context.is_shutting_down();
+
+    let normalised = if head.method == Method::Other {
+        None
+    } else {
+        Some(normalise(head.path, config.allow_dotfiles, &mut conn.path))
+    };
+    let normalised = match normalised {
+        None => {
+            // 405; a body we would have to skip closes the connection instead.
+            let keep = keep_alive && head.content_length == 0;
+            let answer = respond::simple(
+                shard,
+                &mut conn.out,
+                Status::MethodNotAllowed,
+                b"Allow: GET, HEAD\r\n",
+                keep,
+                true,
+            );
+            return finish(shard, conn, answer).await;
+        }
+        Some(Err(error)) => {
+            let status = match error {
+                PathError::BadRequest(_) => Status::BadRequest,
+                PathError::Hidden => Status::NotFound,
+            };
+            let send_body = head.method == Method::Get;
+            let answer = respond::simple(shard, &mut conn.out, status, b"", keep_alive, send_body);
+            return finish(shard, conn, answer).await;
+        }
+        Some(Ok(normalised)) => normalised,
+    };
+
+    // Route (data path step 3).
+    let here = ServerId(shard.index);
+    let mut routed_target = None;
+    if let Some(policy) = &shard.node.policy {
+        // Non-UTF-8 paths hash their lossy form (collisions only cost locality, never correctness).
+        let target = TargetId::from_path(&String::from_utf8_lossy(&conn.path));
+        routed_target = Some(target);
+        if conn.routed.take().is_none() {
+            let owner = match policy.lock() {
+                Ok(mut policy) => {
+                    let owner = policy
+                        .select(target, shard.now_ms(), shard.next_random())
+                        .map_or(here, |decision| decision.server);
+                    let owner = if shard.context.is_shutting_down() {
+                        here
+                    } else {
+                        owner
+                    };
+                    policy.on_start(owner, target, shard.now_ms());
+                    owner
+                }
+                Err(_) => here,
+            };
+            if owner != here {
+                return hand_off(shard, conn, owner, target).await;
+            }
+        }
+    }
+
+    // Classify (data path step 4).
+    let container = config.classify(head.host, &conn.path, conn.peer.ip());
+    if container != conn.container {
+        conn.container = container;
+        conn.routed = routed_target;
+        place(shard, conn);
+        return None;
+    }
+
+    ShardCounters::add(&shard.counters.requests_active, 1);
+    let request = Request {
+        head: &head,
+        path: &conn.path,
+        trailing_slash: normalised.trailing_slash,
+        query: normalised.query,
+        keep_alive,
+    };
+    let answer = respond::respond(
+        shard,
+        &request,
+        &mut conn.fs_path,
+        &mut conn.out,
+        &mut conn.ranges,
+    );
+    let head_bytes = head.head_bytes;
+    let content_length = head.content_length;
+    let status = answer.status;
+    let body_bytes = answer.body_bytes;
+    let keep = answer.keep_alive;
+    let stream = answer.stream;
+    let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
+    let sent = match (sent, stream) {
+        (Ok(bytes), Some(stream)) => write_stream(shard, &mut conn.stream, stream)
+            .await
+            .map(|more| bytes + more),
+        (sent, _) => sent,
+    };
+    ShardCounters::sub(&shard.counters.requests_active, 1);
+    if let (Some(policy), Some(target)) = (&shard.node.policy, routed_target) {
+        if let Ok(mut policy) = policy.lock() {
+            policy.on_finish(here, target, shard.now_ms());
+        }
+    }
+    record(
+        shard,
+        &conn,
+        Some(&head),
+        status,
+        body_bytes,
+        sent.as_ref().ok().copied(),
+    );
+    conn.start += head_bytes;
+    conn.discard = content_length;
+    (sent.is_ok() && keep).then_some(conn)
+}
+
+/// A bad request: its status, then close.
+async fn reject_request(shard: &Rc<Shard>, mut conn: Conn, status: Status) -> Option<Conn> {
+    conn.out.clear();
+    let answer = respond::simple(shard, &mut conn.out, status, b"", false, true);
+    finish_simple(shard, &mut conn, answer).await;
+    None
+}
+
+async fn finish_simple(shard: &Rc<Shard>, conn: &mut Conn, answer: Answer) {
+    let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
+    record(
+        shard,
+        conn,
+        None,
+        answer.status,
+        answer.body_bytes,
+        sent.ok(),
+    );
+}
+
+/// Writes a short answer for a parsed request and consumes its head.
+/// (Error paths only: the head is parsed again after the write, since `conn` moved in here.)
+async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Option<Conn> {
+    let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &shard.limits)
+    {
+        Ok(Some(head)) => (head.head_bytes, head.content_length),
+        _ => (conn.read.len() - conn.start, 0),
+    };
+    let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
+    {
+        let head = parse_request(&conn.read[conn.start..], &shard.limits)
+            .ok()
+            .flatten();
+        record(
+            shard,
+            &conn,
+            head.as_ref(),
+            answer.status,
+            answer.body_bytes,
+            sent.as_ref().ok().copied(),
+        );
+    }
+    conn.start += head_bytes;
+    conn.discard = content_length;
+    (sent.is_ok() && answer.keep_alive).then_some(conn)
+}
+
+fn record(
+    shard: &Shard,
+    conn: &Conn,
+    head: Option<&crate::http::RequestHead<'_>>,
+    status: Status,
+    body_bytes: u64,
+    sent: Option<u64>,
+) {
+    let counters = &shard.counters;
+    ShardCounters::add(&counters.requests, 1);
+    if let Some(sent) = sent {
+        ShardCounters::add(&counters.bytes_sent, sent);
+    }
+    match status.code() {
+        400..=499 => ShardCounters::add(&counters.responses_4xx, 1),
+        500..=599 => ShardCounters::add(&counters.responses_5xx, 1),
+        _ => {}
+    }
+    if let Some(log) = &shard.log {
+        log.borrow_mut().record(&LogEntry {
+            client: conn.peer.ip(),
+            unix_secs: unix_secs(std::time::SystemTime::now()),
+            head,
+            status: status.code(),
+            body_bytes,
+        });
+    }
+}
+
+/// Handoff protocol steps 1-3: detach the connection and send it, with its unparsed bytes, to `owner`.
+async fn hand_off(
+    shard: &Rc<Shard>,
+    conn: Conn,
+    owner: ServerId,
+    target: TargetId,
+) -> Option<Conn> {
+    let Conn {
+        stream,
+        peer,
+        mut read,
+        start,
+        ..
+    } = conn;
+    read.drain(..start);
+    let handoff = match Handoff::from_monoio(stream, read, peer) {
+        Ok(handoff) => handoff,
+        Err(error) => {
+            tracing::warn!(shard = shard.index, %error, "handoff refused");
+            finish_policy(shard, owner, target);
+            return None;
+        }
+    };
+    let message = ShardMessage::Handoff { handoff, target };
+    match shard
+        .context
+        .mesh()
+        .try_send(larder_runtime::ShardId(owner.0), message)
+    {
+        Ok(()) => {
+            ShardCounters::add(&shard.counters.handoffs_out, 1);
+            None
+        }
+        Err(refused) => {
+            // The owner's queue is full: serve here rather than wait (counted; the policy is corrected).
+            ShardCounters::add(&shard.counters.handoffs_refused, 1);
+            finish_policy(shard, owner, target);
+            let ShardMessage::Handoff { handoff, .. } = refused.message;
+            let (stream, read, peer) = shard.context.adopt(handoff).ok()?;
+            if let Some(policy) = &shard.node.policy {
+                if let Ok(mut policy) = policy.lock() {
+                    policy.on_start(ServerId(shard.index), target, shard.now_ms());
+                }
+            }
+            let container = shard.node.config.classify(None, b"", peer.ip());
+            Some(Conn::new(stream, peer, read, Some(target), container))
+        }
+    }
+}
+
+fn finish_policy(shard: &Shard, server: ServerId, target: TargetId) {
+    if let Some(policy) = &shard.node.policy {
+        if let Ok(mut policy) = policy.lock() {
+            policy.on_finish(server, target, shard.now_ms());
+        }
+    }
+}
+
+/// Request steps 1-2: skip the previous body, then read until a whole head (or a limit) is in the buffer.
+async fn read_head(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
+    loop {
+        if conn.discard > 0 {
+            let available = (conn.read.len() - conn.start) as u64;
+            let skipped = available.min(conn.discard);
+            conn.start += skipped as usize;
+            conn.discard -= skipped;
+            if conn.discard > 0 {
+                conn.read.clear();
+                conn.start = 0;
+                read_more(shard, conn).await?;
+                continue;
+            }
+        }
+        // RFC 9112 §2.2: ignore empty lines before a request line.
+        while conn.start < conn.read.len() && matches!(conn.read[conn.start], b'\r' | b'\n') {
+            conn.start += 1;
+        }
+        if !needs_more(&conn.read[conn.start..], shard) {
+            return Ok(());
+        }
+        read_more(shard, conn).await?;
+    }
+}
+
+/// True while the bytes hold no complete head and no limit is exceeded yet.
+fn needs_more(bytes: &[u8], shard: &Shard) -> bool {
+    let limits = &shard.limits;
+    if bytes.len() > limits.header_bytes_max {
+        return false;
+    }
+    let mut line_seen = false;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte != b'\n' {
+            continue;
+        }
+        if !line_seen && index > limits.uri_bytes_max + REQUEST_LINE_SLACK_BYTES {
+            return false;
+        }
+        line_seen = true;
+        match bytes.get(index + 1) {
+            Some(b'\n') => return false,
+            Some(b'\r') if bytes.get(index + 2) == Some(&b'\n') => return false,
+            _ => {}
+        }
+    }
+    line_seen || bytes.len() <= limits.uri_bytes_max + REQUEST_LINE_SLACK_BYTES
+}
+
+async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
+    if conn.start > 0 {
+        conn.read.drain(..conn.start);
+        conn.start = 0;
+    }
+    if conn.read.len() == conn.read.capacity() {
+        let grown = (conn.read.capacity() * 2)
+            .clamp(READ_BUFFER_BYTES_INITIAL, shard.limits.header_bytes_max + 1);
+        if grown <= conn.read.len() {
+            return Err(ReadEnd::Closed);
+        }
+        conn.read.reserve_exact(grown - conn.read.len());
+    }
+    let idle = conn.read.is_empty() && conn.requests > 0;
+    let config = &shard.node.config;
+    let timeout_ms = if idle {
+        config.keepalive_timeout_ms
+    } else {
+        config.header_timeout_ms
+    };
+    let buffer = std::mem::take(&mut conn.read);
+    let filled = buffer.len();
+    let stream = &mut conn.stream;
+    let read = async { Some(stream.read(buffer.slice_mut(filled..)).await) };
+    let shutdown = async {
+        if idle {
+            shard.context.shutdown_requested().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+        None
+    };
+    let outcome = shard
+        .context
+        .timers()
+        .timeout(Duration::from_millis(timeout_ms), race(read, shutdown))
+        .await;
+    match outcome {
+        Ok(Some((Ok(read_bytes), buffer))) if read_bytes > 0 => {
+            conn.read = buffer.into_inner();
+            Ok(())
+        }
+        Ok(_) => Err(ReadEnd::Closed),
+        Err(_) if idle || filled == 0 => Err(ReadEnd::Closed),
+        Err(_) => Err(ReadEnd::HeaderTimeout),
+    }
+}
+
+/// Writes the sealed response buffers (one `writev` per call, each bounded by `write_timeout_ms`).
+async fn write_out(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    out: &mut ResponseBufs,
+) -> Result<u64, ()> {
+    out.seal();
+    let total = out.bytes_total() as u64;
+    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let mut buffers = std::mem::take(out);
+    loop {
+        let written = shard
+            .context
+            .timers()
+            .timeout(timeout, stream.writev(buffers))
+            .await;
+        match written {
+            Ok((Ok(bytes), returned)) if bytes > 0 => {
+                buffers = returned;
+                if buffers.advance(bytes) {
+                    break;
+                }
+            }
+            Ok((_, returned)) => {
+                *out = returned;
+                return Err(());
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    *out = buffers;
+    Ok(total)
+}
+
+/// Streams a large file's range in bounded chunks after its head.
+async fn write_stream(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    mut file: FileStream,
+) -> Result<u64, ()> {
+    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let mut sent = 0u64;
+    loop {
+        let chunk = match file.next_chunk() {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(sent),
+            Err(error) => {
+                tracing::warn!(shard = shard.index, %error, "streaming a file failed");
+                return Err(());
+            }
+        };
+        let len = chunk.len() as u64;
+        match shard
+            .context
+            .timers()
+            .timeout(timeout, stream.write_all(chunk))
+            .await
+        {
+            Ok((Ok(_), chunk)) => {
+                sent += len;
+                file.recycle(chunk);
+            }
+            _ => return Err(()),
+        }
+    }
+}

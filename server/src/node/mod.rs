@@ -1,0 +1,274 @@
+//! The node: `larder serve` on a [`ShardPool`] — one shard per core, each with its own listener, cache shard,
+//! timer wheel, containers and access log, joined by LARD across the cores.
+//!
+//! # Data path of one request (numbered as the code does it)
+//! 1. A shard accepts on its own `SO_REUSEPORT` listener (the kernel spreads connections over the shards'
+//!    accept queues; no shared accept queue, no thundering herd). The connection task starts in the container
+//!    its client network classifies it into.
+//! 2. The shard reads until one request head is complete and parses it (`http::request`); bad input gets its
+//!    status (400/414/431/501) and the connection closes. The path is normalised (`http::path`).
+//! 3. With more than one shard, the shard asks the node's policy (`lard` crate) which shard serves the target
+//!    (load = each shard's active requests, counted by the policy's `on_start`/`on_finish`). If another shard,
+//!    it hands the connection (fd + the unparsed bytes, current request included) to that shard over the mesh
+//!    ([`ShardMessage::Handoff`]); the owner serves that request without asking again. A keep-alive connection is
+//!    routed again for each request (per-request distribution; hand off again when the target lives elsewhere).
+//! 4. The serving shard classifies the request into a container (Host, path prefix, client network); if that
+//!    is not the container the connection task runs in, the task moves to it; a container over its task limit
+//!    answers 503 + Retry-After.
+//! 5. The shard's cache returns the object (hit, or one read on a miss); the response head is written into the
+//!    connection's reused buffer and sent with the body slices in one `writev` (`iov`). Larger files stream in
+//!    bounded chunks.
+//! 6. Timeouts come from the shard's timer wheel: header read (408), idle keep-alive (close), write stall (close).
+//!
+//! # Policy state across shards
+//! One policy instance for the node, behind a `Mutex` held only for `select` + `on_start` (one critical section
+//! per request) and `on_finish`. With a single shard the policy is skipped. Replicas fed by mesh messages would
+//! avoid the lock but let shards disagree on ownership (two shards caching one target); on these 2-core machines
+//! the uncontended lock costs ~20-40 ns a request, far below a request's ~5 µs, so the simple design wins here.
+//!
+//! # Shutdown (SIGINT/SIGTERM → [`Node::shutdown`])
+//! 1. The pool's shutdown flag is set; every accept loop drops its listener (no new connections).
+//! 2. Idle keep-alive connections close at once; a connection in the middle of a request finishes that response
+//!    (with `Connection: close`) and closes.
+//! 3. The pool waits for every connection task (its drain deadline), then the shards exit.
+//!
+//! # Limits
+//! | limit | value | why |
+//! |---|---|---|
+//! | `connections_max` | 65,536 per shard (config) | a connection costs ~5 KiB of buffers when warm |
+//! | read buffer | 4 KiB, grows to `header_bytes_max` + 1 (16 KiB + 1) | a head larger than that is 431 |
+//! | handoff bytes | 64 KiB ([`larder_runtime::handoff::ALREADY_READ_BYTES_MAX`]) | ≥ `header_bytes_max` by validation |
+//! | listen backlog | [`LISTEN_BACKLOG`] = 1,024 per shard | kernel accept queue |
+//! | iovecs per write | [`iov::SEGMENTS_MAX`] = 256 | below IOV_MAX |
+
+mod access_log;
+mod conn;
+pub mod iov;
+mod respond;
+mod shard;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use larder_lard::{Policy, PolicyConfig, ServerId, TargetId};
+use larder_runtime::pool::{PoolConfig, PoolError, PoolReport, ShardPool, ShutdownHandle};
+use larder_runtime::topology::{ShardSelection, Topology};
+use larder_runtime::Handoff;
+
+pub use access_log::{format_line, AccessLog, LogEntry};
+pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
+
+use crate::config::ServeConfig;
+
+/// Kernel accept queue per shard listener.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Messages between the shards of a node.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// Serve the next request of this connection (protocol step 3). The sender already routed `target` to the
+    /// receiver and counted it with the policy's `on_start`.
+    Handoff { handoff: Handoff, target: TargetId },
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("root {root}: {source}")]
+    Root {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("root {0} is not a directory")]
+    RootNotDirectory(PathBuf),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cores: {0}")]
+    Topology(#[from] larder_runtime::topology::TopologyError),
+    #[error("accept_shards names shard {shard}, but the node has {shards} shards")]
+    AcceptShard { shard: u32, shards: usize },
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// What every shard of a node shares (all `Send + Sync`).
+pub(crate) struct NodeShared {
+    pub config: ServeConfig,
+    pub root: PathBuf,
+    /// `None` with one shard.
+    pub policy: Option<Mutex<Box<dyn Policy>>>,
+    pub listeners: Vec<Mutex<Option<std::net::TcpListener>>>,
+    pub counters: Vec<Arc<ShardCounters>>,
+    pub origin: Instant,
+    pub shards: usize,
+}
+
+/// A running node. Dropping it does not stop the shards: call [`Node::shutdown`] and [`Node::join`].
+pub struct Node {
+    pool: ShardPool<ShardMessage>,
+    local_addr: SocketAddr,
+    shared: Arc<NodeShared>,
+}
+
+/// Reads node statistics from any thread (the control plane keeps one).
+#[derive(Clone)]
+pub struct StatsReader {
+    shared: Arc<NodeShared>,
+}
+
+impl StatsReader {
+    pub fn stats(&self) -> NodeStats {
+        node_stats(&self.shared)
+    }
+}
+
+fn node_stats(shared: &NodeShared) -> NodeStats {
+    NodeStats {
+        shards: shared
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(shard, counters)| counters.snapshot(shard as u32))
+            .collect(),
+    }
+}
+
+impl Node {
+    /// Starts the shards and their listeners; returns once every shard is serving.
+    pub fn start(config: ServeConfig) -> Result<Node, NodeError> {
+        config.validate()?;
+        let root = std::fs::canonicalize(&config.root).map_err(|source| NodeError::Root {
+            root: config.root.clone(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(NodeError::RootNotDirectory(root));
+        }
+        let cpus = Topology::discover()?.select(&config.cores)?;
+        let shards = cpus.len();
+        for &shard in &config.accept_shards {
+            if shard as usize >= shards {
+                return Err(NodeError::AcceptShard { shard, shards });
+            }
+        }
+        let (listeners, local_addr) = bind_listeners(config.listen, shards)?;
+        let policy = if shards > 1 {
+            let mut policy = larder_lard::build(&PolicyConfig::new(config.policy))
+                .map_err(|error| NodeError::Policy(error.to_string()))?;
+            for shard in 0..shards {
+                policy
+                    .add_server(ServerId(shard as u32), 1)
+                    .map_err(|error| NodeError::Policy(error.to_string()))?;
+            }
+            Some(Mutex::new(policy))
+        } else {
+            None
+        };
+        let pool_config = PoolConfig {
+            shards: ShardSelection::List(cpus),
+            driver: config.io_driver,
+            ..PoolConfig::default()
+        };
+        let shared = Arc::new(NodeShared {
+            root,
+            policy,
+            listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
+            counters: (0..shards)
+                .map(|_| Arc::new(ShardCounters::default()))
+                .collect(),
+            origin: Instant::now(),
+            shards,
+            config,
+        });
+        let for_shards = Arc::clone(&shared);
+        let pool = ShardPool::start(pool_config, move |context| {
+            shard::run(context, Arc::clone(&for_shards))
+        })?;
+        tracing::info!(%local_addr, shards, root = %shared.root.display(), "larder serving");
+        Ok(Node {
+            pool,
+            local_addr,
+            shared,
+        })
+    }
+
+    /// The address the shards listen on (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shards running.
+    pub fn shard_count(&self) -> usize {
+        self.shared.shards
+    }
+
+    /// Per-shard counters now.
+    pub fn stats(&self) -> NodeStats {
+        node_stats(&self.shared)
+    }
+
+    /// A `Send + Sync` reader of the statistics for another thread.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Runtime statistics of the shards (CPU time, tasks, mesh, containers).
+    pub fn runtime_stats(&self) -> Vec<larder_runtime::ShardStats> {
+        self.pool.stats()
+    }
+
+    /// A handle that starts the shutdown protocol from any thread (e.g. a signal handler thread).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.pool.shutdown_handle()
+    }
+
+    /// Starts the shutdown protocol (module docs).
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+
+    /// Waits until every shard has stopped (after a shutdown request).
+    pub fn join(self) -> Result<PoolReport, NodeError> {
+        Ok(self.pool.join()?)
+    }
+}
+
+/// One `SO_REUSEPORT` listener per shard, all on the same address (port 0 becomes the first one's port).
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), NodeError> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let mut listeners = Vec::with_capacity(shards);
+    let mut bound = addr;
+    for _ in 0..shards {
+        let listen_error = |source: std::io::Error| NodeError::Listen { addr, source };
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let socket = rustix::net::socket(family, SocketType::STREAM, None)
+            .map_err(|errno| listen_error(errno.into()))?;
+        sockopt::set_socket_reuseaddr(&socket, true).map_err(|errno| listen_error(errno.into()))?;
+        sockopt::set_socket_reuseport(&socket, true).map_err(|errno| listen_error(errno.into()))?;
+        rustix::net::bind(&socket, &bound).map_err(|errno| listen_error(errno.into()))?;
+        rustix::net::listen(&socket, LISTEN_BACKLOG).map_err(|errno| listen_error(errno.into()))?;
+        let listener = std::net::TcpListener::from(socket);
+        bound = listener.local_addr().map_err(listen_error)?;
+        listeners.push(listener);
+    }
+    Ok((listeners, bound))
+}

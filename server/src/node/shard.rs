@@ -1,0 +1,320 @@
+//! One shard of the node: its state, its accept loop, its handoff receiver and how connection tasks are placed
+//! into resource containers.
+//!
+//! Shard start-up (numbered as `run` does it):
+//! 1. Build the shard's cache (budget = `cache_mb` / shards), Date cache, access log and containers.
+//! 2. Spawn the handoff receiver (adopts connections other shards route here) and the access-log flusher.
+//! 3. Take this shard's listener (if it accepts) and accept until shutdown; each connection task is spawned
+//!    into the container its client network classifies it into.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use larder_runtime::container::{ContainerId, ContainerSpec, LatencyClass};
+use larder_runtime::pool::ShardContext;
+use larder_runtime::Source;
+
+use super::access_log::AccessLog;
+use super::conn::{self, Conn};
+use super::stats::ShardCounters;
+use super::{NodeShared, ShardMessage};
+use crate::cache::{CacheConfig, ShardCache};
+use crate::http::{DateCache, ParseLimits};
+
+/// How often buffered access-log lines are handed to the writer thread.
+const ACCESS_LOG_FLUSH_MS: u64 = 1000;
+
+/// Everything one shard owns; shared by its tasks through `Rc`.
+pub(crate) struct Shard {
+    pub context: ShardContext<ShardMessage>,
+    pub node: Arc<NodeShared>,
+    pub index: u32,
+    pub counters: Arc<ShardCounters>,
+    pub cache: RefCell<ShardCache>,
+    pub date: RefCell<DateCache>,
+    pub log: Option<RefCell<AccessLog>>,
+    pub containers: Vec<ContainerId>,
+    pub limits: ParseLimits,
+    pub root: PathBuf,
+    /// `X-Larder-Shard: <n>\r\n`, or empty.
+    pub shard_field: Vec<u8>,
+    /// xorshift64* state for the policy's `random` argument (seeded by the shard index: deterministic).
+    pub rng: Cell<u64>,
+    /// Counter that makes multipart boundaries unique per shard.
+    pub boundaries: Cell<u64>,
+}
+
+impl Shard {
+    pub fn now_ms(&self) -> u64 {
+        self.node.origin.elapsed().as_millis() as u64
+    }
+
+    pub fn next_random(&self) -> u64 {
+        let mut state = self.rng.get();
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        self.rng.set(state);
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Refreshes and returns the Date text.
+    pub fn date(&self) -> [u8; crate::http::response::HTTP_DATE_BYTES] {
+        let mut date = self.date.borrow_mut();
+        date.refresh(SystemTime::now());
+        *date.text()
+    }
+
+    pub fn flush_log(&self) {
+        if let Some(log) = &self.log {
+            let mut log = log.borrow_mut();
+            log.flush();
+            self.counters
+                .access_log_lines_dropped
+                .store(log.lines_dropped(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The init future of one shard (start-up steps 1-3).
+pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShared>) {
+    let index = context.shard().0;
+    let shard = match build(context.clone(), Arc::clone(&node), index) {
+        Ok(shard) => Rc::new(shard),
+        Err(error) => {
+            tracing::error!(shard = index, %error, "shard failed to start; stopping the node");
+            context.shutdown_handle().request();
+            return;
+        }
+    };
+    context.spawn(receive_handoffs(Rc::clone(&shard)));
+    if shard.log.is_some() {
+        context.spawn(flush_log_periodically(Rc::clone(&shard)));
+    }
+    let accepts =
+        node.config.accept_shards.is_empty() || node.config.accept_shards.contains(&index);
+    let listener = node.listeners[index as usize]
+        .lock()
+        .map(|mut slot| slot.take())
+        .unwrap_or(None);
+    if let (true, Some(listener)) = (accepts, listener) {
+        accept_loop(&shard, listener).await;
+    }
+}
+
+fn build(
+    context: ShardContext<ShardMessage>,
+    node: Arc<NodeShared>,
+    index: u32,
+) -> Result<Shard, String> {
+    let config = &node.config;
+    let budget_bytes = (config.cache_mb << 20) / node.shards as u64;
+    let mut cache_config = CacheConfig::with_budget(budget_bytes.max(1 << 20));
+    cache_config.revalidate_interval_ms = config.revalidate_interval_ms;
+    let cache = ShardCache::new(cache_config).map_err(|error| error.to_string())?;
+    let log = match &config.access_log {
+        Some(log) => Some(RefCell::new(
+            AccessLog::open(&log.path, index as usize, log.format)
+                .map_err(|error| format!("access log {}: {error}", log.path.display()))?,
+        )),
+        None => None,
+    };
+    let mut containers = Vec::with_capacity(config.containers.len());
+    for container in &config.containers {
+        let spec = ContainerSpec {
+            name: container.name.clone(),
+            shares: container.shares,
+            latency_class: LatencyClass::Interactive,
+            tasks_max: container.tasks_max,
+            queued_max: container.tasks_max,
+        };
+        let id = match context.containers().lookup(&container.name) {
+            Some(id) => id,
+            None => context
+                .containers()
+                .add_container(spec)
+                .map_err(|error| error.to_string())?,
+        };
+        containers.push(id);
+    }
+    let shard_field = if config.shard_header {
+        format!("X-Larder-Shard: {index}\r\n").into_bytes()
+    } else {
+        Vec::new()
+    };
+    Ok(Shard {
+        counters: Arc::clone(&node.counters[index as usize]),
+        cache: RefCell::new(cache),
+        date: RefCell::new(DateCache::new(SystemTime::now())),
+        log,
+        containers,
+        limits: ParseLimits {
+            uri_bytes_max: config.uri_bytes_max,
+            header_bytes_max: config.header_bytes_max,
+        },
+        root: node.root.clone(),
+        shard_field,
+        rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (u64::from(index) + 1)),
+        boundaries: Cell::new(0),
+        index,
+        context,
+        node,
+    })
+}
+
+/// Polls `first` and `second` together; the output of whichever finishes first.
+pub(crate) async fn race<A, B, T>(first: A, second: B) -> T
+where
+    A: Future<Output = T>,
+    B: Future<Output = T>,
+{
+    let mut first = pin!(first);
+    let mut second = pin!(second);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = first.as_mut().poll(cx) {
+            return Poll::Ready(output);
+        }
+        second.as_mut().poll(cx)
+    })
+    .await
+}
+
+async fn accept_loop(shard: &Rc<Shard>, listener: std::net::TcpListener) {
+    let driver = shard.context.driver();
+    let listener = listener
+        .set_nonblocking(driver == larder_runtime::DriverKind::Epoll)
+        .and_then(|()| monoio::net::TcpListener::from_std(listener));
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(shard = shard.index, %error, "cannot register the listener");
+            return;
+        }
+    };
+    loop {
+        let accepted = race(async { Some(listener.accept().await) }, async {
+            shard.context.shutdown_requested().await;
+            None
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => break, // shutdown step 1: stop accepting (the listener closes when dropped)
+            Some(Ok(accepted)) => accepted,
+            Some(Err(error)) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(shard = shard.index, %error, "accept failed");
+                let _ = shard
+                    .context
+                    .timers()
+                    .sleep(Duration::from_millis(10))
+                    .await;
+                continue;
+            }
+        };
+        ShardCounters::add(&shard.counters.connections_accepted, 1);
+        let active = shard
+            .counters
+            .connections_active
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if active as usize >= shard.node.config.connections_max {
+            drop(stream); // over connections_max: close at once
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let container = shard.node.config.classify(None, b"", peer.ip());
+        let conn = Conn::new(stream, peer, Vec::new(), None, container);
+        place(shard, conn);
+    }
+}
+
+/// Receives connections routed to this shard by other shards (handoff protocol step 4).
+async fn receive_handoffs(shard: Rc<Shard>) {
+    loop {
+        let envelope = race(async { Some(shard.context.mesh().recv().await) }, async {
+            shard.context.shutdown_requested().await;
+            None
+        })
+        .await;
+        let Some(envelope) = envelope.or_else(|| shard.context.mesh().try_recv()) else {
+            return;
+        };
+        let ShardMessage::Handoff { handoff, target } = envelope.message;
+        let from = match envelope.from {
+            Source::Shard(from) => Some(from.0),
+            Source::Control => None,
+        };
+        ShardCounters::add(&shard.counters.handoffs_in, 1);
+        match shard.context.adopt(handoff) {
+            Ok((stream, already_read, peer)) => {
+                let container = shard.node.config.classify(None, b"", peer.ip());
+                let conn = Conn::new(stream, peer, already_read, Some(target), container);
+                place(&shard, conn);
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.index, ?from, %error, "adopting a handed-off connection failed");
+                if let Some(policy) = &shard.node.policy {
+                    if let Ok(mut policy) = policy.lock() {
+                        policy.on_finish(
+                            larder_lard::ServerId(shard.index),
+                            target,
+                            shard.now_ms(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn flush_log_periodically(shard: Rc<Shard>) {
+    while !shard.context.is_shutting_down() {
+        let tick = shard
+            .context
+            .timers()
+            .sleep(Duration::from_millis(ACCESS_LOG_FLUSH_MS));
+        race(
+            async {
+                let _ = tick.await;
+            },
+            shard.context.shutdown_requested(),
+        )
+        .await;
+        shard.flush_log();
+    }
+    shard.flush_log();
+}
+
+/// Spawns the connection task into its container (data path step 4); a container over its limit gets the
+/// connection back, which is answered 503 + Retry-After and closed.
+pub(crate) fn place(shard: &Rc<Shard>, conn: Conn) {
+    let slot = Rc::new(RefCell::new(Some(conn)));
+    let container = slot.borrow().as_ref().map_or(0, |conn| conn.container);
+    let task = {
+        let shard = Rc::clone(shard);
+        let slot = Rc::clone(&slot);
+        async move {
+            let conn = slot.borrow_mut().take();
+            if let Some(conn) = conn {
+                conn::serve(shard, conn).await;
+            }
+        }
+    };
+    let id = shard.containers[container];
+    if shard.context.containers().spawn(id, task).is_err() {
+        let conn = slot.borrow_mut().take();
+        if let Some(conn) = conn {
+            ShardCounters::add(&shard.counters.container_rejections, 1);
+            let shard = Rc::clone(shard);
+            shard
+                .context
+                .clone()
+                .spawn(conn::reject_over_limit(shard, conn));
+        }
+    }
+}
