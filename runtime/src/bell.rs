@@ -28,7 +28,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, EventfdFlags};
 
+use crate::fdwait::{check_read, CounterFd};
 use crate::yielder::Yielder;
 
 /// Why a doorbell was rung; one bit each.
@@ -144,13 +145,8 @@ impl LocalBell {
     /// reads) and false for io_uring (which then waits inside the kernel instead of returning EAGAIN).
     pub(crate) async fn pump(self: Rc<Self>, nonblocking: bool, spin: Duration, yielder: Yielder) {
         let fd = rustix::io::dup(self.bell.eventfd.as_fd()).expect("dup of the shard eventfd");
-        rustix::io::ioctl_fionbio(&fd, nonblocking).expect("setting the eventfd's blocking mode");
-        // SAFETY: `fd` is a freshly duplicated, owned descriptor; ownership moves into the std UnixStream (it is
-        // only used through readv, which works on any fd, and closed on drop).
-        let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd.into_raw_fd()) };
-        let mut stream =
-            monoio::net::UnixStream::from_std(std_stream).expect("registering the shard eventfd");
-        let mut buffer = monoio::buf::VecBuf::from(vec![vec![0u8; 8]]);
+        let mut reader =
+            Some(CounterFd::new(fd, nonblocking).expect("registering the shard eventfd"));
         let mut last_activity = Instant::now();
         loop {
             // Step 1 (awake): take the pending reasons; ringers do not write the eventfd while we are not parked.
@@ -174,15 +170,14 @@ impl LocalBell {
                 self.bell.parked.store(false, Ordering::SeqCst);
                 continue;
             }
-            let (result, returned) = monoio::io::AsyncReadRent::readv(&mut stream, buffer).await;
-            buffer = returned;
+            let (returned, result) = reader
+                .take()
+                .expect("reader is back after each read")
+                .read()
+                .await;
+            reader = Some(returned);
             self.bell.parked.store(false, Ordering::SeqCst);
-            match result {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("reading the shard eventfd failed: {e}"),
-            }
+            check_read("eventfd", result);
         }
     }
 }

@@ -21,6 +21,7 @@
 
 mod bell;
 pub mod container;
+mod fdwait;
 pub mod handoff;
 pub mod mesh;
 pub mod pool;

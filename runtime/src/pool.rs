@@ -914,12 +914,14 @@ where
         yielder.clone(),
     ));
     let timers = ShardTimers::new(config.timer, parts.started).expect("validated by start");
-    monoio::spawn(timers.clone().drive());
+    monoio::spawn(timers.clone().drive(parts.driver == DriverKind::Epoll));
     let containers = ContainerScheduler::new(config.scheduler, MonotonicClock::new())
         .expect("validated by start");
     {
+        // `fair`: the scheduler yields between turns with a self-wake, which monoio would re-queue in front of
+        // every other task of the shard (starving I/O tasks while a container is busy).
         let containers = containers.clone();
-        monoio::spawn(async move { containers.run().await });
+        monoio::spawn(yielder.fair(async move { containers.run().await }));
     }
     {
         let (timers, containers, stats, yielder) = (

@@ -5,14 +5,15 @@
 //!
 //! Driving protocol (the driver task, one per shard):
 //! 1. `now = elapsed since shard start`; `wheel.advance(now)`; wake every expired waker;
-//! 2. `target = wheel.next_deadline_ns()` (none → sleep until an insert);
-//! 3. sleep with monoio's timer until `target`, or until an insert with an earlier deadline wakes the driver
-//!    (the inserting [`Sleep`] compares its deadline with `target` and wakes the driver if earlier); go to 1.
+//! 2. `target = wheel.next_deadline_ns()` (none → disarmed); if it changed, arm the shard's timerfd
+//!    (`CLOCK_MONOTONIC`, relative, nanosecond precision) to expire at `target`;
+//! 3. wait until the timerfd expires (read through the shard's driver, see `fdwait.rs`) or an insert with an
+//!    earlier deadline wakes the driver (the inserting [`Sleep`] compares its deadline with `target`); go to 1.
 //!
 //! A [`Sleep`] resolves when the shard clock reaches its deadline: it never fires early (it re-reads the clock when
-//! polled), and fires at most one wheel tick late while the shard is awake. When the shard is otherwise idle, the
-//! wake-up comes from monoio's own timer, whose granularity is 1 ms — so sub-millisecond resolutions
-//! (down to the wheel's 10 µs) only sharpen expiry on a busy shard. Dropping a `Sleep` cancels its timer (O(1)).
+//! polled), and fires within about one wheel tick after it. The timerfd completion is collected on every driver
+//! turn, so timers keep firing on a shard that is never idle — unlike monoio's own timers, which are only
+//! processed when the runtime parks. Dropping a `Sleep` cancels its timer (O(1)).
 //!
 //! Limits: the wheel's `timers_max` (default 4M); when full, [`ShardTimers::sleep`] resolves to
 //! [`TimerError::Full`] rather than growing.
@@ -24,6 +25,14 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+    Timespec,
+};
+
+use crate::fdwait::{check_read, CounterFd, CounterRead};
 use crate::timer::{TimerConfig, TimerError, TimerId, TimerWheel};
 
 struct State {
@@ -135,8 +144,16 @@ impl ShardTimers {
         Ok(id)
     }
 
-    /// The driver task (see the module docs); spawned once per shard.
-    pub(crate) async fn drive(self) {
+    /// The driver task (see the module docs); spawned once per shard. `nonblocking`: true on epoll, false on
+    /// io_uring (see `fdwait.rs`).
+    pub(crate) async fn drive(self, nonblocking: bool) {
+        let timerfd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC)
+            .expect("creating the shard timerfd");
+        let timerfd_setter = rustix::io::dup(&timerfd).expect("dup of the shard timerfd");
+        let mut reader =
+            Some(CounterFd::new(timerfd, nonblocking).expect("registering the shard timerfd"));
+        let mut read: Option<CounterRead> = None;
+        let mut armed_ns = u64::MAX;
         loop {
             // Step 1: fire what is due.
             let now_ns = self.now_ns();
@@ -146,7 +163,7 @@ impl ShardTimers {
                 waker.wake();
             }
             *self.state.expired.borrow_mut() = expired;
-            // Step 2: the next deadline.
+            // Step 2: the next deadline; (re)arm the timerfd only when it changed.
             let target_ns = self
                 .state
                 .wheel
@@ -154,21 +171,32 @@ impl ShardTimers {
                 .next_deadline_ns()
                 .unwrap_or(u64::MAX);
             self.state.target_ns.set(target_ns);
-            // Step 3: sleep until then, or until an earlier insert.
-            let mut monoio_sleep = (target_ns != u64::MAX).then(|| {
-                let at = self.state.origin + Duration::from_nanos(target_ns);
-                Box::pin(monoio::time::sleep_until(monoio::time::Instant::from_std(
-                    at,
-                )))
-            });
+            if target_ns != armed_ns {
+                arm_timerfd(&timerfd_setter, target_ns, self.now_ns());
+                armed_ns = target_ns;
+            }
+            // Step 3: wait for the timerfd, or for an insert with an earlier deadline.
+            if read.is_none() {
+                read = Some(
+                    reader
+                        .take()
+                        .expect("reader is back after each read")
+                        .read(),
+                );
+            }
             std::future::poll_fn(|cx| {
-                if self.state.target_ns.get() != target_ns {
-                    return Poll::Ready(());
-                }
-                if let Some(sleep) = monoio_sleep.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                if let Some(pending) = read.as_mut() {
+                    if let Poll::Ready((returned, result)) = pending.as_mut().poll(cx) {
+                        check_read("timerfd", result);
+                        reader = Some(returned);
+                        read = None;
+                        // The expiry was consumed: force a re-arm even if the next target is the same.
+                        armed_ns = u64::MAX;
                         return Poll::Ready(());
                     }
+                }
+                if self.state.target_ns.get() != target_ns {
+                    return Poll::Ready(());
                 }
                 *self.state.driver.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
@@ -176,6 +204,30 @@ impl ShardTimers {
             .await;
         }
     }
+}
+
+/// Arms `timerfd` to expire `target_ns - now_ns` from now (at least 1 ns), or disarms it for `u64::MAX`.
+fn arm_timerfd(timerfd: &OwnedFd, target_ns: u64, now_ns: u64) {
+    let value = if target_ns == u64::MAX {
+        Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }
+    } else {
+        let delay_ns = target_ns.saturating_sub(now_ns).max(1);
+        Timespec {
+            tv_sec: (delay_ns / 1_000_000_000) as _,
+            tv_nsec: (delay_ns % 1_000_000_000) as _,
+        }
+    };
+    let spec = Itimerspec {
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: value,
+    };
+    timerfd_settime(timerfd, TimerfdTimerFlags::empty(), &spec).expect("arming the shard timerfd");
 }
 
 impl std::fmt::Debug for ShardTimers {

@@ -10,6 +10,9 @@
 //! (a different, idle task, so monoio queues it at the back); when the bouncer runs it wakes the stored wakers —
 //! their tasks are idle by then, so they too go to the back. Cost: one extra task poll per yield batch.
 //!
+//! [`Yielder::fair`] applies the same to a future that yields the usual way (`wake_by_ref(); Pending`), e.g. the
+//! container scheduler's run loop: a wake during its own poll is turned into a deferred wake through the bouncer.
+//!
 //! Limits: the list holds one waker per yielding task between two bouncer runs (each task yields at most once at a
 //! time). Before the bouncer first ran (start-up), a yield falls back to the self-wake.
 
@@ -17,7 +20,9 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 #[derive(Default)]
 struct State {
@@ -42,6 +47,42 @@ impl Yielder {
         YieldNow {
             yielder: self,
             yielded: false,
+        }
+    }
+
+    /// Arranges for `waker` to be woken behind every task that is ready now (what a yield does after `Pending`).
+    pub fn defer(&self, waker: &Waker) {
+        let mut state = self.state.borrow_mut();
+        match state.bouncer.clone() {
+            Some(bouncer) => {
+                if !state.yielded.iter().any(|w| w.will_wake(waker)) {
+                    state.yielded.push(waker.clone());
+                }
+                drop(state);
+                bouncer.wake();
+            }
+            None => {
+                drop(state);
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Wraps a future that yields by waking itself (`wake_by_ref(); Pending`, as loops written for other
+    /// runtimes do) so that its self-wakes become real yields: woken during its own poll, it is re-queued
+    /// behind the shard's other ready tasks instead of in front of them. Wakes from outside its poll (I/O,
+    /// timers, other threads) pass straight through.
+    pub fn fair<F: Future>(&self, future: F) -> Fair<F> {
+        let relay = Arc::new(Relay {
+            polling: AtomicBool::new(false),
+            woken_in_poll: AtomicBool::new(false),
+            target: Mutex::new(None),
+        });
+        Fair {
+            future: Box::pin(future),
+            yielder: self.clone(),
+            waker: Waker::from(relay.clone()),
+            relay,
         }
     }
 
@@ -83,21 +124,66 @@ impl Future for YieldNow<'_> {
             return Poll::Ready(());
         }
         self.yielded = true;
-        let mut state = self.yielder.state.borrow_mut();
-        match state.bouncer.clone() {
-            Some(bouncer) => {
-                if !state.yielded.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.yielded.push(cx.waker().clone());
-                }
-                drop(state);
-                bouncer.wake();
-            }
-            None => {
-                drop(state);
-                cx.waker().wake_by_ref();
+        self.yielder.defer(cx.waker());
+        Poll::Pending
+    }
+}
+
+/// Forwards wakes to the task's real waker, except during the wrapped future's own poll, where it only notes them.
+struct Relay {
+    polling: AtomicBool,
+    woken_in_poll: AtomicBool,
+    target: Mutex<Option<Waker>>,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            // A self-wake (or a remote wake racing the poll): handled as a yield after the poll returns.
+            self.woken_in_poll.store(true, Ordering::SeqCst);
+            return;
+        }
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waker) = target.as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// Future of [`Yielder::fair`].
+pub struct Fair<F> {
+    future: Pin<Box<F>>,
+    yielder: Yielder,
+    relay: Arc<Relay>,
+    waker: Waker,
+}
+
+impl<F: Future> Future for Fair<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        {
+            let mut target = this.relay.target.lock().unwrap_or_else(|p| p.into_inner());
+            if !target.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *target = Some(cx.waker().clone());
             }
         }
-        Poll::Pending
+        this.relay.woken_in_poll.store(false, Ordering::SeqCst);
+        this.relay.polling.store(true, Ordering::SeqCst);
+        let poll = this
+            .future
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker));
+        this.relay.polling.store(false, Ordering::SeqCst);
+        if poll.is_pending() && this.relay.woken_in_poll.swap(false, Ordering::SeqCst) {
+            this.yielder.defer(cx.waker());
+        }
+        poll
     }
 }
 
@@ -106,36 +192,66 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
-    /// Regression: with a self-waking yield, task A yielding in a loop ran 100 times before task B ran once.
-    #[test]
-    fn yield_lets_other_ready_tasks_run_first() {
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    /// Runs task A (built by `make_a`) beside a task B that logs `b0..b2` and yields after each; returns the log.
+    fn beside_yielding_b<F>(make_a: impl FnOnce(&Yielder, Log) -> F) -> Vec<String>
+    where
+        F: Future<Output = ()> + 'static,
+    {
         let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .unwrap();
-        let order = runtime.block_on(async {
+        runtime.block_on(async {
             let yielder = Yielder::new();
             monoio::spawn(yielder.clone().bounce());
             // Let the bouncer run once so it has a waker.
             yielder.yield_now().await;
-            let order = Rc::new(RefCell::new(Vec::new()));
-            let (a_order, a_yielder) = (order.clone(), yielder.clone());
-            let a = monoio::spawn(async move {
-                for i in 0..3 {
-                    a_order.borrow_mut().push(format!("a{i}"));
-                    a_yielder.yield_now().await;
-                }
-            });
-            let (b_order, b_yielder) = (order.clone(), yielder.clone());
+            let log: Log = Rc::new(RefCell::new(Vec::new()));
+            let a = monoio::spawn(make_a(&yielder, log.clone()));
+            let (b_log, b_yielder) = (log.clone(), yielder.clone());
             let b = monoio::spawn(async move {
                 for i in 0..3 {
-                    b_order.borrow_mut().push(format!("b{i}"));
+                    b_log.borrow_mut().push(format!("b{i}"));
                     b_yielder.yield_now().await;
                 }
             });
             a.await;
             b.await;
-            let order = order.borrow().clone();
-            order
+            let entries = log.borrow().clone();
+            entries
+        })
+    }
+
+    /// Regression: with a self-waking yield, task A yielding in a loop ran to completion before task B ran once.
+    #[test]
+    fn yield_lets_other_ready_tasks_run_first() {
+        let order = beside_yielding_b(|yielder, log| {
+            let yielder = yielder.clone();
+            async move {
+                for i in 0..3 {
+                    log.borrow_mut().push(format!("a{i}"));
+                    yielder.yield_now().await;
+                }
+            }
+        });
+        assert_eq!(order, ["a0", "b0", "a1", "b1", "a2", "b2"]);
+    }
+
+    /// A self-waking loop wrapped in `fair` alternates with another task instead of running to completion first.
+    #[test]
+    fn fair_turns_self_wakes_into_yields() {
+        let order = beside_yielding_b(|yielder, log| {
+            let mut step = 0;
+            yielder.fair(std::future::poll_fn(move |cx| {
+                log.borrow_mut().push(format!("a{step}"));
+                step += 1;
+                if step == 3 {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }))
         });
         assert_eq!(order, ["a0", "b0", "a1", "b1", "a2", "b2"]);
     }

@@ -94,6 +94,7 @@ with_both_drivers!(
     non_yielding_shard_is_detached_not_awaited,
     timers_never_fire_early,
     stats_count_work,
+    busy_container_does_not_starve_the_shard,
 );
 
 fn pinned_to_distinct_cpus(driver: IoDriver) {
@@ -598,4 +599,52 @@ fn driver_names_parse() {
     assert_eq!("uring".parse(), Ok(IoDriver::Uring));
     assert_eq!("EPOLL".parse(), Ok(IoDriver::Epoll));
     assert!("kqueue".parse::<IoDriver>().is_err());
+}
+
+/// Regression: monoio re-queues a self-woken task at the front of its run queue, so a scheduler that yields with
+/// `wake_by_ref(); Pending` starved every other task of its shard while a container had ready work.
+fn busy_container_does_not_starve_the_shard(driver: IoDriver) {
+    const CONTAINER_POLLS: u64 = 200_000;
+    let (tx, rx) = unbounded();
+    let pool = ShardPool::<Msg>::start(config(driver), move |ctx| {
+        let tx = tx.clone();
+        async move {
+            if ctx.shard() != ShardId(0) {
+                return;
+            }
+            let polls = std::rc::Rc::new(std::cell::Cell::new(0u64));
+            let containers = ctx.containers();
+            let id = containers
+                .add_container(ContainerSpec::new("busy", 1))
+                .unwrap();
+            let counter = polls.clone();
+            containers
+                .spawn(id, async move {
+                    // Always ready: wakes itself on every poll until done.
+                    std::future::poll_fn(|cx| {
+                        counter.set(counter.get() + 1);
+                        if counter.get() >= CONTAINER_POLLS {
+                            return std::task::Poll::Ready(());
+                        }
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    })
+                    .await
+                })
+                .unwrap();
+            // Outside the container: three timer sleeps must complete while the container is still busy.
+            for _ in 0..3 {
+                ctx.timers().sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            tx.send(polls.get()).unwrap();
+        }
+    })
+    .unwrap();
+    let (polls_when_done, pool) = expect(&rx, pool);
+    assert!(
+        polls_when_done < CONTAINER_POLLS,
+        "the shard's other tasks only ran after the container finished ({polls_when_done} polls)"
+    );
+    pool.shutdown();
+    pool.join().unwrap();
 }
