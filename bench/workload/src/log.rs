@@ -182,7 +182,7 @@ fn parse_zone(zone: &str) -> Result<i64, LineError> {
         Some(b'-') => (-1, &zone[1..]),
         _ => return Err(LineError::BadTime),
     };
-    if digits.len() != 4 {
+    if digits.len() != 4 || !digits.is_ascii() {
         return Err(LineError::BadTime);
     }
     Ok(sign * (number(&digits[..2], 0..=23)? * 3600 + number(&digits[2..], 0..=59)? * 60))
@@ -376,6 +376,13 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(parse_line(line), Err(expected), "{line}");
         }
+    }
+
+    #[test]
+    fn regression_multibyte_char_in_zone_is_malformed_not_a_panic() {
+        // Slicing the zone's digits at byte 2 used to split the 'é' and panic.
+        let line = "h - - [01/Jul/1995:00:00:01 +1\u{e9}2] \"GET / HTTP/1.0\" 200 1";
+        assert_eq!(parse_line(line), Err(LineError::BadTime));
     }
 
     #[test]
