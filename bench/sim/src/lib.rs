@@ -31,8 +31,8 @@
 //! --csv bench/results/sim-rice.csv --svg bench/results/sim-rice.svg` (1M requests a run, 30 runs, about 20 s of
 //! CPU). At 8 nodes LARD and LARD/R serve 3178 req/s against WRR's 1183 (2.7×); WRR's hit ratio stays at
 //! 0.81–0.80 from 1 to 16 nodes while LARD's rises from 0.81 to 0.95. The cluster is disk-bound throughout (disk
-//! utilisation 0.99–1.0), so throughput follows the miss rate: LARD/R's results equal LARD's up to 8 nodes (no
-//! server set grew at these loads), and LARD/R pulls ahead at 16 (10987 vs 8014) by replicating hot targets instead
+//! utilisation 0.99–1.0), so throughput follows the miss rate: LARD/R matches LARD within 0.1% up to 8 nodes
+//! (its server sets rarely grow at these loads), and LARD/R pulls ahead at 16 (10987 vs 8014) by replicating hot targets instead
 //! of moving them; plain consistent hashing also does well at 16 nodes (10149) because, with the CPU idle, its
 //! load imbalance costs less than LARD's cold misses after a move. The paper's CPU-bound points (where pure
 //! partitioning loses) need smaller files or faster disks (`--disk-access-us`).
