@@ -234,6 +234,10 @@ fn compare_command(args: &CompareArgs) -> Result<()> {
 fn progress_printer(quiet: bool) -> impl FnMut(ProgressSnapshot) {
     let mut last = (Duration::ZERO, 0u64);
     move |snapshot: ProgressSnapshot| {
+        if snapshot.elapsed < last.0 {
+            // A new run (compare rounds share one printer).
+            last = (Duration::ZERO, 0);
+        }
         let seconds = (snapshot.elapsed - last.0).as_secs_f64().max(1e-9);
         let rate = snapshot.responses.saturating_sub(last.1) as f64 / seconds;
         last = (snapshot.elapsed, snapshot.responses);
