@@ -16,6 +16,33 @@
 //! | [`stats`] | per-shard counters and CPU time, readable from any thread |
 //! | [`yielder`] | a yield that really lets the shard's other tasks run (monoio's self-wake does not) |
 //!
+//! # Using it
+//!
+//! ```no_run
+//! use larder_runtime::{PoolConfig, ShardId, ShardPool, Source};
+//!
+//! #[derive(Debug)]
+//! enum Message {
+//!     Hello(u32),
+//! }
+//!
+//! let pool = ShardPool::<Message>::start(PoolConfig::default(), |ctx| async move {
+//!     // Runs on every shard's own thread. Stop taking new work once shutdown is requested.
+//!     if ctx.shard() == ShardId(0) && ctx.shard_count() > 1 {
+//!         ctx.mesh().send(ShardId(1), Message::Hello(7)).await.expect("shard 1 runs");
+//!     } else if ctx.shard() == ShardId(1) {
+//!         let envelope = ctx.mesh().recv().await;
+//!         assert_eq!(envelope.from, Source::Shard(ShardId(0)));
+//!     }
+//!     ctx.timers().sleep(std::time::Duration::from_millis(1)).await.expect("timer armed");
+//! })
+//! .expect("shards start");
+//! println!("{:?}", pool.stats());
+//! pool.shutdown();
+//! let report = pool.join().expect("no shard panicked");
+//! assert!(report.fully_drained());
+//! ```
+//!
 //! Why its own crate: the data plane (`server/`) and benchmarks build on these pieces, and none of them needs to
 //! know about HTTP, LARD or gRPC; keeping them here makes the shard model testable on its own.
 

@@ -7,7 +7,8 @@
 //! - Thread CPU time (user and system, `getrusage(RUSAGE_THREAD)`) can only be read on the thread itself, so the
 //!   shard samples it every `stats_interval_ms` (default [`STATS_INTERVAL_MS_DEFAULT`]) and at exit; a snapshot is
 //!   at most that stale. Busy time is the thread's CPU time (user + system); idle time is wall time since the
-//!   shard started minus busy time — a shard that is parked in `io_uring_enter`/`epoll_wait` uses no CPU.
+//!   shard started minus busy time — a shard that is parked in `io_uring_enter`/`epoll_wait` uses no CPU. (The
+//!   mesh's `spin_before_park_us` window after each message counts as busy: it is CPU the shard used.)
 //! - Per-container accounting (from the shard's container scheduler) is copied into a `Mutex<Vec<_>>` at the same
 //!   sampling points; the lock is taken once per interval by the shard and once per snapshot by the reader, never
 //!   per task or per message.

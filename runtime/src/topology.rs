@@ -4,7 +4,7 @@
 //! (`/sys/devices/system/cpu/cpuN/topology/{physical_package_id,core_id}`, `/sys/devices/system/node/nodeN/cpulist`)
 //! and intersects it with the process's allowed CPU set (`sched_getaffinity`), so a process started under
 //! `taskset` or a cgroup cpuset only ever sees — and pins to — the CPUs it may use. With the cargo feature
-//! `hwloc` the same [`Topology`] can be built through hwloc ([`Topology::discover_hwloc`]); the sysfs path needs
+//! `hwloc` the same [`Topology`] can be built through hwloc (`Topology::discover_hwloc`); the sysfs path needs
 //! no system library and is the default.
 //!
 //! Invariants of a [`Topology`]:
