@@ -16,11 +16,11 @@ use larder_loadgen::compare::{compare, Side};
 use larder_loadgen::config::{parse_duration, parse_url, ClassSpec, HttpUrl};
 use larder_loadgen::cores::CoreList;
 use larder_loadgen::inputs::{load_trace, read_file_list};
+use larder_loadgen::report::ProgressLine;
 use larder_loadgen::{run, ClassConfig, DriverChoice, ProgressSnapshot, RunConfig, WorkloadSpec};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -232,24 +232,11 @@ fn compare_command(args: &CompareArgs) -> Result<()> {
 }
 
 fn progress_printer(quiet: bool) -> impl FnMut(ProgressSnapshot) {
-    let mut last = (Duration::ZERO, 0u64);
+    let mut line = ProgressLine::default();
     move |snapshot: ProgressSnapshot| {
-        if snapshot.elapsed < last.0 {
-            // A new run (compare rounds share one printer).
-            last = (Duration::ZERO, 0);
-        }
-        let seconds = (snapshot.elapsed - last.0).as_secs_f64().max(1e-9);
-        let rate = snapshot.responses.saturating_sub(last.1) as f64 / seconds;
-        last = (snapshot.elapsed, snapshot.responses);
+        let text = line.next(snapshot);
         if !quiet {
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(
-                stderr,
-                "[{:6.1}s] {rate:>10.0} req/s  {:>12} responses  {:>8} errors",
-                snapshot.elapsed.as_secs_f64(),
-                snapshot.responses,
-                snapshot.errors
-            );
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! does; latency percentiles cover responses with status below 400.
 
 use crate::config::RunConfig;
+use crate::engine::ProgressSnapshot;
 use crate::histogram::LatencySummary;
 use crate::stats::{ClassStats, ErrorCounts};
 use serde::Serialize;
@@ -128,4 +129,61 @@ fn write_class(out: &mut String, name: &str, class: &ClassReport) {
         "[{name}] errors {}: connect {} timeout {} bad_status {} short_body {} parse {} closed {}",
         class.errors, e.connect, e.timeout, e.bad_status, e.short_body, e.parse, e.closed
     );
+}
+
+/// The live progress line: the rate since the previous snapshot. One printer may span several runs (compare
+/// rounds): a snapshot earlier than the previous one starts a new run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgressLine {
+    last_elapsed: Duration,
+    last_responses: u64,
+}
+
+impl ProgressLine {
+    pub fn next(&mut self, snapshot: ProgressSnapshot) -> String {
+        if snapshot.elapsed < self.last_elapsed || snapshot.responses < self.last_responses {
+            *self = ProgressLine::default();
+        }
+        let seconds = (snapshot.elapsed - self.last_elapsed)
+            .as_secs_f64()
+            .max(1e-9);
+        let rate = (snapshot.responses - self.last_responses) as f64 / seconds;
+        self.last_elapsed = snapshot.elapsed;
+        self.last_responses = snapshot.responses;
+        format!(
+            "[{:6.1}s] {rate:>10.0} req/s  {:>12} responses  {:>8} errors",
+            snapshot.elapsed.as_secs_f64(),
+            snapshot.responses,
+            snapshot.errors
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(elapsed_ms: u64, responses: u64) -> ProgressSnapshot {
+        ProgressSnapshot {
+            elapsed: Duration::from_millis(elapsed_ms),
+            responses,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn progress_rate_is_per_interval() {
+        let mut line = ProgressLine::default();
+        assert!(line.next(snapshot(1000, 500)).contains(" 500 req/s"));
+        assert!(line.next(snapshot(2000, 2500)).contains(" 2000 req/s"));
+    }
+
+    /// Regression: `compare` reuses one printer; the second round's first snapshot is earlier than the last one
+    /// of the first round, which used to panic with "overflow when subtracting durations".
+    #[test]
+    fn regression_progress_line_restarts_for_a_new_round() {
+        let mut line = ProgressLine::default();
+        line.next(snapshot(2000, 9000));
+        assert!(line.next(snapshot(1000, 300)).contains(" 300 req/s"));
+    }
 }
