@@ -1,8 +1,8 @@
 //! The bounded target table of LARD and LARD/R: target → server set, with CLOCK (second-chance) eviction.
 //!
-//! Model: a hash map from target to a slot of `entries`. A hit sets the slot's `referenced` bit and touches
-//! nothing else (two memory accesses: the map bucket and the entry; an LRU list would also touch both
-//! neighbours). When the table is full, the eviction hand sweeps the slots, clearing `referenced` bits, and
+//! Model: an index ([`SlotIndex`]) from target to a slot of `entries`. A hit sets the slot's `referenced` bit
+//! and touches nothing else (two cache misses at most: the index cell and the entry; an LRU list would also
+//! touch both neighbours). When the table is full, the eviction hand sweeps the slots, clearing `referenced` bits, and
 //! evicts the first unreferenced target: an approximation of least-recently-used that gives every target
 //! used since the hand last passed a second chance. A separate age hand visits [`EXPIRE_PER_TOUCH`] slots per
 //! `touch` and drops targets idle for `idle_ms` or more, so a cold target leaves within `capacity / 2`
@@ -11,41 +11,16 @@
 //!
 //! Invariants: `map.len()` ≤ `capacity`; a slot is occupied iff the map points at it; free slots are on the
 //! free list; an occupied slot's set is non-empty except between insertion and the caller's first
-//! assignment. Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; about 85 bytes a target: a 64-byte entry
-//! (never more than `capacity` slots: the vector grows by doubling, capped) and the map's 16-byte bucket plus
-//! a control byte at up to 87.5 % load; sets of more than one member spill to a heap block that the slot keeps
-//! when it is reused, so a full table stops allocating.
+//! assignment. Limits: `capacity` ≤ [`crate::TARGETS_MAX_LIMIT`]; 85 to 128 bytes a target: a 64-byte entry
+//! (never more than `capacity` slots: the vector grows by doubling, capped) and 16-byte index cells at 3/8 to
+//! 3/4 load; sets of more than one member spill to a heap block that the slot keeps when it is reused, so a
+//! full table stops allocating. Growing the index rehashes every key once per doubling (about 10 ms at 1M).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
+use crate::index::SlotIndex;
 use crate::{ServerId, TargetId, TargetView};
 
 /// Slots the age hand visits per `touch`: more than one, so the table drains faster than it fills.
 pub const EXPIRE_PER_TOUCH: usize = 2;
-
-/// Hasher for ids that already are hashes: one 64×64→128-bit multiply, folded (as foldhash does), so both the
-/// low bits (bucket) and the high bits (hashbrown's tag) depend on every input bit.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64(u64::from(*byte));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, value: u64) {
-        let product = u128::from(value ^ self.0) * 0x9e37_79b9_7f4a_7c15_u128;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-}
 
 /// A target's server set in insertion order: the first member inline, the others in a spill vector that
 /// stays unallocated (and untouched) for single-member sets, i.e. always for LARD.
@@ -120,7 +95,7 @@ pub(crate) struct Entry {
 }
 
 pub(crate) struct TargetTable {
-    map: HashMap<TargetId, u32, BuildHasherDefault<IdHasher>>,
+    map: SlotIndex,
     entries: Vec<Entry>,
     free: Vec<u32>,
     /// Next slot the eviction sweep looks at.
@@ -142,7 +117,7 @@ impl TargetTable {
             "target table capacity {capacity} must fit a u32 slot"
         );
         TargetTable {
-            map: HashMap::default(),
+            map: SlotIndex::new(),
             entries: Vec::new(),
             free: Vec::new(),
             evict_hand: 0,
@@ -160,7 +135,8 @@ impl TargetTable {
         let entry = &mut self.entries[slot];
         debug_assert!(entry.occupied, "evicting free slot {slot}");
         entry.occupied = false;
-        self.map.remove(&entry.target);
+        let removed = self.map.remove(entry.target);
+        debug_assert!(removed, "slot {slot} was not indexed");
         self.free.push(slot as u32);
     }
 
@@ -207,7 +183,7 @@ impl TargetTable {
     #[inline]
     pub(crate) fn touch(&mut self, target: TargetId, now_ms: u64) -> usize {
         self.expire(now_ms);
-        if let Some(&slot) = self.map.get(&target) {
+        if let Some(slot) = self.map.get(target) {
             let entry = &mut self.entries[slot as usize];
             entry.referenced = true;
             entry.last_use_ms = now_ms;

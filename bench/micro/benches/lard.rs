@@ -5,9 +5,9 @@
 //! `--only POLICY`).
 //! Model: `servers` equal members (default 16); targets drawn from the population by a seeded PCG, uniformly
 //! (the cache-unfriendly case for a 1M-entry LARD table) and Zipf(1.0) (web-like: hot targets stay in
-//! cache), precomputed so the RNG is not timed; every request stays in flight until `8 × servers` newer ones have started, so loads are non-zero
-//! and LARD's thresholds (25/65) are reached only by skew, as in steady state; the clock advances 1 ms every
-//! 1024 requests. LARD tables are filled with every target before timing. Each policy runs `rounds` rounds of
+//! cache), precomputed so the RNG is not timed; every request stays in flight until `8 × servers` newer
+//! ones have started, so loads are non-zero and LARD's thresholds (25/65) are reached only by skew, as in
+//! steady state; the clock advances 1 ms every 1024 requests. LARD tables are filled with every target before timing. Each policy runs `rounds` rounds of
 //! `ops` requests; the table shows medians, ns per request, of the thread's CPU time (robust on a shared
 //! machine) and of wall time.
 
