@@ -95,6 +95,7 @@ with_both_drivers!(
     timers_never_fire_early,
     stats_count_work,
     busy_container_does_not_starve_the_shard,
+    both_ways_under_back_pressure_keep_order,
 );
 
 fn pinned_to_distinct_cpus(driver: IoDriver) {
@@ -645,6 +646,68 @@ fn busy_container_does_not_starve_the_shard(driver: IoDriver) {
         polls_when_done < CONTAINER_POLLS,
         "the shard's other tasks only ran after the container finished ({polls_when_done} polls)"
     );
+    pool.shutdown();
+    pool.join().unwrap();
+}
+
+/// Both shards stream to each other through 2-slot queues, in seeded random bursts with yields in between: every
+/// message arrives exactly once and in order per sender, and no shard waits forever (the Space and Message wake-ups
+/// race constantly here).
+fn both_ways_under_back_pressure_keep_order(driver: IoDriver) {
+    // Spinning shards see most messages while awake; parking ones go through the eventfd every time.
+    for spin_before_park_us in [0, larder_runtime::mesh::SPIN_BEFORE_PARK_US_DEFAULT] {
+        both_ways_with_spin(driver, spin_before_park_us);
+    }
+}
+
+fn both_ways_with_spin(driver: IoDriver, spin_before_park_us: u64) {
+    const MESSAGES: u64 = 20_000;
+    const SEED: u64 = 0x1a2d_e401;
+    let (tx, rx) = unbounded();
+    let mut config = config(driver);
+    config.mesh.shard_queue_capacity = 2;
+    config.mesh.spin_before_park_us = spin_before_park_us;
+    let pool = ShardPool::<Msg>::start(config, move |ctx| {
+        let tx = tx.clone();
+        async move {
+            let me = ctx.shard();
+            let peer = ShardId(1 - me.0);
+            let receiver = ctx.clone();
+            let received = ctx.spawn(async move {
+                let mut expected = 0;
+                while expected < MESSAGES {
+                    let envelope = receiver.mesh().recv().await;
+                    assert_eq!(envelope.from, Source::Shard(peer));
+                    match envelope.message {
+                        Msg::Ping(i) => {
+                            assert_eq!(i, expected, "{me}: out of order (seed {SEED:#x})")
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    expected += 1;
+                }
+                expected
+            });
+            let mut rng =
+                rand_pcg::Pcg64::new(u128::from(SEED + u64::from(me.0)), 0xa02b_dbf7_bb3c_0a7a);
+            let mut sent = 0;
+            while sent < MESSAGES {
+                let burst = rand::Rng::random_range(&mut rng, 1..=8u64).min(MESSAGES - sent);
+                for _ in 0..burst {
+                    ctx.mesh().send(peer, Msg::Ping(sent)).await.unwrap();
+                    sent += 1;
+                }
+                ctx.yielder().yield_now().await;
+            }
+            tx.send((me, received.await)).unwrap();
+        }
+    })
+    .unwrap();
+    let (first, pool) = expect(&rx, pool);
+    let (second, pool) = expect(&rx, pool);
+    let mut got = [first, second];
+    got.sort();
+    assert_eq!(got, [(ShardId(0), MESSAGES), (ShardId(1), MESSAGES)]);
     pool.shutdown();
     pool.join().unwrap();
 }
