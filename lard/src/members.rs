@@ -37,6 +37,8 @@ pub(crate) enum Change {
     Removed(usize),
     Weight(usize),
     Draining(usize),
+    /// The call changed nothing (e.g. draining a member that already drains).
+    Unchanged,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -227,18 +229,19 @@ impl Members {
     ) -> Result<Change, MembershipError> {
         let index = self.index_or_err(id)?;
         let member = &mut self.list[index];
-        if member.draining != draining {
-            member.draining = draining;
-            let (load, weight) = (u64::from(member.load()), u64::from(member.weight));
-            if draining {
-                self.live_count -= 1;
-                self.live_load_total -= load;
-                self.live_weight_total -= weight;
-            } else {
-                self.live_count += 1;
-                self.live_load_total += load;
-                self.live_weight_total += weight;
-            }
+        if member.draining == draining {
+            return Ok(Change::Unchanged);
+        }
+        member.draining = draining;
+        let (load, weight) = (u64::from(member.load()), u64::from(member.weight));
+        if draining {
+            self.live_count -= 1;
+            self.live_load_total -= load;
+            self.live_weight_total -= weight;
+        } else {
+            self.live_count += 1;
+            self.live_load_total += load;
+            self.live_weight_total += weight;
         }
         Ok(Change::Draining(index))
     }

@@ -152,7 +152,8 @@ impl Strategy for Ring {
             }
         }
         let Some((owner, step)) = chosen else {
-            // Only reachable when loads overflow u32 arithmetic: fall back to the least loaded.
+            // Unreachable by the capacity argument (the capacities sum to at least L + 1 > L, so some live
+            // member is below its own); kept for f64 rounding at extreme loads: the least loaded.
             return members
                 .least_loaded(Rank::LoadPerWeight, random)
                 .decision(members)
@@ -180,7 +181,7 @@ impl Strategy for Ring {
     fn on_change(&mut self, _members: &Members, change: Change) {
         match change {
             Change::Added(_) | Change::Removed(_) | Change::Weight(_) => self.stale = true,
-            Change::Draining(_) => {}
+            Change::Draining(_) | Change::Unchanged => {}
         }
     }
 }

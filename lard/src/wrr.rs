@@ -52,7 +52,7 @@ impl Strategy for Wrr {
             }
             // A drained member restarts from zero when it comes back, as a new one would.
             Change::Draining(index) => self.current[index] = 0,
-            Change::Weight(_) => {}
+            Change::Weight(_) | Change::Unchanged => {}
         }
     }
 }
