@@ -326,7 +326,7 @@ impl<M: Send + 'static> ShardMesh<M> {
     }
 
     /// Queues `message` for shard `to`, waiting (without spinning) while the queue is full.
-    /// Fails only if `to` is invalid or has stopped.
+    /// Fails only if `to` is invalid or has stopped. Dropping the future before it resolves drops the message.
     pub async fn send(&self, to: ShardId, message: M) -> Result<(), MeshSendError<M>> {
         if let Err(error) = self.sender(to) {
             return Err(MeshSendError { error, message });
@@ -402,7 +402,8 @@ impl<M: Send + 'static> ShardMesh<M> {
         }
     }
 
-    /// Waits for the next message from any shard or the control plane.
+    /// Waits for the next message from any shard or the control plane. Cancel-safe: a message is only taken in
+    /// the poll that returns it, so racing `recv` against shutdown (and dropping it) loses nothing.
     pub async fn recv(&self) -> Envelope<M> {
         self.local
             .wait_for(Reason::Message, || self.try_recv())

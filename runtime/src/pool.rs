@@ -332,7 +332,8 @@ impl<M: Send + 'static> ShardContext<M> {
         &self.inner.stats
     }
 
-    /// The shard's timer facility (sleeps and timeouts on its timer wheel).
+    /// The shard's timer facility (sleeps and timeouts on its timer wheel). Prefer it to `monoio::time`: monoio's
+    /// timers are only processed when the shard parks, so they stall on a shard that is never idle.
     pub fn timers(&self) -> &ShardTimers {
         &self.inner.timers
     }
