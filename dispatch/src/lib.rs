@@ -1,1 +1,44 @@
-//! (being built)
+//! larder-dispatch: `larder dispatch`, the content-aware front-end of a Larder cluster.
+//!
+//! A thread-per-core HTTP/1.1 proxy: every shard accepts on its own `SO_REUSEPORT` listener and, for each
+//! request — also on a persistent client connection — asks one shared LARD-family policy (`larder-lard`) which
+//! back-end serves the request's target, forwards the request over a pooled keep-alive connection to it and
+//! relays the response through one buffer. Back-ends are any HTTP/1.1 servers (larder nodes, nginx, Python).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | settings and their limits |
+//! | `http` | request/response heads, body framing, the chunked-body scanner |
+//! | `balancer` | the shared policy, per-back-end in-flight counts, health and drain flags, retry budget |
+//! | `proxy` | the per-shard data path: accept, exchange, retry, relay |
+//! | `health` | the active health-check thread |
+//! | `dispatcher` | start-up, shutdown, the [`DispatchHandle`] |
+//!
+//! # Limits
+//! | limit | default | why |
+//! |---|---|---|
+//! | back-ends | 1..=256 | front-end of one cluster; the policy scans are O(n) |
+//! | request head | 16 KiB (`head_bytes_max`) → 431 | as a server; bounds memory per connection |
+//! | header fields | 64 per head → 431 | httparse array |
+//! | relay buffer | 32 KiB per client connection | one back-end read, written on unchanged |
+//! | idle back-end connections | 64 per back-end per shard | bounded pool; extra connections are closed |
+//! | pending per back-end | 1,024 (all shards) → 503 + `Retry-After: 1` | overflow is an answer, not a queue |
+//! | connect timeout | 1 s | a live back-end on a LAN connects in < 1 ms |
+//! | back-end timeout | 10 s per head wait / body read or write | slow disks, no hung exchanges |
+//! | client idle timeout | 60 s | keep-alive without unbounded idle connections |
+//! | retry budget | 20% of requests + 10/s, burst 100 | a failing cluster is not doubled in load |
+//! | health interval | 1 s | a returning node gets traffic within about a second |
+//!
+//! Not built yet: slow start for a returning node (LARD ranks by raw load, so a weight ramp would not act on
+//! it), the control-plane link (external load reports, drain from `larder ctl`), distributed mode.
+
+mod balancer;
+pub mod config;
+mod dispatcher;
+mod health;
+pub mod http;
+mod proxy;
+
+pub use balancer::{BackendStatus, CountersSnapshot};
+pub use config::{BackendId, DispatchConfig, RetryBudgetConfig};
+pub use dispatcher::{DispatchError, DispatchHandle, Dispatcher};

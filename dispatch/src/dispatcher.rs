@@ -1,0 +1,229 @@
+//! The running dispatcher: listeners, shard pool, the shared balancer, the health thread and the handle.
+//!
+//! # Start-up
+//! 1. Validate the configuration; build the policy with every back-end as a member (weight 1).
+//! 2. Select the shard CPUs and bind one `SO_REUSEPORT` listener per shard on `listen` (port 0: the first
+//!    listener's port is used by all).
+//! 3. Start the shard pool; each shard takes its listener and accepts (`proxy.rs`).
+//! 4. Start the health thread.
+//!
+//! # Shutdown ([`Dispatcher::shutdown`], then [`Dispatcher::join`])
+//! 1. The pool's shutdown flag is set: accept loops drop their listeners, and client connections close when
+//!    they are between requests.
+//! 2. Exchanges in flight finish (the pool drains tracked tasks up to `drain_timeout_ms`).
+//! 3. The health thread is told to stop (it is detached: a probe in progress ends within its timeouts).
+
+use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use larder_runtime::{PoolConfig, PoolError, PoolReport, ShardPool, ShardSelection, Topology};
+
+use crate::balancer::{BackendStatus, Balancer, Counters, CountersSnapshot};
+use crate::config::{BackendId, ConfigError, DispatchConfig};
+
+/// Kernel accept queue per shard listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("policy membership: {0}")]
+    Membership(#[from] larder_lard::MembershipError),
+    #[error("selecting cores: {0}")]
+    Topology(#[from] larder_runtime::topology::TopologyError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("{0} is not a back-end of this dispatcher")]
+    UnknownBackend(BackendId),
+    #[error("starting the health thread: {0}")]
+    HealthThread(std::io::Error),
+}
+
+/// State every shard and the handle share.
+pub(crate) struct Shared {
+    pub(crate) config: DispatchConfig,
+    pub(crate) origin: Instant,
+    balancer: Mutex<Balancer>,
+    pub(crate) counters: Counters,
+    pub(crate) listeners: Vec<Mutex<Option<std::net::TcpListener>>>,
+}
+
+impl Shared {
+    /// Milliseconds since start: the policy's and the retry budget's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn balancer(&self) -> MutexGuard<'_, Balancer> {
+        // A panic while holding the lock is a bug that already stopped the pool; keep serving the rest.
+        self.balancer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a health verdict and logs a change.
+    pub(crate) fn set_health(&self, backend: BackendId, down: bool, why: &str) {
+        let changed = self.balancer().set_down(backend, down);
+        if changed {
+            let addr = self.config.backends[backend.0 as usize];
+            if down {
+                Counters::bump(&self.counters.backends_marked_down);
+                tracing::warn!(%backend, %addr, why, "back-end marked down");
+            } else {
+                tracing::info!(%backend, %addr, why, "back-end is up again");
+            }
+        }
+    }
+}
+
+/// A cheap, thread-safe handle on a running dispatcher: drain back-ends, read health and counters.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    shared: Arc<Shared>,
+}
+
+impl DispatchHandle {
+    /// Drain (`true`) or undrain a back-end: a drained back-end takes no new request, its in-flight requests
+    /// finish, its targets move.
+    pub fn set_draining(&self, backend: BackendId, draining: bool) -> Result<(), DispatchError> {
+        let mut balancer = self.shared.balancer();
+        if backend.0 as usize >= balancer.backend_count() {
+            return Err(DispatchError::UnknownBackend(backend));
+        }
+        balancer.set_drained(backend, draining);
+        Ok(())
+    }
+
+    /// Per-back-end in-flight count, drain and health flags.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.shared.balancer().status()
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// A running `larder dispatch`.
+pub struct Dispatcher {
+    pool: ShardPool<()>,
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop_health: Mutex<Option<Sender<()>>>,
+}
+
+impl Dispatcher {
+    /// Start-up steps 1–4 (module docs); returns once every shard accepts.
+    pub fn start(config: DispatchConfig) -> Result<Dispatcher, DispatchError> {
+        config.validate()?;
+        let policy = larder_lard::build(&config.policy).map_err(ConfigError::from)?;
+        let balancer = Balancer::new(
+            policy,
+            config.backends.len(),
+            config.retry_budget,
+            config.pending_per_backend_max,
+        )?;
+        let cpus = Topology::discover()?.select(&config.cores)?;
+        let (listeners, local_addr) = bind_listeners(config.listen, cpus.len())?;
+        let pool_config = PoolConfig {
+            shards: ShardSelection::List(cpus),
+            driver: config.io_driver,
+            pin: config.pin,
+            drain_timeout_ms: config.drain_timeout_ms,
+            ..PoolConfig::default()
+        };
+        let shared = Arc::new(Shared {
+            origin: Instant::now(),
+            balancer: Mutex::new(balancer),
+            counters: Counters::default(),
+            listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
+            config,
+        });
+        let for_shards = Arc::clone(&shared);
+        let pool = ShardPool::start(pool_config, move |context| {
+            crate::proxy::run_shard(context, Arc::clone(&for_shards))
+        })?;
+        let (stop_sender, stop_receiver) = std::sync::mpsc::channel();
+        let for_health = Arc::clone(&shared);
+        let health = std::thread::Builder::new()
+            .name("larder-health".to_string())
+            .spawn(move || crate::health::run(for_health, stop_receiver));
+        if let Err(error) = health {
+            pool.shutdown();
+            let _ = pool.join();
+            return Err(DispatchError::HealthThread(error));
+        }
+        tracing::info!(%local_addr, shards = pool.shard_count(), backends = shared.config.backends.len(),
+            policy = %shared.config.policy.kind, "larder dispatch running");
+        Ok(Dispatcher {
+            pool,
+            shared,
+            local_addr,
+            stop_health: Mutex::new(Some(stop_sender)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.pool.shard_count()
+    }
+
+    pub fn handle(&self) -> DispatchHandle {
+        DispatchHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Shutdown step 1 and 3 (module docs); returns at once. Call [`Dispatcher::join`] to wait for step 2.
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+        if let Ok(mut stop) = self.stop_health.lock() {
+            stop.take();
+        }
+    }
+
+    /// Waits for the shards to finish (after [`Dispatcher::shutdown`]).
+    pub fn join(self) -> Result<PoolReport, DispatchError> {
+        self.shutdown();
+        Ok(self.pool.join()?)
+    }
+}
+
+/// One `SO_REUSEPORT` listener per shard, all on the same address (port 0 becomes the first one's port).
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DispatchError> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let listen_error = |source: std::io::Error| DispatchError::Listen { addr, source };
+    let mut listeners = Vec::with_capacity(shards);
+    let mut bound = addr;
+    for _ in 0..shards {
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let socket = rustix::net::socket(family, SocketType::STREAM, None)
+            .map_err(|errno| listen_error(errno.into()))?;
+        sockopt::set_socket_reuseaddr(&socket, true).map_err(|errno| listen_error(errno.into()))?;
+        sockopt::set_socket_reuseport(&socket, true).map_err(|errno| listen_error(errno.into()))?;
+        rustix::net::bind(&socket, &bound).map_err(|errno| listen_error(errno.into()))?;
+        rustix::net::listen(&socket, LISTEN_BACKLOG).map_err(|errno| listen_error(errno.into()))?;
+        let listener = std::net::TcpListener::from(socket);
+        bound = listener.local_addr().map_err(listen_error)?;
+        listeners.push(listener);
+    }
+    Ok((listeners, bound))
+}
