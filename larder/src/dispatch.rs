@@ -77,18 +77,51 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         ),
         _ => tracing::info!("running without a control plane"),
     }
+    // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
+    // thread takes them, in sigwait.
+    let signals = SignalSet::termination()?;
     let dispatcher = Dispatcher::start(config).context("starting the dispatcher")?;
     println!(
         "larder: dispatching on http://{} with {} shards",
         dispatcher.local_addr(),
         dispatcher.shard_count()
     );
-    larder_control::block_until_shutdown_signal().context("waiting for SIGINT/SIGTERM")?;
-    tracing::info!("shutting down: finishing exchanges in flight");
+    let signal = signals.wait();
+    tracing::info!(signal, "shutting down: finishing exchanges in flight");
     dispatcher.shutdown();
     let report = dispatcher.join().context("stopping the dispatcher")?;
     if !report.fully_drained() {
         tracing::warn!("some exchanges were still running at the drain deadline and were closed");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A blocked set of signals this thread waits for.
+struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    /// SIGINT and SIGTERM, blocked in the calling thread and every thread it starts afterwards.
+    fn termination() -> anyhow::Result<SignalSet> {
+        // SAFETY: sigemptyset/sigaddset initialise and fill a local set; pthread_sigmask reads it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let blocked = unsafe {
+            libc::sigemptyset(&mut set);
+            [libc::SIGINT, libc::SIGTERM]
+                .into_iter()
+                .for_each(|signal| {
+                    libc::sigaddset(&mut set, signal);
+                });
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+        };
+        anyhow::ensure!(blocked == 0, "pthread_sigmask: error {blocked}");
+        Ok(SignalSet(set))
+    }
+
+    /// Blocks until one of the signals arrives; returns its number (0 if sigwait failed).
+    fn wait(&self) -> i32 {
+        let mut signal = 0;
+        // SAFETY: the set is initialised and blocked; sigwait writes only `signal`.
+        let _ = unsafe { libc::sigwait(&self.0, &mut signal) };
+        signal
+    }
 }
