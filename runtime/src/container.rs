@@ -10,8 +10,9 @@
 //! # Scheduling rule
 //! Among containers with ready tasks the scheduler polls the one with the least *virtual runtime*; each poll of a
 //! task is timed with the injected [`Clock`] and charged to its container as
-//! `vruntime += poll_ns × VRUNTIME_SCALE / shares`. A saturated shard therefore splits its CPU by shares: with
-//! containers A (3 shares) and B (1 share) always ready, each nanosecond of A advances A's vruntime by 1/3 of what a
+//! `vruntime += poll_ns × (VRUNTIME_SCALE / shares)` (`VRUNTIME_SCALE` = 2^40; the quotient is computed when the
+//! shares are set, so a poll costs a multiply, not a divide). A saturated shard therefore splits its CPU by shares:
+//! with containers A (3 shares) and B (1 share) always ready, each nanosecond of A advances A's vruntime by 1/3 of what a
 //! nanosecond of B advances B's, so the two stay level when A has run 3 ns for every 1 ns of B: A gets
 //! 3 / (3 + 1) = 75% of the CPU and B 1 / (3 + 1) = 25%. Three containers with shares 2, 1, 1 get 50%, 25%, 25%.
 //!
@@ -27,13 +28,15 @@
 //! are processed, and sleeps (without spinning) when no task is ready. Tests drive the same machinery without monoio
 //! through [`ContainerScheduler::poll_once`] and [`ContainerScheduler::run_until_idle`].
 //!
-//! Wakers are `Arc`-based and sound from any thread: a wake sets the task's `queued` flag (so a task is queued at
-//! most once) and appends its key to the scheduler's inbox (a mutex-protected vector, drained before each pick),
-//! then wakes the outer monoio task if it is asleep. A task is polled only on the scheduler's thread.
+//! Wakers are `Arc`-based and sound from any thread. Each task has an atomic state (idle, queued, running,
+//! notified, done). A wake of an idle task marks it queued and appends its key to the scheduler's inbox (a
+//! mutex-protected vector, drained before each pick), then wakes the outer monoio task if it is asleep. A wake of a
+//! running task (a yield, or a wake from inside its own poll) only marks it notified, and the scheduler puts it back
+//! in its ready queue after the poll without touching the inbox. A task is polled only on the scheduler's thread.
 //!
 //! # Invariants
-//! - A live task is in at most one ready queue, at most once (its `queued` flag); a completed task is never polled
-//!   again and its `TaskId` is generation-checked.
+//! - A live task is in at most one ready queue or the inbox, at most once (its state); a completed task is never
+//!   polled again, stray wakes of it do nothing, and its `TaskId` is generation-checked.
 //! - Per container: `tasks_active <= tasks_max` and, at spawn, `tasks_queued <= queued_max`; over either,
 //!   [`ContainerScheduler::spawn`] returns [`ContainerError::OverLimit`] and counts a rejection — nothing queues
 //!   without bound. (Wakes of existing tasks are never refused; their number is bounded by `tasks_max`.)
@@ -44,14 +47,15 @@
 //! | limit | value | why |
 //! |---|---|---|
 //! | `containers_max` | default 64, at most 4,096 per scheduler | picks scan the awake containers |
-//! | `shares` | 1..=1,000,000 | keeps `poll_ns × 2^20 / shares` precise to 1 unit per ns |
+//! | `shares` | 1..=1,000,000 ([`SHARES_MAX`]) | keeps `2^40 / shares` exact to 2^-20 |
 //! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]) | bounds the task table |
 //! | `queued_max` | 1..=1,048,576 per container | bounds a ready queue at spawn |
 //! | `polls_per_turn`, `turn_ns` | 64 polls, 1 ms | bounds how long I/O completions wait for the scheduler |
 //!
 //! # Cost
 //! - `poll_once`: one clock read (the end of a poll is the start of the next), one pick (O(awake containers)),
-//!   a queue pop, the task's own poll; a wake costs an atomic swap plus an uncontended mutex push.
+//!   a queue pop, the task's own poll. A wake during the task's own poll costs one compare-and-swap; a wake from
+//!   elsewhere (I/O completion, another task, another thread) a compare-and-swap plus an uncontended mutex push.
 //!   Target ≤ 100 ns scheduler overhead per poll (bench `scheduler` in `bench/micro`).
 //! - `spawn`: one `Box` for the future, one `Arc` for its waker, O(1) otherwise.
 //! - `stats`: O(containers), allocates the snapshot.
@@ -61,7 +65,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -82,15 +86,17 @@ pub const CONTAINERS_MAX_LIMIT: usize = 4_096;
 pub const POLLS_PER_TURN_DEFAULT: u32 = 64;
 /// Default time per turn before [`ContainerScheduler::run`] yields to monoio: 1 ms.
 pub const TURN_NS_DEFAULT: u64 = 1_000_000;
-/// Virtual runtime charged per nanosecond of CPU at one share.
-pub const VRUNTIME_SCALE: u128 = 1 << 20;
+/// Virtual runtime charged per nanosecond of CPU at one share; a container with `shares` is charged
+/// `VRUNTIME_SCALE / shares` per ns (rounded down: relative error below 2^-20 at [`SHARES_MAX`]).
+pub const VRUNTIME_SCALE: u64 = 1 << 40;
 
 /// Source of time for poll accounting: nanoseconds since an origin of the clock's choosing, never decreasing.
 pub trait Clock {
     fn now_ns(&self) -> u64;
 }
 
-/// The real clock: monotonic time since construction.
+/// The real clock: monotonic time (`std::time::Instant`, `CLOCK_MONOTONIC` through libc's vDSO call) since
+/// construction. Not rustix's `clock_gettime`: its vDSO set-up crashes under valgrind, which we profile with.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
     origin: Instant,
@@ -375,10 +381,21 @@ impl Inbox {
     }
 }
 
+/// Task states (`TaskHeader::state`). Only the scheduler moves a task out of `QUEUED`, `RUNNING` and `NOTIFIED`.
+/// Not queued, not running: a wake moves it to `QUEUED` and pushes it to the inbox.
+const TASK_IDLE: u8 = 0;
+/// In a ready queue or the inbox: wakes do nothing.
+const TASK_QUEUED: u8 = 1;
+/// Being polled: a wake moves it to `NOTIFIED`, and the scheduler requeues it after the poll without the inbox.
+const TASK_RUNNING: u8 = 2;
+/// Being polled and woken meanwhile.
+const TASK_NOTIFIED: u8 = 3;
+/// Completed: wakes through stray wakers do nothing.
+const TASK_DONE: u8 = 4;
+
 struct TaskHeader {
     key: TaskKey,
-    /// True while the task is in a ready queue or the inbox, and forever after it completed.
-    queued: AtomicBool,
+    state: AtomicU8,
     inbox: Arc<Inbox>,
 }
 
@@ -388,8 +405,21 @@ impl Wake for TaskHeader {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.inbox.push(self.key);
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match state {
+                TASK_IDLE => TASK_QUEUED,
+                TASK_RUNNING => TASK_NOTIFIED,
+                _ => return,
+            };
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if next == TASK_QUEUED => return self.inbox.push(self.key),
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
         }
     }
 }
@@ -408,6 +438,8 @@ struct TaskSlot {
 struct Container {
     spec: ContainerSpec,
     vruntime: u128,
+    /// `VRUNTIME_SCALE / shares`.
+    vruntime_per_ns: u64,
     awake: bool,
     ready: VecDeque<TaskKey>,
     cpu_ns: u64,
@@ -464,6 +496,9 @@ impl State {
     }
 
     fn drain_inbox(&mut self, inbox: &Inbox) {
+        if !inbox.nonempty.load(Ordering::Acquire) {
+            return;
+        }
         let mut woken = std::mem::take(&mut self.woken);
         inbox.drain_into(&mut woken);
         for key in woken.drain(..) {
@@ -516,7 +551,7 @@ impl State {
             else {
                 panic!("task {} in a ready queue while being polled", key.index);
             };
-            header.queued.store(false, Ordering::Release);
+            header.state.store(TASK_RUNNING, Ordering::Release);
             return Some((key, future, waker));
         }
     }
@@ -536,10 +571,27 @@ impl State {
         let c = &mut self.containers[slot.container as usize];
         c.cpu_ns += cpu_ns;
         c.polls += 1;
-        c.vruntime += cpu_ns as u128 * VRUNTIME_SCALE / c.spec.shares as u128;
+        c.vruntime += cpu_ns as u128 * c.vruntime_per_ns as u128;
         if poll.is_pending() {
             slot.future = Some(future);
             slot.waker = Some(waker);
+            let Some(header) = &slot.header else {
+                panic!("live task {} without a header", key.index);
+            };
+            // Only this thread leaves NOTIFIED, so a plain load suffices to see a self-wake (the common yield);
+            // RUNNING needs a compare-and-swap against a concurrent wake from another thread.
+            let notified = header.state.load(Ordering::Acquire) == TASK_NOTIFIED
+                || header
+                    .state
+                    .compare_exchange(TASK_RUNNING, TASK_IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err();
+            if notified {
+                // Woken during its own poll (a yield, or another thread): ready again, container stays awake.
+                header.state.store(TASK_QUEUED, Ordering::Release);
+                self.containers[self.tasks[key.index as usize].container as usize]
+                    .ready
+                    .push_back(key);
+            }
             return None;
         }
         c.tasks_completed += 1;
@@ -550,8 +602,7 @@ impl State {
         let Some(header) = slot.header.take() else {
             panic!("live task {} without a header", key.index);
         };
-        // Completed: later wakes through stray wakers must not queue it again.
-        header.queued.store(true, Ordering::Release);
+        header.state.store(TASK_DONE, Ordering::Release);
         self.free_tasks.push(key.index);
         Some((future, waker, header))
     }
@@ -677,6 +728,7 @@ impl<C: Clock> ContainerScheduler<C> {
         let id = ContainerId(state.containers.len() as u32);
         let vruntime = state.floor_vruntime;
         state.containers.push(Container {
+            vruntime_per_ns: VRUNTIME_SCALE / spec.shares as u64,
             spec,
             vruntime,
             awake: false,
@@ -706,6 +758,7 @@ impl<C: Clock> ContainerScheduler<C> {
         self.with_container(id, |c| {
             check_shares(&c.spec.name, shares)?;
             c.spec.shares = shares;
+            c.vruntime_per_ns = VRUNTIME_SCALE / shares as u64;
             Ok(())
         })
     }
@@ -796,7 +849,7 @@ impl<C: Clock> ContainerScheduler<C> {
             };
             let header = Arc::new(TaskHeader {
                 key,
-                queued: AtomicBool::new(true),
+                state: AtomicU8::new(TASK_QUEUED),
                 inbox: self.shared.inbox.clone(),
             });
             slot.container = id.0;
