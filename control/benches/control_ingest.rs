@@ -1,1 +1,156 @@
-fn main() {}
+//! Ingest rate of shard-load reports.
+//!
+//! Simulated nodes (each with `SHARDS` shards and two containers per shard) stream
+//! `LoadReport`s over `ReportLoad` as fast as flow control lets them, from a client
+//! runtime on another thread; the control plane serves on its one current-thread
+//! runtime, so the figure is per control-plane core. The baseline beside it feeds
+//! the same reports to `ClusterState::report` directly (no gRPC), to show where the
+//! time goes.
+//!
+//! Run: `cargo bench -p larder-control --bench control_ingest [-- NODES REPORTS_PER_NODE]`
+//! Target: >= 200,000 shard reports per second.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use larder_control::convert;
+use larder_control::state::{ClusterState, StateConfig};
+use larder_control::{
+    Container, ContainerLoad, ContainerName, ControlConfig, ControlPlane, NodeId, NodeInfo,
+    ShardId, ShardLoad,
+};
+use larder_proto::v1 as pb;
+use larder_proto::v1::node_service_client::NodeServiceClient;
+
+const SHARDS: u32 = 8;
+
+fn node_info(node: usize) -> NodeInfo {
+    NodeInfo {
+        node_id: NodeId(format!("sim-{node}")),
+        http_address: format!("127.0.0.1:{}", 20_000 + node),
+        cores: SHARDS,
+        cache_bytes_budget: 1 << 30,
+    }
+}
+
+fn report(node: usize, sequence: u64) -> pb::LoadReport {
+    let shards = (0..SHARDS)
+        .map(|shard| ShardLoad {
+            shard: ShardId(shard),
+            active_connections: sequence % 64,
+            queued_work: sequence % 7,
+            requests_per_second: 12_345.0,
+            bytes_per_second: 9.8e7,
+            cache_bytes: 1 << 28,
+            cache_hits: sequence * 100,
+            cache_misses: sequence,
+            cache_evictions: sequence / 10,
+            handoffs: sequence * 3,
+            cpu_time_us: sequence * 100_000,
+            containers: ["default", "batch"]
+                .into_iter()
+                .map(|name| ContainerLoad {
+                    container: ContainerName(name.to_string()),
+                    cpu_time_us: sequence * 50_000,
+                    rejections: 0,
+                })
+                .collect(),
+        })
+        .collect();
+    convert::load_report_to_pb(&larder_control::state::LoadReport {
+        node_id: NodeId(format!("sim-{node}")),
+        sequence,
+        shards,
+        hot_targets: Vec::new(),
+    })
+}
+
+async fn simulate_node(address: SocketAddr, node: usize, reports: u64) -> u64 {
+    let mut client = NodeServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
+    client
+        .register(pb::RegisterRequest {
+            node: Some(convert::node_info_to_pb(&node_info(node))),
+            containers: vec![],
+        })
+        .await
+        .expect("register");
+    let stream = tokio_stream::iter((1..=reports).map(move |sequence| report(node, sequence)));
+    client
+        .report_load(stream)
+        .await
+        .expect("ReportLoad")
+        .into_inner()
+        .reports_accepted
+}
+
+fn grpc_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
+    let mut config = ControlConfig::new("127.0.0.1:0".parse().expect("address"));
+    config.report_interval = Duration::from_secs(60); // no node goes down mid-run
+    let plane = ControlPlane::spawn(config).expect("control plane");
+    let address = plane.local_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let start = Instant::now();
+    let accepted: u64 = runtime.block_on(async {
+        let tasks: Vec<_> = (0..nodes)
+            .map(|node| tokio::spawn(simulate_node(address, node, reports_per_node)))
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            accepted += task.await.expect("node task");
+        }
+        accepted
+    });
+    let elapsed = start.elapsed();
+    plane.shutdown().expect("shutdown");
+    assert_eq!(accepted, nodes as u64 * reports_per_node, "every report accepted");
+    (accepted * u64::from(SHARDS), elapsed)
+}
+
+fn state_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
+    let mut state = ClusterState::new(StateConfig {
+        epoch: 1,
+        report_interval: Duration::from_secs(60),
+        down_after_intervals: 5,
+        policy: Default::default(),
+        containers: vec![Container::default_container()],
+    })
+    .expect("state");
+    let now = Instant::now();
+    for node in 0..nodes {
+        state.register(now, node_info(node), vec![]).expect("register");
+    }
+    let reports: Vec<pb::LoadReport> = (0..nodes).map(|node| report(node, 1)).collect();
+    let start = Instant::now();
+    for _ in 0..reports_per_node {
+        for report in &reports {
+            // Same work as the server per message, minus the wire: convert, then store.
+            let report = convert::load_report(report.clone());
+            state.report(now, report).expect("report");
+        }
+    }
+    let elapsed = start.elapsed();
+    (nodes as u64 * reports_per_node * u64::from(SHARDS), elapsed)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|arg| !arg.starts_with("--"));
+    let nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(16);
+    let reports_per_node: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    let (shard_reports, elapsed) = state_ingest(nodes, reports_per_node);
+    println!(
+        "control_ingest state-only (baseline): {shard_reports} shard reports in {:.3} s = {:.0}/s",
+        elapsed.as_secs_f64(),
+        shard_reports as f64 / elapsed.as_secs_f64()
+    );
+    let (shard_reports, elapsed) = grpc_ingest(nodes, reports_per_node);
+    println!(
+        "control_ingest grpc: {nodes} nodes x {reports_per_node} reports x {SHARDS} shards = {shard_reports} shard reports in {:.3} s = {:.0}/s (target >= 200000/s)",
+        elapsed.as_secs_f64(),
+        shard_reports as f64 / elapsed.as_secs_f64()
+    );
+}

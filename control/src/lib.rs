@@ -11,6 +11,8 @@
 //! - [`server`]: [`ControlPlane::spawn`] runs `larder.v1.Control`,
 //!   `larder.v1.NodeService`, server reflection v1 + v1alpha and
 //!   `grpc.health.v1.Health` on its own thread and tokio runtime.
+//! - [`client`]: a blocking `larder.v1.Control` client and protobuf-JSON
+//!   rendering for `larder ctl`.
 //! - [`agent`]: [`NodeAgent::spawn`] registers a node, streams its load and applies
 //!   steering through [`NodeHooks`], on its own thread and tokio runtime.
 //!
@@ -25,13 +27,19 @@
 
 pub mod agent;
 pub mod auth;
+pub mod client;
 pub mod convert;
 pub mod server;
 pub mod state;
 
+/// The wire types, for users of [`client`] (the `larder` binary needs no other path to them).
+pub use larder_proto as proto;
+
 pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
+pub use client::{CtlClient, CtlError};
 pub use server::{
-    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,
+    block_until_shutdown_signal, Clock, ControlConfig, ControlError, ControlHandle, ControlPlane,
+    ManualClock, SystemClock,
 };
 pub use state::{
     Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,

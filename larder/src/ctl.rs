@@ -1,10 +1,494 @@
-//! `larder ctl` (not built yet).
+//! `larder ctl`: the `larder.v1.Control` calls from the command line, one
+//! subcommand per method, printed as tables or (`--json`) in the protobuf JSON
+//! mapping grpcurl uses. A failed call prints its gRPC code and message and exits 1.
 
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct CtlArgs {}
+use larder_control::client::{to_json, Message};
+use larder_control::proto::v1 as pb;
+use larder_control::{CtlClient, CtlError};
 
-pub fn run(_args: CtlArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`larder ctl` is not built yet")
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Control plane address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    control: String,
+    /// Bearer token for changes.
+    #[arg(long)]
+    token: Option<String>,
+    /// Print the answer as protobuf JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    call: Call,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Call {
+    /// Nodes, their state, weight and load.
+    ListNodes,
+    /// One node with the load of each shard.
+    GetNode { node_id: String },
+    /// Cluster totals and per-node load.
+    GetClusterLoad,
+    /// Cluster load every interval.
+    WatchClusterLoad {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Number of updates (0 = until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+    /// The policy, its parameters and the node weights.
+    GetPolicy,
+    /// Change the policy, its parameters and/or node weights (absent flags keep their value).
+    SetPolicy {
+        /// wrr, lc, ch, ch-bl, lard, lard-r.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        t_low: Option<u32>,
+        #[arg(long)]
+        t_high: Option<u32>,
+        #[arg(long)]
+        k_ms: Option<u64>,
+        #[arg(long)]
+        balance_factor: Option<f64>,
+        #[arg(long)]
+        vnodes_per_server: Option<u32>,
+        #[arg(long)]
+        targets_max: Option<u64>,
+        #[arg(long)]
+        target_idle_ms: Option<u64>,
+        /// NODE=WEIGHT (1..=256); repeatable.
+        #[arg(long = "weight", value_name = "NODE=WEIGHT")]
+        weights: Vec<String>,
+    },
+    /// The hottest targets and the shards serving them.
+    ListTargets {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Stop sending new requests to a node.
+    Drain { node_id: String },
+    /// Send requests to a drained node again.
+    Undrain { node_id: String },
+    /// Containers with shares, limits and cluster CPU time.
+    ListContainers,
+    /// Set a container's shares and limits (replaces all of them).
+    SetContainer {
+        name: String,
+        #[arg(long)]
+        shares: u32,
+        #[arg(long, default_value_t = 0)]
+        connections_max: u64,
+        #[arg(long, default_value_t = 0)]
+        queued_work_max: u64,
+        #[arg(long, default_value_t = 0)]
+        cpu_percent_max: u32,
+        /// Create the container if it does not exist.
+        #[arg(long)]
+        create: bool,
+    },
+}
+
+pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    match call(args) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            eprintln!("larder ctl: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn policy_kind(name: &str) -> anyhow::Result<pb::PolicyKind> {
+    Ok(match name {
+        "wrr" => pb::PolicyKind::Wrr,
+        "lc" => pb::PolicyKind::LeastConnections,
+        "ch" => pb::PolicyKind::ConsistentHash,
+        "ch-bl" => pb::PolicyKind::ConsistentHashBoundedLoad,
+        "lard" => pb::PolicyKind::Lard,
+        "lard-r" => pb::PolicyKind::LardR,
+        other => anyhow::bail!("unknown policy {other:?}; valid: wrr, lc, ch, ch-bl, lard, lard-r"),
+    })
+}
+
+fn policy_name(kind: i32) -> &'static str {
+    match pb::PolicyKind::try_from(kind) {
+        Ok(pb::PolicyKind::Wrr) => "wrr",
+        Ok(pb::PolicyKind::LeastConnections) => "lc",
+        Ok(pb::PolicyKind::ConsistentHash) => "ch",
+        Ok(pb::PolicyKind::ConsistentHashBoundedLoad) => "ch-bl",
+        Ok(pb::PolicyKind::Lard) => "lard",
+        Ok(pb::PolicyKind::LardR) => "lard-r",
+        Ok(pb::PolicyKind::Unspecified) | Err(_) => "?",
+    }
+}
+
+fn parse_weight(text: &str) -> anyhow::Result<pb::NodeWeight> {
+    let (node_id, weight) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--weight {text:?}: expected NODE=WEIGHT"))?;
+    Ok(pb::NodeWeight {
+        node_id: node_id.to_string(),
+        weight: weight
+            .parse()
+            .map_err(|error| anyhow::anyhow!("--weight {text:?}: {error}"))?,
+    })
+}
+
+/// Either a call error (printed with its gRPC code) or a usage error.
+#[derive(Debug)]
+enum Failure {
+    Call(CtlError),
+    Usage(anyhow::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Call(error) => write!(f, "{error}"),
+            Failure::Usage(error) => write!(f, "{error:#}"),
+        }
+    }
+}
+
+impl From<CtlError> for Failure {
+    fn from(error: CtlError) -> Failure {
+        Failure::Call(error)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure::Usage(error)
+    }
+}
+
+/// Prints `message` as JSON or with `table`.
+fn show<M: Message>(
+    json: bool,
+    message_name: &str,
+    message: &M,
+    table: impl FnOnce(&M),
+) -> Result<(), Failure> {
+    if json {
+        let value = to_json(message_name, message)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?
+        );
+    } else {
+        table(message);
+    }
+    Ok(())
+}
+
+fn call(args: CtlArgs) -> Result<(), Failure> {
+    let mut client = CtlClient::connect(&args.control, args.token.as_deref())?;
+    let json = args.json;
+    match args.call {
+        Call::ListNodes => {
+            let answer = client.list_nodes()?;
+            show(json, "larder.v1.ListNodesResponse", &answer, |answer| {
+                print_nodes(&answer.nodes)
+            })
+        }
+        Call::GetNode { node_id } => {
+            let answer = client.get_node(&node_id)?;
+            show(json, "larder.v1.GetNodeResponse", &answer, |answer| {
+                print_nodes(answer.node.as_slice());
+                println!();
+                print_shards(&answer.shards);
+            })
+        }
+        Call::GetClusterLoad => {
+            let answer = client.get_cluster_load()?;
+            show(json, "larder.v1.ClusterLoad", &answer, print_cluster_load)
+        }
+        Call::WatchClusterLoad { interval_ms, count } => {
+            let mut failure = None;
+            client.watch_cluster_load(interval_ms, count, |load| {
+                if failure.is_none() {
+                    if let Err(error) = show(json, "larder.v1.ClusterLoad", &load, |load| {
+                        print_cluster_load(load);
+                        println!();
+                    }) {
+                        failure = Some(error);
+                    }
+                }
+            })?;
+            failure.map_or(Ok(()), Err)
+        }
+        Call::GetPolicy => {
+            let answer = client.get_policy()?;
+            show(json, "larder.v1.GetPolicyResponse", &answer, print_policy)
+        }
+        Call::SetPolicy {
+            kind,
+            t_low,
+            t_high,
+            k_ms,
+            balance_factor,
+            vnodes_per_server,
+            targets_max,
+            target_idle_ms,
+            weights,
+        } => {
+            let kind = match kind {
+                Some(name) => policy_kind(&name)?,
+                None => pb::PolicyKind::Unspecified,
+            };
+            let request = pb::SetPolicyRequest {
+                policy: Some(pb::Policy {
+                    kind: kind as i32,
+                    lard: Some(pb::LardParams {
+                        t_low,
+                        t_high,
+                        k_ms,
+                    }),
+                    balance_factor,
+                    vnodes_per_server,
+                    targets_max,
+                    target_idle_ms,
+                }),
+                node_weights: weights
+                    .iter()
+                    .map(|text| parse_weight(text))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let answer = client.set_policy(request)?;
+            show(json, "larder.v1.SetPolicyResponse", &answer, |answer| {
+                println!("steering version {}", answer.steering_version)
+            })
+        }
+        Call::ListTargets { limit } => {
+            let answer = client.list_targets(limit)?;
+            show(
+                json,
+                "larder.v1.ListTargetsResponse",
+                &answer,
+                print_targets,
+            )
+        }
+        Call::Drain { node_id } => {
+            let answer = client.drain(&node_id)?;
+            show(json, "larder.v1.DrainResponse", &answer, |answer| {
+                println!(
+                    "{node_id} drained; steering version {}",
+                    answer.steering_version
+                )
+            })
+        }
+        Call::Undrain { node_id } => {
+            let answer = client.undrain(&node_id)?;
+            show(json, "larder.v1.DrainResponse", &answer, |answer| {
+                println!(
+                    "{node_id} undrained; steering version {}",
+                    answer.steering_version
+                )
+            })
+        }
+        Call::ListContainers => {
+            let answer = client.list_containers()?;
+            show(
+                json,
+                "larder.v1.ListContainersResponse",
+                &answer,
+                print_containers,
+            )
+        }
+        Call::SetContainer {
+            name,
+            shares,
+            connections_max,
+            queued_work_max,
+            cpu_percent_max,
+            create,
+        } => {
+            let answer = client.set_container(pb::SetContainerRequest {
+                container: Some(pb::Container {
+                    name: name.clone(),
+                    shares,
+                    limits: Some(pb::ContainerLimits {
+                        connections_max,
+                        queued_work_max,
+                        cpu_percent_max,
+                    }),
+                }),
+                create,
+            })?;
+            show(json, "larder.v1.SetContainerResponse", &answer, |answer| {
+                println!(
+                    "container {name} set; steering version {}",
+                    answer.steering_version
+                )
+            })
+        }
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::NodeState::try_from(state) {
+        Ok(pb::NodeState::Up) => "up",
+        Ok(pb::NodeState::Down) => "down",
+        Ok(pb::NodeState::Unspecified) | Err(_) => "?",
+    }
+}
+
+fn print_nodes(nodes: &[pb::NodeSummary]) {
+    println!(
+        "{:<16} {:<22} {:>5} {:<5} {:>7} {:>6} {:>8} {:>8} {:>10} {:>9}",
+        "NODE",
+        "HTTP",
+        "CORES",
+        "STATE",
+        "DRAINED",
+        "WEIGHT",
+        "AGE_MS",
+        "CONNS",
+        "REQ/S",
+        "REPORTS"
+    );
+    for node in nodes {
+        let info = node.info.clone().unwrap_or_default();
+        let total = node.total.clone().unwrap_or_default();
+        println!(
+            "{:<16} {:<22} {:>5} {:<5} {:>7} {:>6} {:>8} {:>8} {:>10.0} {:>9}",
+            info.node_id,
+            info.http_address,
+            info.cores,
+            state_name(node.state),
+            if node.drained { "yes" } else { "no" },
+            node.weight,
+            node.last_report_age_ms,
+            total.active_connections,
+            total.requests_per_second,
+            node.reports_received
+        );
+    }
+}
+
+fn print_shards(shards: &[pb::ShardLoad]) {
+    println!(
+        "{:>5} {:>7} {:>7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "SHARD",
+        "CONNS",
+        "QUEUED",
+        "REQ/S",
+        "BYTES/S",
+        "CACHE_B",
+        "HITS",
+        "MISSES",
+        "EVICT",
+        "HANDOFF",
+        "CPU_US"
+    );
+    for shard in shards {
+        println!(
+            "{:>5} {:>7} {:>7} {:>10.0} {:>12.0} {:>12} {:>10} {:>10} {:>9} {:>9} {:>12}",
+            shard.shard,
+            shard.active_connections,
+            shard.queued_work,
+            shard.requests_per_second,
+            shard.bytes_per_second,
+            shard.cache_bytes,
+            shard.cache_hits,
+            shard.cache_misses,
+            shard.cache_evictions,
+            shard.handoffs,
+            shard.cpu_time_us
+        );
+        for container in &shard.containers {
+            println!(
+                "      container {:<16} cpu_us {:>12} rejections {:>8}",
+                container.container, container.cpu_time_us, container.rejections
+            );
+        }
+    }
+}
+
+fn print_cluster_load(load: &pb::ClusterLoad) {
+    let total = load.total.clone().unwrap_or_default();
+    println!(
+        "nodes up {}  down {}  shards {}  connections {}  req/s {:.0}  bytes/s {:.0}  cache hits {}  misses {}  reports {}",
+        load.nodes_up,
+        load.nodes_down,
+        total.shard,
+        total.active_connections,
+        total.requests_per_second,
+        total.bytes_per_second,
+        total.cache_hits,
+        total.cache_misses,
+        load.reports_received
+    );
+    print_nodes(&load.nodes);
+}
+
+fn print_policy(answer: &pb::GetPolicyResponse) {
+    let policy = answer.policy.unwrap_or_default();
+    let lard = policy.lard.unwrap_or_default();
+    println!("policy             {}", policy_name(policy.kind));
+    println!("t_low              {}", lard.t_low.unwrap_or_default());
+    println!("t_high             {}", lard.t_high.unwrap_or_default());
+    println!("k_ms               {}", lard.k_ms.unwrap_or_default());
+    println!(
+        "balance_factor     {}",
+        policy.balance_factor.unwrap_or_default()
+    );
+    println!(
+        "vnodes_per_server  {}",
+        policy.vnodes_per_server.unwrap_or_default()
+    );
+    println!(
+        "targets_max        {}",
+        policy.targets_max.unwrap_or_default()
+    );
+    println!(
+        "target_idle_ms     {}",
+        policy.target_idle_ms.unwrap_or_default()
+    );
+    println!("steering_version   {}", answer.steering_version);
+    for weight in &answer.node_weights {
+        println!("weight             {} = {}", weight.node_id, weight.weight);
+    }
+}
+
+fn print_targets(answer: &pb::ListTargetsResponse) {
+    println!("{:<40} {:>10}  SERVERS", "TARGET", "REQ/S");
+    for target in &answer.targets {
+        let servers: Vec<String> = target
+            .servers
+            .iter()
+            .map(|server| format!("{}/{}", server.node_id, server.shard))
+            .collect();
+        println!(
+            "{:<40} {:>10.0}  {}",
+            target.target,
+            target.requests_per_second,
+            servers.join(" ")
+        );
+    }
+}
+
+fn print_containers(answer: &pb::ListContainersResponse) {
+    println!(
+        "{:<16} {:>6} {:>10} {:>10} {:>8} {:>14} {:>10}",
+        "CONTAINER", "SHARES", "CONNS_MAX", "QUEUE_MAX", "CPU_%MAX", "CPU_US", "REJECTED"
+    );
+    for status in &answer.containers {
+        let container = status.container.clone().unwrap_or_default();
+        let limits = container.limits.unwrap_or_default();
+        println!(
+            "{:<16} {:>6} {:>10} {:>10} {:>8} {:>14} {:>10}",
+            container.name,
+            container.shares,
+            limits.connections_max,
+            limits.queued_work_max,
+            limits.cpu_percent_max,
+            status.cpu_time_us,
+            status.rejections
+        );
+    }
 }
