@@ -153,11 +153,21 @@ run_wrk() { # $1 port, $2 workload
     ZIPF_ALPHA=$ZIPF_ALPHA taskset -c "$CLIENT_CPUS" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${args[@]}" | parse_wrk
 }
 
+# CPU time (utime + stime, clock ticks) of a process and its children (nginx workers), all threads.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        total=$((total + $(awk '{ print $14 + $15 }' /proc/"$pid"/stat 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+TICKS_PER_S=$(getconf CLK_TCK)
+
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "larder $("$LARDER" --version 2>/dev/null | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')) vs $("$NGINX" -v 2>&1 | sed 's/.*: //')"
 echo "server CPUs $SERVER_CORES ($SHARDS shards/workers), wrk on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
-printf '\n%-6s %-7s %14s %14s %10s %10s\n' workload server "req/s" "bytes/s" "p50 µs" "p99 µs"
+printf '\n%-6s %-7s %14s %14s %10s %10s %12s\n' workload server "req/s" "bytes/s" "p50 µs" "p99 µs" "cpu µs/req"
 for workload in $WORKLOADS; do
     cache_mb=256
     [[ $workload == zipf ]] && cache_mb=$ZIPF_CACHE_MB
@@ -172,22 +182,30 @@ for workload in $WORKLOADS; do
         for server in $order; do
             port=$NGINX_PORT
             [[ $server == larder ]] && port=$LARDER_PORT
-            run_wrk "$port" "$workload" >>"$WORK/$server.$workload"
+            pid=$NGINX_PID
+            [[ $server == larder ]] && pid=$LARDER_PID
+            ticks_before=$(cpu_ticks "$pid")
+            result=$(run_wrk "$port" "$workload")
+            ticks=$(($(cpu_ticks "$pid") - ticks_before))
+            # Server CPU µs per request: robust to other load on the machine (timing columns are not).
+            echo "$result $(awk -v t="$ticks" -v hz="$TICKS_PER_S" -v r="${result%% *}" -v d="$DURATION" \
+                'BEGIN { if (r > 0) printf "%.1f", t / hz * 1e6 / (r * d); else print 0 }')" >>"$WORK/$server.$workload"
         done
     done
     stop_larder
     declare -A med=()
     for server in nginx larder; do
-        for column in 1 2 3 4; do
+        for column in 1 2 3 4 5; do
             med[$server.$column]=$(awk -v c=$column '{ print $c }' "$WORK/$server.$workload" | median)
         done
-        printf '%-6s %-7s %14s %14s %10s %10s\n' "$workload" "$server" "${med[$server.1]}" "${med[$server.2]}" "${med[$server.3]}" "${med[$server.4]}"
+        printf '%-6s %-7s %14s %14s %10s %10s %12s\n' "$workload" "$server" "${med[$server.1]}" "${med[$server.2]}" \
+            "${med[$server.3]}" "${med[$server.4]}" "${med[$server.5]}"
     done
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-    printf '%-6s %-7s %14s %14s %10s %10s\n' "$workload" "ratio" "$(ratio "${med[larder.1]}" "${med[nginx.1]}")" \
+    printf '%-6s %-7s %14s %14s %10s %10s %12s\n' "$workload" "ratio" "$(ratio "${med[larder.1]}" "${med[nginx.1]}")" \
         "$(ratio "${med[larder.2]}" "${med[nginx.2]}")" "$(ratio "${med[larder.3]}" "${med[nginx.3]}")" \
-        "$(ratio "${med[larder.4]}" "${med[nginx.4]}")"
+        "$(ratio "${med[larder.4]}" "${med[nginx.4]}")" "$(ratio "${med[larder.5]}" "${med[nginx.5]}")"
     unset med
 done
 echo
-echo "ratio = larder / nginx (req/s and bytes/s: higher is better; latency: lower is better)"
+echo "ratio = larder / nginx (req/s and bytes/s: higher is better; latency and cpu µs/req: lower is better)"

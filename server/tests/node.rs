@@ -700,3 +700,21 @@ fn log_path_for_shard(path: &Path, shard: usize) -> std::path::PathBuf {
     name.push(format!(".{shard}"));
     name.into()
 }
+
+/// Regression: a shard outside `accept_shards` once bound a listener in the SO_REUSEPORT group and closed it at
+/// start, resetting the connections the kernel had hashed to it.
+#[test]
+fn r1_non_accepting_shards_hold_no_listener() {
+    for _ in 0..5 {
+        let served = Served::start(|config| {
+            config.cores = "2".parse().unwrap();
+            config.accept_shards = vec![0];
+        });
+        for _ in 0..20 {
+            assert_eq!(served.get(&request("/hello.txt")).status, 200);
+        }
+        let stats = served.node().stats();
+        assert_eq!(stats.shards[1].connections_accepted, 0, "{stats:?}");
+        assert_eq!(stats.shards[0].connections_accepted, 20, "{stats:?}");
+    }
+}

@@ -109,13 +109,37 @@ impl Drop for ActiveConnection {
     }
 }
 
+/// What happens to a connection after one request.
+enum Step {
+    /// Read the next request.
+    Next(Conn),
+    /// Close it.
+    Close(Conn),
+    /// It moved to another shard or container.
+    Moved,
+}
+
 /// Serves requests until the connection closes, moves to another shard or moves to another container.
 pub(crate) async fn serve(shard: Rc<Shard>, conn: Conn) {
     let _active = ActiveConnection::new(&shard);
-    let mut conn = Some(conn);
-    while let Some(current) = conn {
-        conn = serve_one(&shard, current).await;
+    let mut conn = conn;
+    loop {
+        match serve_one(&shard, conn).await {
+            Step::Next(next) => conn = next,
+            Step::Close(last) => return close(last),
+            Step::Moved => return,
+        }
     }
+}
+
+/// Ends a connection at once: `shutdown(2)` sends the FIN (and ends a read still in flight) now, whatever
+/// the driver does with the descriptor afterwards — with io_uring the `close` is itself an asynchronous
+/// operation that a shard leaving its runtime might never submit.
+fn close(conn: Conn) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on the socket this connection owns; no memory is passed.
+    unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
+    drop(conn);
 }
 
 /// Answers a connection whose container is over its limit: read its request head, send 503 + Retry-After, close.
@@ -137,13 +161,14 @@ pub(crate) async fn reject_over_limit(shard: Rc<Shard>, mut conn: Conn) {
         true,
     );
     let _ = write_out(&shard, &mut conn.stream, &mut conn.out).await;
+    close(conn);
 }
 
-/// One request; `None` when the connection is closed or has moved elsewhere.
-async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Option<Conn> {
+/// One request.
+async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     match read_head(shard, &mut conn).await {
         Ok(()) => {}
-        Err(ReadEnd::Closed) => return None,
+        Err(ReadEnd::Closed) => return Step::Close(conn),
         Err(ReadEnd::HeaderTimeout) => {
             ShardCounters::add(&shard.counters.header_timeouts, 1);
             conn.out.clear();
@@ -156,7 +181,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Option<Conn> {
                 true,
             );
             finish_simple(shard, &mut conn, answer).await;
-            return None;
+            return Step::Close(conn);
         }
     }
     let limits = shard.limits;
@@ -241,7 +266,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Option<Conn> {
         conn.container = container;
         conn.routed = routed_target;
         place(shard, conn);
-        return None;
+        return Step::Moved;
     }
 
     ShardCounters::add(&shard.counters.requests_active, 1);
@@ -288,15 +313,23 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Option<Conn> {
     );
     conn.start += head_bytes;
     conn.discard = content_length;
-    (sent.is_ok() && keep).then_some(conn)
+    next_step(conn, sent.is_ok() && keep)
+}
+
+fn next_step(conn: Conn, keep: bool) -> Step {
+    if keep {
+        Step::Next(conn)
+    } else {
+        Step::Close(conn)
+    }
 }
 
 /// A bad request: its status, then close.
-async fn reject_request(shard: &Rc<Shard>, mut conn: Conn, status: Status) -> Option<Conn> {
+async fn reject_request(shard: &Rc<Shard>, mut conn: Conn, status: Status) -> Step {
     conn.out.clear();
     let answer = respond::simple(shard, &mut conn.out, status, b"", false, true);
     finish_simple(shard, &mut conn, answer).await;
-    None
+    Step::Close(conn)
 }
 
 async fn finish_simple(shard: &Rc<Shard>, conn: &mut Conn, answer: Answer) {
@@ -313,7 +346,7 @@ async fn finish_simple(shard: &Rc<Shard>, conn: &mut Conn, answer: Answer) {
 
 /// Writes a short answer for a parsed request and consumes its head.
 /// (Error paths only: the head is parsed again after the write, since `conn` moved in here.)
-async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Option<Conn> {
+async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Step {
     let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &shard.limits)
     {
         Ok(Some(head)) => (head.head_bytes, head.content_length),
@@ -335,7 +368,7 @@ async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Option<Con
     }
     conn.start += head_bytes;
     conn.discard = content_length;
-    (sent.is_ok() && answer.keep_alive).then_some(conn)
+    next_step(conn, sent.is_ok() && answer.keep_alive)
 }
 
 fn record(
@@ -368,12 +401,7 @@ fn record(
 }
 
 /// Handoff protocol steps 1-3: detach the connection and send it, with its unparsed bytes, to `owner`.
-async fn hand_off(
-    shard: &Rc<Shard>,
-    conn: Conn,
-    owner: ServerId,
-    target: TargetId,
-) -> Option<Conn> {
+async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: TargetId) -> Step {
     let Conn {
         stream,
         peer,
@@ -385,9 +413,10 @@ async fn hand_off(
     let handoff = match Handoff::from_monoio(stream, read, peer) {
         Ok(handoff) => handoff,
         Err(error) => {
+            // The std stream inside was dropped (closed synchronously) by the refusal.
             tracing::warn!(shard = shard.index, %error, "handoff refused");
             finish_policy(shard, owner, target);
-            return None;
+            return Step::Moved;
         }
     };
     let message = ShardMessage::Handoff { handoff, target };
@@ -398,21 +427,23 @@ async fn hand_off(
     {
         Ok(()) => {
             ShardCounters::add(&shard.counters.handoffs_out, 1);
-            None
+            Step::Moved
         }
         Err(refused) => {
             // The owner's queue is full: serve here rather than wait (counted; the policy is corrected).
             ShardCounters::add(&shard.counters.handoffs_refused, 1);
             finish_policy(shard, owner, target);
             let ShardMessage::Handoff { handoff, .. } = refused.message;
-            let (stream, read, peer) = shard.context.adopt(handoff).ok()?;
+            let Ok((stream, read, peer)) = shard.context.adopt(handoff) else {
+                return Step::Moved;
+            };
             if let Some(policy) = &shard.node.policy {
                 if let Ok(mut policy) = policy.lock() {
                     policy.on_start(ServerId(shard.index), target, shard.now_ms());
                 }
             }
             let container = shard.node.config.classify(None, b"", peer.ip());
-            Some(Conn::new(stream, peer, read, Some(target), container))
+            Step::Next(Conn::new(stream, peer, read, Some(target), container))
         }
     }
 }
@@ -489,6 +520,10 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
         conn.read.reserve_exact(grown - conn.read.len());
     }
     let idle = conn.read.is_empty() && conn.requests > 0;
+    if idle && shard.context.is_shutting_down() {
+        // Shutdown step 2: an idle keep-alive connection closes now (no read is started).
+        return Err(ReadEnd::Closed);
+    }
     let config = &shard.node.config;
     let timeout_ms = if idle {
         config.keepalive_timeout_ms

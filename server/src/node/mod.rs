@@ -161,7 +161,12 @@ impl Node {
                 return Err(NodeError::AcceptShard { shard, shards });
             }
         }
-        let (listeners, local_addr) = bind_listeners(config.listen, shards)?;
+        // Only accepting shards get a listener: a socket in the SO_REUSEPORT group that never accepts would
+        // hold (and, when closed, reset) the connections the kernel hashes to it.
+        let accepting: Vec<bool> = (0..shards as u32)
+            .map(|shard| config.accept_shards.is_empty() || config.accept_shards.contains(&shard))
+            .collect();
+        let (listeners, local_addr) = bind_listeners(config.listen, &accepting)?;
         let policy = if shards > 1 {
             let mut policy = larder_lard::build(&PolicyConfig::new(config.policy))
                 .map_err(|error| NodeError::Policy(error.to_string()))?;
@@ -182,7 +187,7 @@ impl Node {
         let shared = Arc::new(NodeShared {
             root,
             policy,
-            listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
+            listeners: listeners.into_iter().map(Mutex::new).collect(),
             counters: (0..shards)
                 .map(|_| Arc::new(ShardCounters::default()))
                 .collect(),
@@ -245,15 +250,19 @@ impl Node {
     }
 }
 
-/// One `SO_REUSEPORT` listener per shard, all on the same address (port 0 becomes the first one's port).
+/// One `SO_REUSEPORT` listener per accepting shard, all on the same address (port 0 becomes the first one's port).
 fn bind_listeners(
     addr: SocketAddr,
-    shards: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), NodeError> {
+    accepting: &[bool],
+) -> Result<(Vec<Option<std::net::TcpListener>>, SocketAddr), NodeError> {
     use rustix::net::{sockopt, AddressFamily, SocketType};
-    let mut listeners = Vec::with_capacity(shards);
+    let mut listeners = Vec::with_capacity(accepting.len());
     let mut bound = addr;
-    for _ in 0..shards {
+    for &accepts in accepting {
+        if !accepts {
+            listeners.push(None);
+            continue;
+        }
         let listen_error = |source: std::io::Error| NodeError::Listen { addr, source };
         let family = if addr.is_ipv4() {
             AddressFamily::INET
@@ -268,7 +277,7 @@ fn bind_listeners(
         rustix::net::listen(&socket, LISTEN_BACKLOG).map_err(|errno| listen_error(errno.into()))?;
         let listener = std::net::TcpListener::from(socket);
         bound = listener.local_addr().map_err(listen_error)?;
-        listeners.push(listener);
+        listeners.push(Some(listener));
     }
     Ok((listeners, bound))
 }

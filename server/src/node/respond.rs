@@ -234,6 +234,23 @@ fn begin(shard: &Shard, buf: &mut Vec<u8>, status: Status, date: &[u8; HTTP_DATE
     buf.extend_from_slice(&shard.shard_field);
 }
 
+/// Status line, Date, Server, the shard field and the object's Content-Type, Last-Modified, ETag, Accept-Ranges.
+fn begin_object(
+    shard: &Shard,
+    buf: &mut Vec<u8>,
+    status: Status,
+    date: &[u8; HTTP_DATE_BYTES],
+    meta: &FileMeta,
+) {
+    begin(shard, buf, status, date);
+    object_fields(
+        buf,
+        meta.content_type,
+        meta.last_modified.as_bytes(),
+        meta.etag.as_bytes(),
+    );
+}
+
 fn send_file(
     shard: &Shard,
     request: &Request<'_, '_>,
@@ -292,13 +309,7 @@ fn send_file(
         }
         Selection::Full => {
             let buf = out.head_mut();
-            begin(shard, buf, Status::Ok, &date);
-            object_fields(
-                buf,
-                meta.content_type,
-                meta.last_modified.as_bytes(),
-                meta.etag.as_bytes(),
-            );
+            begin_object(shard, buf, Status::Ok, &date, meta);
             content_length(buf, len);
             end_head(buf, keep_alive);
             answer.body_bytes = len;
@@ -309,13 +320,7 @@ fn send_file(
         Selection::Partial if ranges.len() == 1 => {
             let range = ranges[0];
             let buf = out.head_mut();
-            begin(shard, buf, Status::PartialContent, &date);
-            object_fields(
-                buf,
-                meta.content_type,
-                meta.last_modified.as_bytes(),
-                meta.etag.as_bytes(),
-            );
+            begin_object(shard, buf, Status::PartialContent, &date, meta);
             push_content_range(buf, &range, len);
             buf.extend_from_slice(b"\r\n");
             content_length(buf, range.len());

@@ -97,13 +97,12 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
     if shard.log.is_some() {
         context.spawn(flush_log_periodically(Rc::clone(&shard)));
     }
-    let accepts =
-        node.config.accept_shards.is_empty() || node.config.accept_shards.contains(&index);
+    // Only accepting shards were given a listener (see `bind_listeners`).
     let listener = node.listeners[index as usize]
         .lock()
         .map(|mut slot| slot.take())
         .unwrap_or(None);
-    if let (true, Some(listener)) = (accepts, listener) {
+    if let Some(listener) = listener {
         accept_loop(&shard, listener).await;
     }
 }
