@@ -718,3 +718,45 @@ fn r1_non_accepting_shards_hold_no_listener() {
         assert_eq!(stats.shards[0].connections_accepted, 20, "{stats:?}");
     }
 }
+
+#[test]
+fn epoll_driver_serves_pipelines_and_hands_off() {
+    let served = Served::start(|config| {
+        config.io_driver = larder_server::config::IoDriver::Epoll;
+        config.cores = "2".parse().unwrap();
+        config.accept_shards = vec![0];
+        config.policy = larder_lard::PolicyKind::ConsistentHash;
+    });
+    for index in 0..10 {
+        std::fs::write(
+            served.path(&format!("e{index}.txt")),
+            format!("epoll {index}"),
+        )
+        .unwrap();
+    }
+    let mut stream = served.connect();
+    let batch: String = (0..10)
+        .map(|index| request(&format!("/e{index}.txt")))
+        .collect();
+    stream.write_all(batch.as_bytes()).unwrap();
+    for index in 0..10 {
+        assert_eq!(
+            read_response(&mut stream, false).body,
+            format!("epoll {index}").as_bytes()
+        );
+    }
+    let stats = served.node().stats();
+    assert!(stats.shards[1].handoffs_in > 0, "{stats:?}");
+    let drivers: Vec<_> = served
+        .node()
+        .runtime_stats()
+        .iter()
+        .map(|shard| shard.driver)
+        .collect();
+    assert!(
+        drivers
+            .iter()
+            .all(|driver| *driver == Some(larder_runtime::DriverKind::Epoll)),
+        "{drivers:?}"
+    );
+}

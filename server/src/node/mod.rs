@@ -3,8 +3,8 @@
 //!
 //! # Data path of one request (numbered as the code does it)
 //! 1. A shard accepts on its own `SO_REUSEPORT` listener (the kernel spreads connections over the shards'
-//!    accept queues; no shared accept queue, no thundering herd). The connection task starts in the container
-//!    its client network classifies it into.
+//!    accept queues; no shared accept queue, no thundering herd). Only shards in `accept_shards` (default: all)
+//!    get a listener. The connection task starts in the container its client network classifies it into.
 //! 2. The shard reads until one request head is complete and parses it (`http::request`); bad input gets its
 //!    status (400/414/431/501) and the connection closes. The path is normalised (`http::path`).
 //! 3. With more than one shard, the shard asks the node's policy (`lard` crate) which shard serves the target
@@ -29,7 +29,9 @@
 //! # Shutdown (SIGINT/SIGTERM → [`Node::shutdown`])
 //! 1. The pool's shutdown flag is set; every accept loop drops its listener (no new connections).
 //! 2. Idle keep-alive connections close at once; a connection in the middle of a request finishes that response
-//!    (with `Connection: close`) and closes.
+//!    and closes (a response begun before the request says `keep-alive`; the connection closes after it anyway).
+//!    Every close is a `shutdown(2)` first, so the client sees the FIN even if the shard leaves its runtime
+//!    before io_uring runs the asynchronous `close`.
 //! 3. The pool waits for every connection task (its drain deadline), then the shards exit.
 //!
 //! # Limits
