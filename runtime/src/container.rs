@@ -495,10 +495,15 @@ impl State {
         self.containers[container as usize].ready.push_back(key);
     }
 
+    #[inline]
     fn drain_inbox(&mut self, inbox: &Inbox) {
-        if !inbox.nonempty.load(Ordering::Acquire) {
-            return;
+        if inbox.nonempty.load(Ordering::Acquire) {
+            self.drain_inbox_slow(inbox);
         }
+    }
+
+    #[inline(never)]
+    fn drain_inbox_slow(&mut self, inbox: &Inbox) {
         let mut woken = std::mem::take(&mut self.woken);
         inbox.drain_into(&mut woken);
         for key in woken.drain(..) {
@@ -512,6 +517,14 @@ impl State {
 
     /// Puts containers without ready tasks to sleep and returns the awake one with the least vruntime.
     fn pick(&mut self) -> Option<u32> {
+        if let [only] = self.awake[..] {
+            // One awake container (the common case on a shard serving one class of work): no ranking.
+            let c = &self.containers[only as usize];
+            if !c.ready.is_empty() {
+                self.floor_vruntime = self.floor_vruntime.max(c.vruntime);
+                return Some(only);
+            }
+        }
         let mut best: Option<(u128, u8, u32)> = None;
         let mut position = 0;
         while position < self.awake.len() {
