@@ -4,7 +4,8 @@
 //! tokio runtime, so the data-plane shards never run tokio.
 //!
 //! # One session
-//! 1. Connect (at most [`CONNECT_TIMEOUT`]) and `Register`; apply the steering in
+//! 1. Connect (at most [`CONNECT_TIMEOUT`]) and `Register` (at most
+//!    [`REGISTER_TIMEOUT`]); apply the steering in
 //!    the answer if it is new; learn the report interval.
 //! 2. Open `WatchSteering` and the `ReportLoad` client stream.
 //! 3. Every report interval call [`NodeHooks::load_report`] and queue the report
@@ -12,7 +13,8 @@
 //!    counted, the next one carries fresher numbers anyway). Apply every steering
 //!    whose `(epoch, version)` differs from the last applied one: a new epoch (a
 //!    restarted control plane) always wins, within an epoch only a higher version.
-//! 4. Any error ends the session.
+//! 4. Any error ends the session, including HTTP/2 keepalive pings unanswered for
+//!    [`KEEPALIVE_TIMEOUT`] (a control plane that vanished without closing).
 //!
 //! # Between sessions (fail static)
 //! Nothing is applied: the node keeps serving with its last settings. The agent
@@ -44,6 +46,12 @@ use crate::state::{Container, LoadReport, NodeId, NodeInfo, ShardLoad, Steering,
 pub const REPORT_QUEUE_MAX: usize = 8;
 /// Longest wait for a TCP connection to the control plane.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for the answer to Register.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings detect a control plane that vanished without closing the
+/// connection: one every interval, and the session ends after the timeout.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default first reconnect delay.
 pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_millis(100);
 /// Default longest reconnect delay.
@@ -295,6 +303,9 @@ impl<H: NodeHooks> Agent<H> {
         let endpoint = Endpoint::from_shared(format!("http://{control_addr}"))
             .map_err(|error| Status::invalid_argument(error.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint
             .connect()
@@ -324,10 +335,12 @@ impl<H: NodeHooks> Agent<H> {
                 .map(convert::container_to_pb)
                 .collect(),
         };
-        let registered = match client.register(register).await {
-            Ok(response) => response.into_inner(),
-            Err(error) => return failed(false, error),
-        };
+        let registered =
+            match tokio::time::timeout(REGISTER_TIMEOUT, client.register(register)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(error)) => return failed(false, error),
+                Err(_) => return failed(false, Status::deadline_exceeded("Register timed out")),
+            };
         if let Some(steering) = registered.steering {
             self.apply(steering);
         }

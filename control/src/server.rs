@@ -208,7 +208,8 @@ impl Shared {
         let now = self.clock.now();
         let mut state = self.lock();
         let before = state.version();
-        state.refresh(now);
+        // No down detection here: it is O(nodes) and this is the report hot path;
+        // the sweeper and every read run it.
         let outcome = mutation(&mut state, now);
         if state.version() != before {
             self.publish(&state);
