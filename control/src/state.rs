@@ -964,4 +964,130 @@ mod tests {
         assert_eq!(state.cluster_load(now).reports_received, 0);
         assert_eq!(state.node(now, &NodeId("a".into())).unwrap().1.len(), 0);
     }
+
+    /// One operation of the property test below.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Register {
+            node: u8,
+            cores: u32,
+        },
+        Report {
+            node: u8,
+            shard: u32,
+        },
+        SetPolicy {
+            t_low: u32,
+            t_high: u32,
+            node: u8,
+            weight: u32,
+        },
+        Drain {
+            node: u8,
+            drained: bool,
+        },
+        SetContainer {
+            name: u8,
+            shares: u32,
+            create: bool,
+        },
+        Advance {
+            ms: u64,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..4, 0u32..4).prop_map(|(node, cores)| Op::Register { node, cores }),
+            (0u8..4, 0u32..4).prop_map(|(node, shard)| Op::Report { node, shard }),
+            (0u32..80, 0u32..80, 0u8..4, 0u32..300).prop_map(|(t_low, t_high, node, weight)| {
+                Op::SetPolicy {
+                    t_low,
+                    t_high,
+                    node,
+                    weight,
+                }
+            }),
+            (0u8..4, any::<bool>()).prop_map(|(node, drained)| Op::Drain { node, drained }),
+            (0u8..3, 0u32..3, any::<bool>()).prop_map(|(name, shares, create)| Op::SetContainer {
+                name,
+                shares,
+                create
+            }),
+            (0u64..400).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    type Observed = (PolicyView, Vec<ContainerView>, Vec<NodeView>, u64);
+
+    fn observe(state: &ClusterState, now: Instant) -> Observed {
+        (
+            state.policy(),
+            state.containers(),
+            state.nodes(now),
+            state.version(),
+        )
+    }
+
+    proptest::proptest! {
+        /// A rejected call leaves everything as it was; an accepted change moves the
+        /// version up by exactly one; the version never goes down.
+        #[test]
+        fn rejected_calls_change_nothing_and_versions_only_grow(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let mut state = state();
+            let mut now = Instant::now();
+            let name = |node: u8| NodeId(format!("n{node}"));
+            for op in ops {
+                let before = observe(&state, now);
+                let outcome: Result<bool, StateError> = match op.clone() {
+                    Op::Register { node, cores } => state
+                        .register(now, info(&name(node).0, cores), vec![])
+                        .map(|_| false),
+                    Op::Report { node, shard } => {
+                        state.report(now, report(&name(node).0, shard, 1)).map(|_| false)
+                    }
+                    Op::SetPolicy { t_low, t_high, node, weight } => state
+                        .set_policy(
+                            PolicyUpdate {
+                                t_low: Some(t_low),
+                                t_high: Some(t_high),
+                                ..PolicyUpdate::default()
+                            },
+                            vec![(name(node), weight)],
+                        )
+                        .map(|_| true),
+                    Op::Drain { node, drained } => {
+                        state.set_drained(&name(node), drained).map(|_| true)
+                    }
+                    Op::SetContainer { name, shares, create } => state
+                        .set_container(
+                            Container {
+                                name: ContainerName(format!("c{name}")),
+                                shares,
+                                limits: ContainerLimits::default(),
+                            },
+                            create,
+                        )
+                        .map(|_| true),
+                    Op::Advance { ms } => {
+                        now += Duration::from_millis(ms);
+                        state.refresh(now);
+                        Ok(false)
+                    }
+                };
+                let after = observe(&state, now);
+                proptest::prop_assert!(after.3 >= before.3, "version went down: {op:?}");
+                match outcome {
+                    Err(error) => proptest::prop_assert_eq!(
+                        &after, &before, "{:?} was rejected ({}) but changed state", op, error
+                    ),
+                    Ok(true) => proptest::prop_assert_eq!(after.3, before.3 + 1, "{:?}", op),
+                    Ok(false) => {}
+                }
+            }
+        }
+    }
 }
