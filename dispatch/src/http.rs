@@ -326,3 +326,133 @@ impl ChunkedScanner {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn request_keys_drop_query_and_dot_segments() {
+        assert_eq!(normalise_path("/a/b.html?x=1#f"), "/a/b.html");
+        assert_eq!(normalise_path("/a/./b/../c"), "/a/c");
+        assert_eq!(normalise_path("/.."), "/");
+        assert_eq!(normalise_path("/a/.."), "/");
+        assert_eq!(normalise_path("http://host:80/x?y"), "/x");
+        assert_eq!(normalise_path("//double"), "//double");
+    }
+
+    #[test]
+    fn connection_semantics_follow_the_version() {
+        let head = |text: &str| parse_request(text.as_bytes()).unwrap().unwrap();
+        assert!(head("GET / HTTP/1.1\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert_eq!(
+            head("POST /p HTTP/1.1\r\nContent-Length: 12\r\n\r\n").body_bytes,
+            12
+        );
+        assert!(!head("POST /p HTTP/1.1\r\n\r\n").idempotent);
+        assert!(head("HEAD /p HTTP/1.1\r\n\r\n").is_head);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n"), Ok(None));
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(HeadError::BadContentLength)
+        );
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(HeadError::ChunkedRequestBody)
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let framing =
+            |text: &str, head: bool| parse_response(text.as_bytes(), head).unwrap().unwrap();
+        let length = framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false);
+        assert_eq!(
+            (length.framing, length.keep_alive),
+            (BodyFraming::Length(5), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            )
+            .framing,
+            BodyFraming::Chunked
+        );
+        let until_close = framing("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(until_close.framing, BodyFraming::UntilClose);
+        assert!(
+            !until_close.keep_alive,
+            "a close-delimited body ends the connection"
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            )
+            .framing,
+            BodyFraming::Empty
+        );
+        assert!(!framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).keep_alive);
+        assert!(parse_response(b"NOT HTTP\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn chunked_scanner_finds_the_end_after_trailers() {
+        let body = b"5;name=v\r\nhello\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.feed(body), Ok(Some(body.len() - 4)));
+        let mut scanner = ChunkedScanner::default();
+        assert!(scanner.feed(b"zz\r\n").is_err());
+        let mut scanner = ChunkedScanner::default();
+        assert!(
+            scanner.feed(b"1\r\nab\r\n").is_err(),
+            "data longer than its size"
+        );
+    }
+
+    fn chunked(pieces: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for piece in pieces.iter().filter(|p| !p.is_empty()) {
+            body.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
+            body.extend_from_slice(piece);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        body
+    }
+
+    proptest! {
+        /// However the bytes are split into reads, the scanner ends exactly at the body's end.
+        #[test]
+        fn chunked_scanner_is_split_invariant(
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8),
+            cuts in proptest::collection::vec(1usize..16, 1..64),
+        ) {
+            let body = chunked(&pieces);
+            let mut scanner = ChunkedScanner::default();
+            let mut offset = 0;
+            let mut end = None;
+            for cut in cuts.iter().cycle() {
+                let next = (offset + cut).min(body.len());
+                if let Some(used) = scanner.feed(&body[offset..next]).unwrap() {
+                    end = Some(offset + used);
+                    break;
+                }
+                offset = next;
+                if offset == body.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(end, Some(body.len()));
+        }
+    }
+}

@@ -43,7 +43,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::balancer::{Counters, Refusal};
+use crate::balancer::Counters;
 use crate::config::{BackendId, RETRY_AFTER_S};
 use crate::dispatcher::Shared;
 use crate::http::{
@@ -343,10 +343,9 @@ async fn exchange(
         let backend = match chosen {
             Ok(backend) => backend,
             Err(refusal) => {
-                let status = match (refusal, last_fault) {
-                    (Refusal::NoOtherBackend, Some(fault)) => fault.status(),
-                    _ => 503,
-                };
+                // A retry that finds no back-end reports the first attempt's failure.
+                let status = last_fault.map_or(503, BackendFault::status);
+                tracing::debug!(?refusal, path = %request.target_path, status, "no back-end");
                 return refuse(shard, client, head_buf, request, buffered, status).await;
             }
         };

@@ -292,3 +292,24 @@ fn shutdown_finishes_the_exchange_in_flight() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn a_backend_that_does_not_answer_in_time_is_504_and_marked_down() {
+    let backend = Backend::start(0, Mode::Normal);
+    let mut settings = config(&[backend.addr], PolicyKind::LardR);
+    settings.backend_timeout_ms = 100;
+    let dispatcher = start(settings);
+    let handle = dispatcher.handle();
+    let mut client = Client::connect(dispatcher.local_addr());
+    let response = client.get("/slow").expect("response");
+    assert_eq!(response.status, 504);
+    assert!(handle.backends()[0].down, "{:?}", handle.backends());
+    // With its only back-end down the dispatcher answers at once.
+    let response = client.get("/other").expect("response");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    backend.gate.open();
+    let counters = handle.counters();
+    assert_eq!((counters.responses_504, counters.responses_503), (1, 1));
+    dispatcher.join().expect("join");
+}
