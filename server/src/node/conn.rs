@@ -433,7 +433,9 @@ async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: Target
             // The owner's queue is full: serve here rather than wait (counted; the policy is corrected).
             ShardCounters::add(&shard.counters.handoffs_refused, 1);
             finish_policy(shard, owner, target);
-            let ShardMessage::Handoff { handoff, .. } = refused.message;
+            let ShardMessage::Handoff { handoff, .. } = refused.message else {
+                unreachable!("a refused send returns the Handoff it was given")
+            };
             let Ok((stream, read, peer)) = shard.context.adopt(handoff) else {
                 return Step::Moved;
             };

@@ -49,6 +49,7 @@ pub mod iov;
 mod respond;
 mod shard;
 mod stats;
+mod steer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,7 @@ use larder_runtime::Handoff;
 
 pub use access_log::{format_line, AccessLog, LogEntry};
 pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
+pub use steer::{NodeSteer, ShardSteer, SteerError, DELIVERY_TIMEOUT};
 
 use crate::config::ServeConfig;
 
@@ -74,6 +76,8 @@ pub enum ShardMessage {
     /// Serve the next request of this connection (protocol step 3). The sender already routed `target` to the
     /// receiver and counted it with the policy's `on_start`.
     Handoff { handoff: Handoff, target: TargetId },
+    /// A steering change from the control plane ([`steer`]).
+    Steer(ShardSteer),
 }
 
 /// Why a node could not start or stopped with an error.
@@ -109,6 +113,8 @@ pub(crate) struct NodeShared {
     pub root: PathBuf,
     /// `None` with one shard.
     pub policy: Option<Mutex<Box<dyn Policy>>>,
+    /// The policy configuration in force (recorded even with one shard; [`NodeSteer`] changes it).
+    pub policy_config: Mutex<PolicyConfig>,
     pub listeners: Vec<Mutex<Option<std::net::TcpListener>>>,
     pub counters: Vec<Arc<ShardCounters>>,
     pub origin: Instant,
@@ -189,6 +195,7 @@ impl Node {
         let shared = Arc::new(NodeShared {
             root,
             policy,
+            policy_config: Mutex::new(PolicyConfig::new(config.policy)),
             listeners: listeners.into_iter().map(Mutex::new).collect(),
             counters: (0..shards)
                 .map(|_| Arc::new(ShardCounters::default()))
@@ -234,6 +241,11 @@ impl Node {
     /// Runtime statistics of the shards (CPU time, tasks, mesh, containers).
     pub fn runtime_stats(&self) -> Vec<larder_runtime::ShardStats> {
         self.pool.stats()
+    }
+
+    /// A `Send + Sync` handle that changes the policy and container shares while the node runs.
+    pub fn steer(&self) -> NodeSteer {
+        NodeSteer::new(Arc::clone(&self.shared), self.pool.controls().to_vec())
     }
 
     /// A handle that starts the shutdown protocol from any thread (e.g. a signal handler thread).

@@ -243,7 +243,13 @@ async fn receive_handoffs(shard: Rc<Shard>) {
         let Some(envelope) = envelope.or_else(|| shard.context.mesh().try_recv()) else {
             return;
         };
-        let ShardMessage::Handoff { handoff, target } = envelope.message;
+        let (handoff, target) = match envelope.message {
+            ShardMessage::Handoff { handoff, target } => (handoff, target),
+            ShardMessage::Steer(steer) => {
+                super::steer::apply_on_shard(shard.index, shard.context.containers(), steer);
+                continue;
+            }
+        };
         let from = match envelope.from {
             Source::Shard(from) => Some(from.0),
             Source::Control => None,

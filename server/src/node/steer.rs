@@ -1,0 +1,360 @@
+//! Steering a running node from an ordinary thread (the control-plane agent): swap the across-cores policy and
+//! change container shares, without a restart. In the server's own types: this module knows nothing of gRPC.
+//!
+//! # What it owns
+//! [`NodeSteer`], a `Clone + Send + Sync` handle from [`super::Node::steer`], and [`ShardSteer`], the message a
+//! shard applies to its own container scheduler (which is `!Send`, so only the shard can touch it).
+//!
+//! # Policy swap ([`NodeSteer::set_policy`])
+//! 1. Validate the configuration and build the new policy with `larder_lard::build`, outside the lock.
+//! 2. Take the node's policy lock (the lock every request takes for `select` + `on_start`).
+//! 3. Re-add every member of the old policy to the new one with its weight, draining flag and external load;
+//!    any error returns with the old policy still in place (nothing half-applied).
+//! 4. Replace the policy and record the configuration; release the lock. The next request's `select` uses the
+//!    new policy.
+//!
+//! Requests in flight at the swap call `on_finish` on the new policy, whose decrement saturates at 0: its load
+//! counts are low by at most the requests in flight at the swap, until they finish. Target tables (LARD) start
+//! empty: the first request for each target after a swap assigns it again.
+//!
+//! A single-shard node runs no policy (there is nothing to distribute): `set_policy` validates and records the
+//! configuration, [`NodeSteer::policy_name`] reports it, and it takes effect only in a node with more shards.
+//!
+//! # Container shares ([`NodeSteer::set_container_shares`])
+//! The name and the shares are checked against the node's configuration first (unknown name, shares outside
+//! `1..=SHARES_MAX`: an error, nothing sent). Then one [`ShardSteer::SetShares`] goes to every shard's control
+//! queue; each shard applies it at its next poll of the queue (`ContainerScheduler::set_shares`).
+//!
+//! # Limits
+//! | limit | value | why |
+//! |---|---|---|
+//! | control queue per shard | `larder_runtime::mesh::CONTROL_QUEUE_CAPACITY_DEFAULT` (256) | steering is a few messages a second |
+//! | [`DELIVERY_TIMEOUT`] | 100 ms per shard | a shard whose queue stays full that long is stuck; the caller hears of it |
+
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use larder_lard::{Policy, PolicyConfig};
+use larder_runtime::container::{ContainerScheduler, SHARES_MAX};
+use larder_runtime::ControlSender;
+
+use super::{NodeShared, ShardMessage};
+
+/// Longest wait for room in one shard's control queue.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A change one shard applies to itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardSteer {
+    /// Give the container `container` `shares` CPU shares on this shard.
+    SetShares { container: String, shares: u32 },
+}
+
+/// Why a steering call was refused. A refused call changed nothing, except [`SteerError::Delivery`], which
+/// names the shard that did not get the message (the shards before it did).
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("container {0:?} is not configured on this node")]
+    UnknownContainer(String),
+    #[error("container {container:?}: shares {shares} outside 1..={SHARES_MAX}")]
+    Shares { container: String, shares: u32 },
+    #[error("shard {shard}: {reason}")]
+    Delivery { shard: u32, reason: String },
+}
+
+/// Steers a running node from any thread (module docs).
+#[derive(Clone)]
+pub struct NodeSteer {
+    shared: Arc<NodeShared>,
+    controls: Vec<ControlSender<ShardMessage>>,
+}
+
+impl std::fmt::Debug for NodeSteer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSteer")
+            .field("shards", &self.controls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeSteer {
+    pub(crate) fn new(
+        shared: Arc<NodeShared>,
+        controls: Vec<ControlSender<ShardMessage>>,
+    ) -> NodeSteer {
+        NodeSteer { shared, controls }
+    }
+
+    fn recorded(&self) -> MutexGuard<'_, PolicyConfig> {
+        // Written only after validation: a panic elsewhere cannot leave it half-written.
+        self.shared
+            .policy_config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The name of the policy in force (or recorded, with one shard): "wrr", "ch", "lard", ...
+    pub fn policy_name(&self) -> &'static str {
+        self.recorded().kind.as_str()
+    }
+
+    /// The configuration in force (or recorded, with one shard).
+    pub fn policy_config(&self) -> PolicyConfig {
+        self.recorded().clone()
+    }
+
+    /// Swaps the node's policy (module docs, steps 1-4). Returns `false` when `config` is already in force.
+    pub fn set_policy(&self, config: PolicyConfig) -> Result<bool, SteerError> {
+        let policy_error = |error: &dyn std::fmt::Display| SteerError::Policy(error.to_string());
+        let mut built = larder_lard::build(&config).map_err(|error| policy_error(&error))?;
+        let mut recorded = self.recorded();
+        if *recorded == config {
+            return Ok(false);
+        }
+        if let Some(policy) = &self.shared.policy {
+            let mut policy = policy
+                .lock()
+                .map_err(|_| SteerError::Policy("the policy lock is poisoned".to_string()))?;
+            copy_members(policy.as_ref(), built.as_mut()).map_err(|error| policy_error(&error))?;
+            *policy = built;
+        }
+        tracing::info!(policy = config.kind.as_str(), "policy changed");
+        *recorded = config;
+        Ok(true)
+    }
+
+    /// The shares of `container` on every shard (module docs).
+    pub fn set_container_shares(&self, container: &str, shares: u32) -> Result<(), SteerError> {
+        if !self
+            .shared
+            .config
+            .containers
+            .iter()
+            .any(|configured| configured.name == container)
+        {
+            return Err(SteerError::UnknownContainer(container.to_string()));
+        }
+        if !(1..=SHARES_MAX).contains(&shares) {
+            return Err(SteerError::Shares {
+                container: container.to_string(),
+                shares,
+            });
+        }
+        for control in &self.controls {
+            let message = ShardMessage::Steer(ShardSteer::SetShares {
+                container: container.to_string(),
+                shares,
+            });
+            control
+                .send_timeout(message, DELIVERY_TIMEOUT)
+                .map_err(|refused| SteerError::Delivery {
+                    shard: control.shard().0,
+                    reason: refused.error.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Step 3: every member of `old` joins `new` with the same weight, draining flag and external load.
+fn copy_members(
+    old: &dyn Policy,
+    new: &mut dyn Policy,
+) -> Result<(), larder_lard::MembershipError> {
+    for member in old.members() {
+        new.add_server(member.server, member.weight)?;
+        if member.draining {
+            new.set_draining(member.server, true)?;
+        }
+        if member.external_load > 0 {
+            new.set_external_load(member.server, member.external_load)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies `steer` on the shard that received it (called from the shard's message loop).
+pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: ShardSteer) {
+    match steer {
+        ShardSteer::SetShares { container, shares } => {
+            let outcome = match scheduler.lookup(&container) {
+                Some(id) => scheduler
+                    .set_shares(id, shares)
+                    .map_err(|error| error.to_string()),
+                None => Err("no such container on this shard".to_string()),
+            };
+            match outcome {
+                Ok(()) => tracing::debug!(shard, %container, shares, "container shares changed"),
+                Err(error) => {
+                    tracing::warn!(shard, %container, shares, %error, "container shares not changed")
+                }
+            }
+        }
+    }
+}
+
+/// Used by tests: the members a policy swap must preserve.
+#[cfg(test)]
+fn members_of(steer: &NodeSteer) -> Vec<larder_lard::MemberView> {
+    match &steer.shared.policy {
+        Some(policy) => policy
+            .lock()
+            .map(|policy| policy.members())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Instant;
+
+    use larder_lard::PolicyKind;
+    use larder_runtime::topology::ShardSelection;
+
+    use super::*;
+    use crate::node::Node;
+    use crate::ServeConfig;
+
+    /// Attempts of a bounded wait (each followed by a 10 ms pause): 10 s at most.
+    const WAIT_ATTEMPTS_MAX: u32 = 1000;
+
+    fn start(shards: usize, policy: PolicyKind) -> (Node, tempfile::TempDir) {
+        let root = tempfile::tempdir().expect("tempdir");
+        for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+            std::fs::write(root.path().join(name), name).expect("write");
+        }
+        let config = ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cores: ShardSelection::Count(shards),
+            policy,
+            root: root.path().to_path_buf(),
+            shard_header: true,
+            cache_mb: 4,
+            ..ServeConfig::default()
+        };
+        (Node::start(config).expect("node starts"), root)
+    }
+
+    /// The shard that served a GET of `path` on a fresh connection.
+    fn served_by(addr: SocketAddr, path: &str) -> u32 {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
+        let line = answer
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Larder-Shard: "))
+            .unwrap_or_else(|| panic!("no X-Larder-Shard in {answer}"));
+        line.trim().parse().expect("shard number")
+    }
+
+    fn stop(node: Node) {
+        node.shutdown();
+        node.join().expect("node stops");
+    }
+
+    #[test]
+    fn set_policy_from_wrr_to_hash_pins_each_target_to_one_shard() {
+        let (node, _root) = start(2, PolicyKind::Wrr);
+        let steer = node.steer();
+        assert_eq!(steer.policy_name(), "wrr");
+        let addr = node.local_addr();
+        let under_wrr: Vec<u32> = (0..4).map(|_| served_by(addr, "/a.txt")).collect();
+        assert!(
+            under_wrr.contains(&0) && under_wrr.contains(&1),
+            "wrr spreads one target over both shards: {under_wrr:?}"
+        );
+
+        assert!(steer
+            .set_policy(PolicyConfig::new(PolicyKind::ConsistentHash))
+            .expect("valid policy"));
+        assert_eq!(steer.policy_name(), "ch");
+        let members = members_of(&steer);
+        assert_eq!(members.len(), 2, "both shards are members: {members:?}");
+        for path in ["/a.txt", "/b.txt", "/c.txt", "/d.txt"] {
+            let shards: Vec<u32> = (0..4).map(|_| served_by(addr, path)).collect();
+            assert!(
+                shards.iter().all(|&shard| shard == shards[0]),
+                "ch keeps {path} on one shard: {shards:?}"
+            );
+        }
+        stop(node);
+    }
+
+    #[test]
+    fn invalid_policy_changes_nothing() {
+        let (node, _root) = start(2, PolicyKind::Wrr);
+        let steer = node.steer();
+        let mut bad = PolicyConfig::new(PolicyKind::Lard);
+        bad.lard.t_low = bad.lard.t_high;
+        let error = steer
+            .set_policy(bad)
+            .expect_err("t_low >= t_high is refused");
+        assert!(error.to_string().contains("lard.t_low"), "{error}");
+        assert_eq!(steer.policy_name(), "wrr");
+        assert!(!steer
+            .set_policy(PolicyConfig::new(PolicyKind::Wrr))
+            .expect("valid"));
+        stop(node);
+    }
+
+    #[test]
+    fn one_shard_records_the_policy_without_running_one() {
+        let (node, _root) = start(1, PolicyKind::Lard);
+        let steer = node.steer();
+        assert!(steer
+            .set_policy(PolicyConfig::new(PolicyKind::Wrr))
+            .expect("valid"));
+        assert_eq!(steer.policy_name(), "wrr");
+        assert!(members_of(&steer).is_empty());
+        assert_eq!(served_by(node.local_addr(), "/a.txt"), 0);
+        stop(node);
+    }
+
+    #[test]
+    fn container_shares_reach_every_shard() {
+        let (node, _root) = start(2, PolicyKind::Wrr);
+        let steer = node.steer();
+        assert!(matches!(
+            steer.set_container_shares("nope", 5),
+            Err(SteerError::UnknownContainer(_))
+        ));
+        assert!(matches!(
+            steer.set_container_shares("default", 0),
+            Err(SteerError::Shares { .. })
+        ));
+        steer.set_container_shares("default", 7).expect("delivered");
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            let shares: Vec<u32> = node
+                .runtime_stats()
+                .iter()
+                .flat_map(|shard| shard.containers.iter())
+                .filter(|container| container.name == "default")
+                .map(|container| container.shares)
+                .collect();
+            if shares.len() == 2 && shares.iter().all(|&value| value == 7) {
+                break;
+            }
+            attempts += 1;
+            assert!(
+                attempts < WAIT_ATTEMPTS_MAX,
+                "shares after {:?}: {shares:?}",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop(node);
+    }
+}
