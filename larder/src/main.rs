@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod control;
 mod ctl;
 mod dispatch;
+mod node_link;
 mod serve;
 
 #[derive(Debug, Parser)]

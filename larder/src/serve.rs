@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use larder_server::config::{parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
+use crate::node_link::{self, NodeLink};
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -32,9 +34,12 @@ pub struct ServeArgs {
     /// Do not start the control plane.
     #[arg(long = "no-control")]
     no_control: bool,
-    /// Address of the control plane's gRPC endpoint.
+    /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051].
     #[arg(long)]
     control: Option<String>,
+    /// Join the control plane at this address instead of starting one.
+    #[arg(long, conflicts_with_all = ["control", "no_control"])]
+    join: Option<String>,
     /// Directory to serve [default: .].
     root: Option<PathBuf>,
 }
@@ -81,20 +86,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .try_init();
     let config = config_from(&args)?;
-    if args.no_control {
-        tracing::info!("control plane disabled (--no-control)");
-    } else if let Some(control) = &args.control {
-        tracing::info!(%control, "--control accepted; the control plane is not part of this build yet");
-    }
+    let control = node_link::control_mode(
+        args.no_control,
+        args.control.as_deref(),
+        args.join.as_deref(),
+    )?;
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
     let signals = block_termination_signals()?;
-    let node = Node::start(config).context("starting the node")?;
+    let node = Node::start(config.clone()).context("starting the node")?;
     println!(
         "larder: serving on http://{} with {} shards",
         node.local_addr(),
         node.shard_count()
     );
+    let link = NodeLink::start(control, &node, &config).context("starting the control link")?;
+    if let Some(addr) = link.control_addr() {
+        println!("larder: control plane on {addr}");
+    }
     let signal = wait_for(&signals);
     tracing::info!(signal, "shutting down: finishing in-flight responses");
     node.shutdown();
@@ -102,6 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !report.fully_drained() {
         tracing::warn!("some connections were still busy at the drain deadline and were closed");
     }
+    link.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }
 

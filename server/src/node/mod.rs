@@ -243,6 +243,11 @@ impl Node {
         self.pool.stats()
     }
 
+    /// `Send + Sync` readers of each shard's runtime statistics, for another thread.
+    pub fn runtime_stats_handles(&self) -> Vec<larder_runtime::StatsHandle> {
+        self.pool.stats_handles().to_vec()
+    }
+
     /// A `Send + Sync` handle that changes the policy and container shares while the node runs.
     pub fn steer(&self) -> NodeSteer {
         NodeSteer::new(Arc::clone(&self.shared), self.pool.controls().to_vec())

@@ -64,6 +64,19 @@ pub enum SteerError {
     Delivery { shard: u32, reason: String },
 }
 
+impl super::Node {
+    /// The shares of `container` on each shard, as of each shard's last statistics sample (every 100 ms);
+    /// empty when no shard has the container.
+    pub fn container_shares(&self, container: &str) -> Vec<u32> {
+        self.runtime_stats()
+            .iter()
+            .flat_map(|shard| shard.containers.iter())
+            .filter(|stats| stats.name == container)
+            .map(|stats| stats.shares)
+            .collect()
+    }
+}
+
 /// Steers a running node from any thread (module docs).
 #[derive(Clone)]
 pub struct NodeSteer {
@@ -195,25 +208,20 @@ pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: 
     }
 }
 
-/// Used by tests: the members a policy swap must preserve.
+/// Used by tests: runs `f` on the node's policy (`None` with one shard).
 #[cfg(test)]
-fn members_of(steer: &NodeSteer) -> Vec<larder_lard::MemberView> {
-    match &steer.shared.policy {
-        Some(policy) => policy
-            .lock()
-            .map(|policy| policy.members())
-            .unwrap_or_default(),
-        None => Vec::new(),
-    }
+fn with_policy<T>(steer: &NodeSteer, f: impl FnOnce(&mut dyn Policy) -> T) -> Option<T> {
+    let policy = steer.shared.policy.as_ref()?;
+    let mut policy = policy.lock().expect("policy lock");
+    Some(f(policy.as_mut()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::SocketAddr;
     use std::time::Instant;
 
-    use larder_lard::PolicyKind;
+    use larder_lard::{MemberView, PolicyKind, ServerId, TargetId};
     use larder_runtime::topology::ShardSelection;
 
     use super::*;
@@ -225,37 +233,37 @@ mod tests {
 
     fn start(shards: usize, policy: PolicyKind) -> (Node, tempfile::TempDir) {
         let root = tempfile::tempdir().expect("tempdir");
-        for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
-            std::fs::write(root.path().join(name), name).expect("write");
-        }
         let config = ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cores: ShardSelection::Count(shards),
             policy,
             root: root.path().to_path_buf(),
-            shard_header: true,
-            cache_mb: 4,
             ..ServeConfig::default()
         };
         (Node::start(config).expect("node starts"), root)
     }
 
-    /// The shard that served a GET of `path` on a fresh connection.
-    fn served_by(addr: SocketAddr, path: &str) -> u32 {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        assert!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
-        let line = answer
-            .lines()
-            .find_map(|line| line.strip_prefix("X-Larder-Shard: "))
-            .unwrap_or_else(|| panic!("no X-Larder-Shard in {answer}"));
-        line.trim().parse().expect("shard number")
+    /// The servers the node's policy picks for `count` requests of `path`, each finished before the next.
+    fn picks(steer: &NodeSteer, path: &str, count: usize) -> Vec<u32> {
+        let target = TargetId::from_path(path);
+        with_policy(steer, |policy| {
+            (0..count as u64)
+                .map(|request| {
+                    let server = policy
+                        .select(target, request, request)
+                        .expect("a live shard")
+                        .server;
+                    policy.on_start(server, target, request);
+                    policy.on_finish(server, target, request);
+                    server.0
+                })
+                .collect()
+        })
+        .expect("two shards run a policy")
+    }
+
+    fn members(steer: &NodeSteer) -> Vec<MemberView> {
+        with_policy(steer, |policy| policy.members()).unwrap_or_default()
     }
 
     fn stop(node: Node) {
@@ -264,28 +272,33 @@ mod tests {
     }
 
     #[test]
-    fn set_policy_from_wrr_to_hash_pins_each_target_to_one_shard() {
+    fn set_policy_swaps_wrr_for_hash_and_keeps_members_and_drain() {
         let (node, _root) = start(2, PolicyKind::Wrr);
         let steer = node.steer();
         assert_eq!(steer.policy_name(), "wrr");
-        let addr = node.local_addr();
-        let under_wrr: Vec<u32> = (0..4).map(|_| served_by(addr, "/a.txt")).collect();
-        assert!(
-            under_wrr.contains(&0) && under_wrr.contains(&1),
-            "wrr spreads one target over both shards: {under_wrr:?}"
-        );
+        assert_eq!(picks(&steer, "/a", 4), [0, 1, 0, 1], "wrr alternates");
+        with_policy(&steer, |policy| policy.set_draining(ServerId(1), true))
+            .expect("policy")
+            .expect("shard 1 is a member");
+        let before = members(&steer);
 
         assert!(steer
             .set_policy(PolicyConfig::new(PolicyKind::ConsistentHash))
             .expect("valid policy"));
         assert_eq!(steer.policy_name(), "ch");
-        let members = members_of(&steer);
-        assert_eq!(members.len(), 2, "both shards are members: {members:?}");
-        for path in ["/a.txt", "/b.txt", "/c.txt", "/d.txt"] {
-            let shards: Vec<u32> = (0..4).map(|_| served_by(addr, path)).collect();
+        assert_eq!(
+            members(&steer),
+            before,
+            "same members, weights and drain flags"
+        );
+        with_policy(&steer, |policy| policy.set_draining(ServerId(1), false))
+            .expect("policy")
+            .expect("shard 1 is a member");
+        for path in ["/a", "/b", "/c", "/d"] {
+            let servers = picks(&steer, path, 4);
             assert!(
-                shards.iter().all(|&shard| shard == shards[0]),
-                "ch keeps {path} on one shard: {shards:?}"
+                servers.iter().all(|&server| server == servers[0]),
+                "ch keeps {path} on one shard: {servers:?}"
             );
         }
         stop(node);
@@ -302,6 +315,7 @@ mod tests {
             .expect_err("t_low >= t_high is refused");
         assert!(error.to_string().contains("lard.t_low"), "{error}");
         assert_eq!(steer.policy_name(), "wrr");
+        assert_eq!(picks(&steer, "/a", 2), [0, 1], "still wrr");
         assert!(!steer
             .set_policy(PolicyConfig::new(PolicyKind::Wrr))
             .expect("valid"));
@@ -316,8 +330,7 @@ mod tests {
             .set_policy(PolicyConfig::new(PolicyKind::Wrr))
             .expect("valid"));
         assert_eq!(steer.policy_name(), "wrr");
-        assert!(members_of(&steer).is_empty());
-        assert_eq!(served_by(node.local_addr(), "/a.txt"), 0);
+        assert!(with_policy(&steer, |_| ()).is_none());
         stop(node);
     }
 
@@ -337,14 +350,8 @@ mod tests {
         let started = Instant::now();
         let mut attempts = 0;
         loop {
-            let shares: Vec<u32> = node
-                .runtime_stats()
-                .iter()
-                .flat_map(|shard| shard.containers.iter())
-                .filter(|container| container.name == "default")
-                .map(|container| container.shares)
-                .collect();
-            if shares.len() == 2 && shares.iter().all(|&value| value == 7) {
+            let shares = node.container_shares("default");
+            if shares == [7, 7] {
                 break;
             }
             attempts += 1;

@@ -1,0 +1,561 @@
+//! The link between a running node (`larder serve`) and the control plane: the embedded control plane (or a
+//! remote one with `--join`), and the node agent whose [`NodeHooks`] read the node's statistics and apply
+//! steering through [`NodeSteer`].
+//!
+//! # Start-up ([`NodeLink::start`], after the node serves)
+//! 1. `--no-control`: nothing runs; the node serves with its own settings.
+//! 2. Embedded (default `--control 127.0.0.1:50051`): a control plane starts on its own thread with the node's
+//!    policy and containers as the cluster's initial settings, so registering changes nothing on the node. If the
+//!    default address is taken (another node on this machine) the node warns and serves without a control
+//!    plane; an explicit `--control ADDR` that cannot be bound is an error.
+//! 3. Embedded or `--join ADDR`: an agent registers the node (id = its HTTP address, cores = shards, cache
+//!    budget) with its containers and reports its load every report interval (100 ms by default).
+//!
+//! # Applying steering ([`ServeHooks::apply`])
+//! - The policy: when it differs from the one in force, [`NodeSteer::set_policy`] swaps it (a single-shard node
+//!   records it; it takes effect with more shards).
+//! - Containers: a container the node has whose shares differ from the last ones applied gets
+//!   [`NodeSteer::set_container_shares`]; containers the node does not have are ignored (they belong to other
+//!   nodes). Limits are not applied: the node's `tasks_max` comes from its own configuration.
+//! - Node weights and drain flags steer the distribution across nodes (dispatchers), not across the cores of
+//!   one node, so a node ignores them.
+//!
+//! A refused steering (e.g. a control plane with a policy this node cannot build) is logged and the node keeps
+//! its current settings (fail static). So does a lost control plane: the agent reconnects with backoff.
+//!
+//! # Shutdown ([`NodeLink::shutdown`], after the node has stopped)
+//! 1. Stop the agent (it ends its session; nothing is applied after).
+//! 2. Stop the embedded control plane (at most its 1 s grace).
+//!
+//! # Load reports
+//! Per shard: active connections, requests in progress as queued work, requests/s and bytes/s over the last
+//! interval (the first report has no interval: rates 0), cache bytes/hits/misses/evictions, handoffs sent,
+//! thread CPU time, and per-container CPU time and rejections (sampled by the shard every 100 ms). Hot targets
+//! are not reported: the node's policy knows targets only by hash.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use larder_control::{
+    AgentConfig, Container, ContainerLimits, ContainerLoad, ContainerName, ControlConfig,
+    ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ShardId,
+    ShardLoad, Steering,
+};
+use larder_lard::PolicyConfig;
+use larder_runtime::StatsHandle;
+use larder_server::node::{NodeSteer, ShardSnapshot, StatsReader};
+use larder_server::{Node, ServeConfig};
+
+/// Where the node's control plane is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlMode {
+    /// `--no-control`.
+    Off,
+    /// Start a control plane in this process on `listen`. `required` (an explicit `--control`): failing to
+    /// start it is an error; otherwise (the default address) the node warns and serves without one.
+    Embedded { listen: SocketAddr, required: bool },
+    /// Join the control plane at this address (`--join`).
+    Join(SocketAddr),
+}
+
+/// Default address of the embedded control plane.
+pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
+
+/// `--no-control`, `--control ADDR` and `--join ADDR` (clap rejects `--join` with either other flag).
+pub fn control_mode(
+    no_control: bool,
+    control: Option<&str>,
+    join: Option<&str>,
+) -> anyhow::Result<ControlMode> {
+    let parse = |flag: &str, addr: &str| {
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("{flag} {addr}: expected IP:PORT"))
+    };
+    Ok(match (no_control, join) {
+        (true, _) => ControlMode::Off,
+        (false, Some(join)) => ControlMode::Join(parse("--join", join)?),
+        (false, None) => ControlMode::Embedded {
+            listen: parse("--control", control.unwrap_or(CONTROL_ADDR_DEFAULT))?,
+            required: control.is_some(),
+        },
+    })
+}
+
+/// The control plane (if embedded) and the agent of one node.
+pub struct NodeLink {
+    plane: Option<ControlHandle>,
+    agent: Option<NodeAgent>,
+}
+
+impl NodeLink {
+    /// Start-up steps 1-3 (module docs).
+    pub fn start(mode: ControlMode, node: &Node, config: &ServeConfig) -> anyhow::Result<NodeLink> {
+        let containers = node_containers(config);
+        let (plane, control_addr) = match mode {
+            ControlMode::Off => {
+                return Ok(NodeLink {
+                    plane: None,
+                    agent: None,
+                })
+            }
+            ControlMode::Join(addr) => (None, addr),
+            ControlMode::Embedded { listen, required } => {
+                let mut control = ControlConfig::new(listen);
+                control.policy = node.steer().policy_config();
+                control.containers = containers.clone();
+                match ControlPlane::spawn(control) {
+                    Ok(plane) => {
+                        let addr = plane.local_addr();
+                        (Some(plane), addr)
+                    }
+                    Err(error) if !required => {
+                        tracing::warn!(%listen, %error, "no control plane (pass --control ADDR or --no-control)");
+                        return Ok(NodeLink {
+                            plane: None,
+                            agent: None,
+                        });
+                    }
+                    Err(error) => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("starting the control plane on {listen}")))
+                    }
+                }
+            }
+        };
+        let info = NodeInfo {
+            node_id: NodeId(node.local_addr().to_string()),
+            http_address: node.local_addr().to_string(),
+            cores: node.shard_count() as u32,
+            cache_bytes_budget: config.cache_mb << 20,
+        };
+        let mut agent_config = AgentConfig::new(control_addr, info);
+        agent_config.containers = containers;
+        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config))
+            .context("starting the node agent")?;
+        Ok(NodeLink {
+            plane,
+            agent: Some(agent),
+        })
+    }
+
+    /// The embedded control plane's address, if one runs.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.plane.as_ref().map(ControlHandle::local_addr)
+    }
+
+    /// Shutdown steps 1-2 (module docs).
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(agent) = self.agent {
+            agent.shutdown();
+        }
+        if let Some(plane) = self.plane {
+            plane.shutdown().context("stopping the control plane")?;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn agent_stats(&self) -> larder_control::AgentStats {
+        self.agent
+            .as_ref()
+            .map(NodeAgent::stats)
+            .unwrap_or_default()
+    }
+}
+
+/// The node's containers in the control plane's terms.
+fn node_containers(config: &ServeConfig) -> Vec<Container> {
+    config
+        .containers
+        .iter()
+        .map(|container| Container {
+            name: ContainerName(container.name.clone()),
+            shares: container.shares,
+            limits: ContainerLimits {
+                connections_max: u64::from(container.tasks_max),
+                ..ContainerLimits::default()
+            },
+        })
+        .collect()
+}
+
+/// [`NodeHooks`] for a running node.
+pub struct ServeHooks {
+    stats: StatsReader,
+    runtime: Vec<StatsHandle>,
+    steer: NodeSteer,
+    /// Shares last applied per container of this node.
+    shares: HashMap<String, u32>,
+    /// The previous report's counters, for rates.
+    previous: Option<(Instant, Vec<ShardSnapshot>)>,
+}
+
+impl ServeHooks {
+    pub fn new(node: &Node, config: &ServeConfig) -> ServeHooks {
+        ServeHooks {
+            stats: node.stats_reader(),
+            runtime: node.runtime_stats_handles(),
+            steer: node.steer(),
+            shares: config
+                .containers
+                .iter()
+                .map(|container| (container.name.clone(), container.shares))
+                .collect(),
+            previous: None,
+        }
+    }
+
+    fn apply_policy(&mut self, policy: &PolicyConfig) {
+        match self.steer.set_policy(policy.clone()) {
+            Ok(true) | Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "steering: policy not applied; keeping the current one")
+            }
+        }
+    }
+
+    fn apply_containers(&mut self, containers: &[Container]) {
+        for container in containers {
+            let Some(applied) = self.shares.get_mut(&container.name.0) else {
+                continue; // another node's container
+            };
+            if *applied == container.shares {
+                continue;
+            }
+            match self
+                .steer
+                .set_container_shares(&container.name.0, container.shares)
+            {
+                Ok(()) => *applied = container.shares,
+                Err(error) => {
+                    tracing::warn!(container = %container.name, %error, "steering: shares not applied")
+                }
+            }
+        }
+    }
+}
+
+/// `(later - earlier) / seconds`, 0 without an interval.
+fn rate(later: u64, earlier: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        later.saturating_sub(earlier) as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+impl NodeHooks for ServeHooks {
+    fn load_report(&mut self) -> NodeLoad {
+        let now = Instant::now();
+        let stats = self.stats.stats();
+        let seconds = self
+            .previous
+            .as_ref()
+            .map_or(0.0, |(at, _)| now.duration_since(*at).as_secs_f64());
+        let runtime: Vec<_> = self.runtime.iter().map(StatsHandle::snapshot).collect();
+        let shards = stats
+            .shards
+            .iter()
+            .map(|shard| {
+                let before = self
+                    .previous
+                    .as_ref()
+                    .and_then(|(_, shards)| shards.get(shard.shard as usize))
+                    .copied()
+                    .unwrap_or(*shard);
+                let runtime = runtime.get(shard.shard as usize);
+                ShardLoad {
+                    shard: ShardId(shard.shard),
+                    active_connections: shard.connections_active,
+                    queued_work: shard.requests_active,
+                    requests_per_second: rate(shard.requests, before.requests, seconds),
+                    bytes_per_second: rate(shard.bytes_sent, before.bytes_sent, seconds),
+                    cache_bytes: shard.cache_bytes,
+                    cache_hits: shard.cache_hits,
+                    cache_misses: shard.cache_misses,
+                    cache_evictions: shard.cache_evictions,
+                    handoffs: shard.handoffs_out,
+                    cpu_time_us: runtime.map_or(0, |runtime| runtime.busy_us),
+                    containers: runtime
+                        .map(|runtime| {
+                            runtime
+                                .containers
+                                .iter()
+                                .map(|container| ContainerLoad {
+                                    container: ContainerName(container.name.clone()),
+                                    cpu_time_us: container.cpu_ns / 1000,
+                                    rejections: container.rejections,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        self.previous = Some((now, stats.shards));
+        NodeLoad {
+            shards,
+            hot_targets: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, steering: &Steering) {
+        self.apply_policy(&steering.policy);
+        self.apply_containers(&steering.containers);
+    }
+
+    fn connection_changed(&mut self, connected: bool) {
+        if connected {
+            tracing::info!("registered with the control plane");
+        } else {
+            tracing::warn!("lost the control plane; serving with the last settings");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use larder_control::proto::v1 as pb;
+    use larder_control::{convert, CtlClient};
+    use larder_lard::PolicyKind;
+    use larder_runtime::ShardSelection;
+
+    use super::*;
+
+    /// A bounded wait: `condition` is tried every 20 ms for at most 30 s (the agent's backoff tops at 5 s).
+    const WAIT_ATTEMPTS_MAX: u32 = 1500;
+    const WAIT_PAUSE: Duration = Duration::from_millis(20);
+
+    fn wait_for<T>(what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..WAIT_ATTEMPTS_MAX {
+            if let Some(value) = condition() {
+                return value;
+            }
+            std::thread::sleep(WAIT_PAUSE);
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    struct Fixture {
+        node: Node,
+        link: NodeLink,
+        _root: tempfile::TempDir,
+    }
+
+    fn loopback_port_0() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    fn start(shards: usize, policy: PolicyKind, mode: ControlMode) -> Fixture {
+        let root = tempfile::tempdir().expect("tempdir");
+        for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+            std::fs::write(root.path().join(name), name).expect("write");
+        }
+        let config = ServeConfig {
+            listen: loopback_port_0(),
+            cores: ShardSelection::Count(shards),
+            policy,
+            root: root.path().to_path_buf(),
+            shard_header: true,
+            cache_mb: 4,
+            ..ServeConfig::default()
+        };
+        let node = Node::start(config.clone()).expect("node starts");
+        let link = NodeLink::start(mode, &node, &config).expect("link starts");
+        Fixture {
+            node,
+            link,
+            _root: root,
+        }
+    }
+
+    impl Fixture {
+        fn ctl(&self) -> CtlClient {
+            let addr = self.link.control_addr().expect("embedded control plane");
+            CtlClient::connect(&addr.to_string(), None).expect("ctl connects")
+        }
+
+        fn stop(self) {
+            self.node.shutdown();
+            self.node.join().expect("node stops");
+            self.link.shutdown().expect("link stops");
+        }
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> (String, u32) {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let shard = answer
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Larder-Shard: "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        (answer, shard)
+    }
+
+    fn listed(ctl: &mut CtlClient, http_address: &str) -> bool {
+        ctl.list_nodes()
+            .map(|nodes| {
+                nodes.nodes.iter().any(|node| {
+                    node.state == pb::NodeState::Up as i32
+                        && node
+                            .info
+                            .as_ref()
+                            .is_some_and(|info| info.http_address == http_address)
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn embedded_control_plane_lists_its_node_and_its_load() {
+        let fixture = start(
+            2,
+            PolicyKind::Lard,
+            ControlMode::Embedded {
+                listen: loopback_port_0(),
+                required: true,
+            },
+        );
+        let http = fixture.node.local_addr().to_string();
+        let mut ctl = fixture.ctl();
+        wait_for("ListNodes shows the node", || {
+            listed(&mut ctl, &http).then_some(())
+        });
+        for _ in 0..4 {
+            let (answer, _) = get(fixture.node.local_addr(), "/a.txt");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        let total = wait_for(
+            "GetClusterLoad counts both shards and the cache traffic",
+            || {
+                let load = ctl.get_cluster_load().ok()?;
+                let total = load.total?;
+                (total.shard == 2 && total.cache_hits + total.cache_misses >= 4).then_some(total)
+            },
+        );
+        assert!(total.cache_misses >= 1, "the first GET missed: {total:?}");
+        // The node's own policy and containers are the cluster's: registering changed nothing.
+        assert_eq!(fixture.node.steer().policy_name(), "lard");
+        assert!(fixture.link.agent_stats().registrations >= 1);
+        fixture.stop();
+    }
+
+    #[test]
+    fn set_policy_reaches_the_node_and_pins_targets_to_shards() {
+        let fixture = start(
+            2,
+            PolicyKind::Wrr,
+            ControlMode::Embedded {
+                listen: loopback_port_0(),
+                required: true,
+            },
+        );
+        let addr = fixture.node.local_addr();
+        let mut ctl = fixture.ctl();
+        wait_for("the agent registered", || {
+            (fixture.link.agent_stats().registrations >= 1).then_some(())
+        });
+        let under_wrr: Vec<u32> = (0..4).map(|_| get(addr, "/a.txt").1).collect();
+        assert!(
+            under_wrr.contains(&0) && under_wrr.contains(&1),
+            "wrr alternates one target over both shards: {under_wrr:?}"
+        );
+        ctl.set_policy(pb::SetPolicyRequest {
+            policy: Some(convert::policy_to_pb(&PolicyConfig::new(
+                PolicyKind::ConsistentHash,
+            ))),
+            node_weights: Vec::new(),
+        })
+        .expect("SetPolicy");
+        let steer = fixture.node.steer();
+        wait_for("the node runs ch", || {
+            (steer.policy_name() == "ch").then_some(())
+        });
+        for path in ["/a.txt", "/b.txt", "/c.txt", "/d.txt"] {
+            let shards: Vec<u32> = (0..4).map(|_| get(addr, path).1).collect();
+            assert!(
+                shards.iter().all(|&shard| shard == shards[0] && shard < 2),
+                "ch keeps {path} on one shard: {shards:?}"
+            );
+        }
+        fixture.stop();
+    }
+
+    #[test]
+    fn set_container_shares_reach_every_shard() {
+        let fixture = start(
+            2,
+            PolicyKind::Lard,
+            ControlMode::Embedded {
+                listen: loopback_port_0(),
+                required: true,
+            },
+        );
+        let mut ctl = fixture.ctl();
+        wait_for("the agent registered", || {
+            (fixture.link.agent_stats().registrations >= 1).then_some(())
+        });
+        ctl.set_container(pb::SetContainerRequest {
+            container: Some(pb::Container {
+                name: "default".to_string(),
+                shares: 9,
+                limits: None,
+            }),
+            create: false,
+        })
+        .expect("SetContainer");
+        let listed = ctl.list_containers().expect("ListContainers");
+        assert!(listed.containers.iter().any(|status| status
+            .container
+            .as_ref()
+            .is_some_and(|container| container.name == "default" && container.shares == 9)));
+        wait_for("both shards run default with 9 shares", || {
+            (fixture.node.container_shares("default") == [9, 9]).then_some(())
+        });
+        fixture.stop();
+    }
+
+    #[test]
+    fn fail_static_keeps_serving_and_registers_again_when_the_control_plane_returns() {
+        let plane = ControlPlane::spawn(ControlConfig::new(loopback_port_0())).expect("plane");
+        let control_addr = plane.local_addr();
+        let fixture = start(2, PolicyKind::Lard, ControlMode::Join(control_addr));
+        let http = fixture.node.local_addr().to_string();
+        let mut ctl = CtlClient::connect(&control_addr.to_string(), None).expect("ctl");
+        wait_for("ListNodes shows the node", || {
+            listed(&mut ctl, &http).then_some(())
+        });
+        drop(ctl);
+        plane.shutdown().expect("plane stops");
+        wait_for("the agent noticed", || {
+            (!fixture.link.agent_stats().connected).then_some(())
+        });
+        let (answer, _) = get(fixture.node.local_addr(), "/b.txt");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "serves without a control plane: {answer}"
+        );
+
+        let plane = ControlPlane::spawn(ControlConfig::new(control_addr)).expect("plane returns");
+        let mut ctl = CtlClient::connect(&control_addr.to_string(), None).expect("ctl");
+        wait_for("the node registered again", || {
+            listed(&mut ctl, &http).then_some(())
+        });
+        assert!(fixture.link.agent_stats().registrations >= 2);
+        fixture.stop();
+        plane.shutdown().expect("plane stops");
+    }
+}
