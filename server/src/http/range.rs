@@ -297,10 +297,7 @@ mod tests {
             Selection::Full
         );
         assert_eq!(
-            select_for(
-                &format!("Range: bytes=0-1\r\nIf-Range: {etag}\r\n"),
-                object
-            ),
+            select_for(&format!("Range: bytes=0-1\r\nIf-Range: {etag}\r\n"), object),
             Selection::Partial
         );
         assert_eq!(
