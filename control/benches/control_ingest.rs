@@ -107,7 +107,11 @@ fn grpc_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
     });
     let elapsed = start.elapsed();
     plane.shutdown().expect("shutdown");
-    assert_eq!(accepted, nodes as u64 * reports_per_node, "every report accepted");
+    assert_eq!(
+        accepted,
+        nodes as u64 * reports_per_node,
+        "every report accepted"
+    );
     (accepted * u64::from(SHARDS), elapsed)
 }
 
@@ -122,7 +126,9 @@ fn state_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
     .expect("state");
     let now = Instant::now();
     for node in 0..nodes {
-        state.register(now, node_info(node), vec![]).expect("register");
+        state
+            .register(now, node_info(node), vec![])
+            .expect("register");
     }
     let reports: Vec<pb::LoadReport> = (0..nodes).map(|node| report(node, 1)).collect();
     let start = Instant::now();
@@ -138,7 +144,9 @@ fn state_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).filter(|arg| !arg.starts_with("--"));
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"));
     let nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(16);
     let reports_per_node: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(2_000);
     let (shard_reports, elapsed) = state_ingest(nodes, reports_per_node);

@@ -46,13 +46,18 @@ fn main() {
     let agent =
         NodeAgent::spawn(plane.local_addr(), node, TimingHooks(applied_sender)).expect("agent");
     // The first steering arrives with registration.
-    applied.recv_timeout(ROUND_TIMEOUT).expect("agent registers");
+    applied
+        .recv_timeout(ROUND_TIMEOUT)
+        .expect("agent registers");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("client runtime");
     let mut control = runtime
-        .block_on(ControlClient::connect(format!("http://{}", plane.local_addr())))
+        .block_on(ControlClient::connect(format!(
+            "http://{}",
+            plane.local_addr()
+        )))
         .expect("connect");
     let mut latencies = Vec::with_capacity(rounds);
     for round in 0..rounds {
