@@ -41,6 +41,8 @@ struct BackendState {
     in_flight: u32,
     drained: bool,
     down: bool,
+    /// When the back-end last came back up (slow start runs from here).
+    up_since_ms: Option<u64>,
 }
 
 /// What a [`crate::DispatchHandle`] reports about one back-end.
@@ -99,6 +101,7 @@ pub(crate) struct Balancer {
     backends: Vec<BackendState>,
     budget: RetryBudget,
     pending_per_backend_max: u32,
+    slow_start_ms: u64,
 }
 
 impl Balancer {
@@ -107,6 +110,7 @@ impl Balancer {
         backends: usize,
         budget: RetryBudgetConfig,
         pending_per_backend_max: u32,
+        slow_start_ms: u64,
     ) -> Result<Self, larder_lard::MembershipError> {
         for index in 0..backends {
             policy.add_server(ServerId(index as u32), 1)?;
@@ -116,7 +120,23 @@ impl Balancer {
             backends: vec![BackendState::default(); backends],
             budget: RetryBudget::new(budget),
             pending_per_backend_max,
+            slow_start_ms,
         })
+    }
+
+    /// The pending cap of a back-end at `now_ms`: `pending_per_backend_max`, except during slow start after
+    /// it came back up, when it grows linearly from 1 to the full cap over `slow_start_ms` (as HAProxy's
+    /// `slowstart` ramps `maxconn`). Policy-agnostic: LARD ranks by raw load, so a weight ramp would not act.
+    fn pending_cap(&self, state: &BackendState, now_ms: u64) -> u32 {
+        let full = self.pending_per_backend_max;
+        match state.up_since_ms {
+            Some(since) if now_ms.saturating_sub(since) < self.slow_start_ms => {
+                let elapsed = now_ms.saturating_sub(since);
+                let ramp = u64::from(full) * elapsed / self.slow_start_ms;
+                (ramp as u32).clamp(1, full)
+            }
+            _ => full,
+        }
     }
 
     /// Chooses a back-end for `target` other than `exclude`, under its pending cap, and counts the request as
@@ -135,25 +155,62 @@ impl Balancer {
             .policy
             .select(target, now_ms, random)
             .map_err(|_| Refusal::NoLiveBackend)?;
-        let candidates = std::iter::once(Some(decision.server))
+        let choices = std::iter::once(Some(decision.server))
             .chain(decision.fallbacks)
             .flatten()
-            .filter(|server| exclude != Some(BackendId(server.0)));
+            .map(|server| BackendId(server.0));
         let mut any_candidate = false;
-        for server in candidates {
-            any_candidate = true;
-            let state = &mut self.backends[server.0 as usize];
-            if state.in_flight < self.pending_per_backend_max {
-                state.in_flight += 1;
-                self.policy.on_start(server, target, now_ms);
-                return Ok(BackendId(server.0));
-            }
+        if let Some(backend) =
+            self.start_first(choices, exclude, target, now_ms, &mut any_candidate)
+        {
+            return Ok(backend);
+        }
+        // Then any other live back-end, least in flight first (a LARD target with a one-member set has no
+        // fallback, and a retry or an overflow must still find another node). Only on this rare path.
+        let mut others: Vec<BackendId> = (0..self.backends.len() as u32)
+            .map(BackendId)
+            .filter(|backend| {
+                let state = &self.backends[backend.0 as usize];
+                !state.down && !state.drained
+            })
+            .collect();
+        others.sort_by_key(|backend| self.backends[backend.0 as usize].in_flight);
+        if let Some(backend) = self.start_first(
+            others.into_iter(),
+            exclude,
+            target,
+            now_ms,
+            &mut any_candidate,
+        ) {
+            return Ok(backend);
         }
         Err(if any_candidate {
             Refusal::Full
         } else {
             Refusal::NoOtherBackend
         })
+    }
+
+    /// Starts the request on the first of `backends` (other than `exclude`) under its pending cap.
+    fn start_first(
+        &mut self,
+        backends: impl Iterator<Item = BackendId>,
+        exclude: Option<BackendId>,
+        target: TargetId,
+        now_ms: u64,
+        any_candidate: &mut bool,
+    ) -> Option<BackendId> {
+        for backend in backends.filter(|backend| exclude != Some(*backend)) {
+            *any_candidate = true;
+            let cap = self.pending_cap(&self.backends[backend.0 as usize], now_ms);
+            let state = &mut self.backends[backend.0 as usize];
+            if state.in_flight < cap {
+                state.in_flight += 1;
+                self.policy.on_start(ServerId(backend.0), target, now_ms);
+                return Some(backend);
+            }
+        }
+        None
     }
 
     /// The request `begin` counted on `backend` has finished (successfully or not).
@@ -181,13 +238,14 @@ impl Balancer {
         assert!(result.is_ok(), "{backend} is a member: {result:?}");
     }
 
-    /// Health verdict; returns true when it changed.
-    pub(crate) fn set_down(&mut self, backend: BackendId, down: bool) -> bool {
+    /// Health verdict at `now_ms`; returns true when it changed. Coming up starts slow start.
+    pub(crate) fn set_down(&mut self, backend: BackendId, down: bool, now_ms: u64) -> bool {
         let state = &mut self.backends[backend.0 as usize];
         if state.down == down {
             return false;
         }
         state.down = down;
+        state.up_since_ms = (!down).then_some(now_ms);
         self.apply(backend);
         true
     }
@@ -262,7 +320,14 @@ mod tests {
 
     fn balancer(backends: usize, pending_max: u32) -> Balancer {
         let policy = larder_lard::build(&PolicyConfig::new(PolicyKind::Lard)).expect("policy");
-        Balancer::new(policy, backends, RetryBudgetConfig::default(), pending_max).expect("members")
+        Balancer::new(
+            policy,
+            backends,
+            RetryBudgetConfig::default(),
+            pending_max,
+            1_000,
+        )
+        .expect("members")
     }
 
     #[test]
@@ -282,9 +347,9 @@ mod tests {
         let target = TargetId::from_path("/a");
         let first = balancer.begin(target, None, 0, 1).expect("first");
         balancer.finish(first, target, 0);
-        assert!(balancer.set_down(first, true));
+        assert!(balancer.set_down(first, true, 0));
         assert!(
-            !balancer.set_down(first, true),
+            !balancer.set_down(first, true, 0),
             "second verdict is no change"
         );
         for step in 0..10 {
@@ -292,9 +357,68 @@ mod tests {
             assert_ne!(chosen, first, "step {step}");
             balancer.finish(chosen, target, step);
         }
-        balancer.set_down(first, false);
-        balancer.set_down(BackendId(1 - first.0), true);
-        assert_eq!(balancer.begin(target, None, 20, 0), Ok(first));
+        balancer.set_down(first, false, 0);
+        balancer.set_down(BackendId(1 - first.0), true, 0);
+        assert_eq!(balancer.begin(target, None, 2_000, 0), Ok(first));
+    }
+
+    #[test]
+    fn a_returning_backend_ramps_its_pending_cap_over_slow_start() {
+        let mut balancer = balancer(1, 100);
+        let target = TargetId::from_path("/a");
+        balancer.set_down(BackendId(0), true, 0);
+        balancer.set_down(BackendId(0), false, 10_000);
+        assert_eq!(balancer.begin(target, None, 10_000, 0), Ok(BackendId(0)));
+        assert_eq!(
+            balancer.begin(target, None, 10_000, 0),
+            Err(Refusal::Full),
+            "cap 1 at the start"
+        );
+        // Half-way through 1 000 ms of slow start: cap 50.
+        for started in 1..50 {
+            assert_eq!(
+                balancer.begin(target, None, 10_500, 0),
+                Ok(BackendId(0)),
+                "{started}"
+            );
+        }
+        assert_eq!(
+            balancer.begin(target, None, 10_500, 0),
+            Err(Refusal::Full),
+            "cap 50"
+        );
+        // After slow start: the full cap of 100.
+        for started in 50..100 {
+            assert_eq!(
+                balancer.begin(target, None, 11_000, 0),
+                Ok(BackendId(0)),
+                "{started}"
+            );
+        }
+        assert_eq!(
+            balancer.begin(target, None, 11_000, 0),
+            Err(Refusal::Full),
+            "cap 100"
+        );
+    }
+
+    #[test]
+    fn a_retry_finds_another_backend_even_without_fallbacks() {
+        let mut balancer = balancer(3, 100);
+        let target = TargetId::from_path("/a");
+        let first = balancer.begin(target, None, 0, 1).expect("first");
+        let second = balancer.begin(target, Some(first), 0, 1).expect("another");
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_full_choice_overflows_to_another_live_backend() {
+        let mut balancer = balancer(2, 1);
+        let target = TargetId::from_path("/a");
+        let first = balancer.begin(target, None, 0, 1).expect("first");
+        let second = balancer.begin(target, None, 0, 1).expect("overflow");
+        assert_ne!(first, second);
+        assert_eq!(balancer.begin(target, None, 0, 1), Err(Refusal::Full));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const BACKEND_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const CLIENT_IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Period of the active health check of every back-end.
 pub const HEALTH_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Slow start of a back-end that comes back up: its pending cap ramps from 1 to the full cap over this time.
+pub const SLOW_START_MS_DEFAULT: u64 = 5_000;
 /// Seconds told to a client in `Retry-After` when a back-end's pending cap is reached.
 pub const RETRY_AFTER_S: u32 = 1;
 
@@ -75,6 +77,8 @@ pub struct DispatchConfig {
     pub health_interval_ms: u64,
     /// Path the active check requests (`GET <path>`); any status below 500 counts as alive.
     pub health_path: String,
+    /// Slow start after a back-end comes back up (0: none).
+    pub slow_start_ms: u64,
     pub retry_budget: RetryBudgetConfig,
     /// Shutdown drain deadline (in-flight exchanges finish within it).
     pub drain_timeout_ms: u64,
@@ -98,6 +102,7 @@ impl Default for DispatchConfig {
             client_idle_timeout_ms: CLIENT_IDLE_TIMEOUT_MS_DEFAULT,
             health_interval_ms: HEALTH_INTERVAL_MS_DEFAULT,
             health_path: "/".to_string(),
+            slow_start_ms: SLOW_START_MS_DEFAULT,
             retry_budget: RetryBudgetConfig::default(),
             drain_timeout_ms: larder_runtime::pool::DRAIN_TIMEOUT_MS_DEFAULT,
         }
@@ -179,6 +184,12 @@ impl DispatchConfig {
                 "between 1 ms and 1 hour",
             )?;
         }
+        check(
+            self.slow_start_ms <= 3_600_000,
+            "slow_start_ms",
+            self.slow_start_ms,
+            "at most 1 hour",
+        )?;
         check(
             self.health_path.starts_with('/') && !self.health_path.contains([' ', '\r', '\n']),
             "health_path",

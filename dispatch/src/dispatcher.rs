@@ -71,7 +71,8 @@ impl Shared {
 
     /// Records a health verdict and logs a change.
     pub(crate) fn set_health(&self, backend: BackendId, down: bool, why: &str) {
-        let changed = self.balancer().set_down(backend, down);
+        let now_ms = self.now_ms();
+        let changed = self.balancer().set_down(backend, down, now_ms);
         if changed {
             let addr = self.config.backends[backend.0 as usize];
             if down {
@@ -130,6 +131,7 @@ impl Dispatcher {
             config.backends.len(),
             config.retry_budget,
             config.pending_per_backend_max,
+            config.slow_start_ms,
         )?;
         let cpus = Topology::discover()?.select(&config.cores)?;
         let (listeners, local_addr) = bind_listeners(config.listen, cpus.len())?;

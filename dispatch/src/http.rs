@@ -184,7 +184,11 @@ pub fn parse_response(
         head_bytes,
         status,
         framing,
-        keep_alive: keep_alive(version, response.headers) && framing != BodyFraming::UntilClose,
+        // After 101 the connection speaks another protocol, which the dispatcher does not relay: both
+        // connections close after the head.
+        keep_alive: keep_alive(version, response.headers)
+            && framing != BodyFraming::UntilClose
+            && status != 101,
     }))
 }
 
@@ -403,6 +407,13 @@ mod tests {
         );
         assert!(!framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).keep_alive);
         assert!(parse_response(b"NOT HTTP\r\n\r\n", false).is_err());
+        assert!(
+            !framing(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                false
+            )
+            .keep_alive
+        );
     }
 
     #[test]

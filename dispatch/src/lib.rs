@@ -21,16 +21,23 @@
 //! | request head | 16 KiB (`head_bytes_max`) → 431 | as a server; bounds memory per connection |
 //! | header fields | 64 per head → 431 | httparse array |
 //! | relay buffer | 32 KiB per client connection | one back-end read, written on unchanged |
+//! | response head | ≤ relay buffer (32 KiB) → 502 | a head that does not fit one buffer is treated as malformed |
 //! | idle back-end connections | 64 per back-end per shard | bounded pool; extra connections are closed |
-//! | pending per back-end | 1,024 (all shards) → 503 + `Retry-After: 1` | overflow is an answer, not a queue |
+//! | pending per back-end | 1,024 (all shards); when every live back-end is full → 503 + `Retry-After: 1` | overflow is an answer, not a queue |
 //! | connect timeout | 1 s | a live back-end on a LAN connects in < 1 ms |
 //! | back-end timeout | 10 s per head wait / body read or write | slow disks, no hung exchanges |
 //! | client idle timeout | 60 s | keep-alive without unbounded idle connections |
 //! | retry budget | 20% of requests + 10/s, burst 100 | a failing cluster is not doubled in load |
 //! | health interval | 1 s | a returning node gets traffic within about a second |
+//! | slow start | 5 s: pending cap ramps 1 → full | a returning node with a cold cache is not flooded |
 //!
-//! Not built yet: slow start for a returning node (LARD ranks by raw load, so a weight ramp would not act on
-//! it), the control-plane link (external load reports, drain from `larder ctl`), distributed mode.
+//! # What is not relayed
+//! Request bodies with `Transfer-Encoding` (501), protocol upgrades (the 101 head is relayed, then both
+//! connections close), pipelined responses from a back-end (bytes after the response end the back-end
+//! connection). Heads are forwarded verbatim: no `Via`, no `X-Forwarded-For`, hop-by-hop headers untouched, so a
+//! client's `Connection: close` also ends the pooled back-end connection.
+//!
+//! Not built yet: the control-plane link (external load reports, drain from `larder ctl`), distributed mode.
 
 mod balancer;
 pub mod config;

@@ -5,8 +5,9 @@
 //! 1. Read the request head into the connection's head buffer (at most `head_bytes_max`: 431 beyond it; a
 //!    malformed head 400; a chunked request body 501). While no byte of a request has arrived, shutdown or
 //!    `client_idle_timeout_ms` closes the connection.
-//! 2. Key = `TargetId::from_path` of the normalised path (no query). The balancer picks a back-end under its
-//!    pending cap (all full: 503 + `Retry-After`; none live: 503) and counts the request on it.
+//! 2. Key = `TargetId::from_path` of the normalised path (no query). The balancer takes the policy's choice,
+//!    else its fallbacks, else any other live back-end, the first under its pending cap (all full: 503 +
+//!    `Retry-After`; none live: 503 + `Retry-After`), and counts the request on it.
 //! 3. Take an idle connection to that back-end from this shard's pool (newest first) or connect
 //!    (`connect_timeout_ms`). Write the head (verbatim) and the body as it arrives from the client.
 //! 4. Read the response head into the relay buffer (`backend_timeout_ms`), parse status and framing, write the
