@@ -315,10 +315,13 @@ impl NodeHooks for ServeHooks {
     }
 }
 
+/// The integration tests' HTTP helper, shared with the unit tests below.
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_http;
+
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
     use std::time::Duration;
 
     use larder_control::proto::v1 as pb;
@@ -327,6 +330,8 @@ mod tests {
     use larder_runtime::ShardSelection;
 
     use super::*;
+
+    use super::test_http::get;
 
     /// A bounded wait: `condition` is tried every 20 ms for at most 30 s (the agent's backoff tops at 5 s).
     const WAIT_ATTEMPTS_MAX: u32 = 1500;
@@ -386,23 +391,6 @@ mod tests {
             self.node.join().expect("node stops");
             self.link.shutdown().expect("link stops");
         }
-    }
-
-    fn get(addr: SocketAddr, path: &str) -> (String, u32) {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        let shard = answer
-            .lines()
-            .find_map(|line| line.strip_prefix("X-Larder-Shard: "))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(u32::MAX);
-        (answer, shard)
     }
 
     fn listed(ctl: &mut CtlClient, http_address: &str) -> bool {
