@@ -408,6 +408,35 @@ mod tests {
     }
 
     #[test]
+    fn control_flags_choose_the_mode() {
+        let default: SocketAddr = CONTROL_ADDR_DEFAULT.parse().expect("default address");
+        let other: SocketAddr = "127.0.0.1:6000".parse().expect("address");
+        let mode =
+            |no_control, control, join| control_mode(no_control, control, join).expect("valid");
+        assert_eq!(
+            mode(false, None, None),
+            ControlMode::Embedded {
+                listen: default,
+                required: false
+            }
+        );
+        assert_eq!(
+            mode(false, Some("127.0.0.1:6000"), None),
+            ControlMode::Embedded {
+                listen: other,
+                required: true
+            }
+        );
+        assert_eq!(
+            mode(false, None, Some("127.0.0.1:6000")),
+            ControlMode::Join(other)
+        );
+        assert_eq!(mode(true, None, None), ControlMode::Off);
+        let error = control_mode(false, None, Some("nowhere")).expect_err("not IP:PORT");
+        assert!(format!("{error:#}").contains("--join nowhere"), "{error:#}");
+    }
+
+    #[test]
     fn embedded_control_plane_lists_its_node_and_its_load() {
         let fixture = start(
             2,
