@@ -97,7 +97,7 @@ http {
 CONF
 
 cat >"$WORK/zipf.lua" <<'LUA'
--- Zipf(alpha) over 10,000 paths with a fixed seed: the same sequence for both servers.
+-- Zipf(alpha) over 10,000 paths with a fixed seed: the same sequence for both servers. (wrk runs LuaJIT = Lua 5.1: no `//`.)
 local n, alpha = 10000, tonumber(os.getenv("ZIPF_ALPHA") or "1.0")
 local cdf, total = {}, 0
 for i = 1, n do total = total + 1 / (i ^ alpha); cdf[i] = total end
@@ -105,7 +105,7 @@ for i = 1, n do cdf[i] = cdf[i] / total end
 math.randomseed(42)
 request = function()
     local u, lo, hi = math.random(), 1, n
-    while lo < hi do local mid = (lo + hi) // 2; if cdf[mid] < u then lo = mid + 1 else hi = mid end end
+    while lo < hi do local mid = math.floor((lo + hi) / 2); if cdf[mid] < u then lo = mid + 1 else hi = mid end end
     return wrk.format("GET", "/z/" .. (lo - 1) .. ".html")
 end
 LUA
