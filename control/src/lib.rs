@@ -38,8 +38,7 @@ pub use larder_proto as proto;
 pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
 pub use client::{CtlClient, CtlError};
 pub use server::{
-    block_until_shutdown_signal, Clock, ControlConfig, ControlError, ControlHandle, ControlPlane,
-    ManualClock, SystemClock,
+    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,
 };
 pub use state::{
     Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,

@@ -553,21 +553,6 @@ impl Drop for ControlHandle {
     }
 }
 
-/// Blocks the calling thread until SIGINT or SIGTERM (for `larder control`).
-pub fn block_until_shutdown_signal() -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            outcome = tokio::signal::ctrl_c() => outcome,
-            _ = terminate.recv() => Ok(()),
-        }
-    })
-}
-
 fn default_epoch() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

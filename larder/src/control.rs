@@ -10,6 +10,8 @@ use anyhow::Context;
 use larder_control::{ControlConfig, ControlPlane};
 use larder_lard::{PolicyConfig, PolicyKind};
 
+use crate::signals::TerminationSignals;
+
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
     /// Address to serve gRPC on (larder.v1.Control, larder.v1.NodeService, reflection, health).
@@ -36,9 +38,11 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.down_after_intervals = args.down_after_intervals;
     config.policy = PolicyConfig::new(kind);
+    let signals = TerminationSignals::block()?;
     let plane = ControlPlane::spawn(config).context("starting the control plane")?;
     println!("larder control: listening on {}", plane.local_addr());
-    larder_control::block_until_shutdown_signal().context("waiting for a signal")?;
+    let signal = signals.wait();
+    tracing::info!(signal, "stopping the control plane");
     plane.shutdown().context("stopping the control plane")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use larder_dispatch::{DispatchConfig, Dispatcher};
 use larder_lard::{PolicyConfig, PolicyKind};
 
+use crate::signals::TerminationSignals;
+
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -79,7 +81,7 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     }
     // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
     // thread takes them, in sigwait.
-    let signals = SignalSet::termination()?;
+    let signals = TerminationSignals::block()?;
     let dispatcher = Dispatcher::start(config).context("starting the dispatcher")?;
     println!(
         "larder: dispatching on http://{} with {} shards",
@@ -94,34 +96,4 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("some exchanges were still running at the drain deadline and were closed");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A blocked set of signals this thread waits for.
-struct SignalSet(libc::sigset_t);
-
-impl SignalSet {
-    /// SIGINT and SIGTERM, blocked in the calling thread and every thread it starts afterwards.
-    fn termination() -> anyhow::Result<SignalSet> {
-        // SAFETY: sigemptyset/sigaddset initialise and fill a local set; pthread_sigmask reads it.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        let blocked = unsafe {
-            libc::sigemptyset(&mut set);
-            [libc::SIGINT, libc::SIGTERM]
-                .into_iter()
-                .for_each(|signal| {
-                    libc::sigaddset(&mut set, signal);
-                });
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-        };
-        anyhow::ensure!(blocked == 0, "pthread_sigmask: error {blocked}");
-        Ok(SignalSet(set))
-    }
-
-    /// Blocks until one of the signals arrives; returns its number (0 if sigwait failed).
-    fn wait(&self) -> i32 {
-        let mut signal = 0;
-        // SAFETY: the set is initialised and blocked; sigwait writes only `signal`.
-        let _ = unsafe { libc::sigwait(&self.0, &mut signal) };
-        signal
-    }
 }

@@ -11,9 +11,14 @@ mod ctl;
 mod dispatch;
 mod node_link;
 mod serve;
+mod signals;
 
 #[derive(Debug, Parser)]
-#[command(name = "larder", version, about = "Thread-per-core cluster web server (LARD, resource containers, single-copy caching)")]
+#[command(
+    name = "larder",
+    version,
+    about = "Thread-per-core cluster web server (LARD, resource containers, single-copy caching)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

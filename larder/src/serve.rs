@@ -10,6 +10,7 @@ use larder_server::config::{parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
 use crate::node_link::{self, NodeLink};
+use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -93,7 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )?;
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
-    let signals = block_termination_signals()?;
+    let signals = TerminationSignals::block()?;
     let node = Node::start(config.clone()).context("starting the node")?;
     println!(
         "larder: serving on http://{} with {} shards",
@@ -104,7 +105,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
     }
-    let signal = wait_for(&signals);
+    let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing in-flight responses");
     node.shutdown();
     let report = node.join().context("stopping the node")?;
@@ -113,27 +114,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     link.shutdown()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn block_termination_signals() -> anyhow::Result<libc::sigset_t> {
-    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        anyhow::ensure!(result == 0, "pthread_sigmask failed: {result}");
-        Ok(set)
-    }
-}
-
-fn wait_for(signals: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: `signals` is a valid set blocked in this thread; sigwait only writes `signal`.
-    let result = unsafe { libc::sigwait(signals, &mut signal) };
-    if result != 0 {
-        tracing::warn!(result, "sigwait failed; stopping");
-    }
-    signal
 }
