@@ -134,7 +134,12 @@ impl Dispatcher {
             config.slow_start_ms,
         )?;
         let cpus = Topology::discover()?.select(&config.cores)?;
-        let (listeners, local_addr) = bind_listeners(config.listen, cpus.len())?;
+        let (listeners, local_addr) =
+            larder_runtime::listen::bind_reuseport(config.listen, cpus.len(), LISTEN_BACKLOG)
+                .map_err(|source| DispatchError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let pool_config = PoolConfig {
             shards: ShardSelection::List(cpus),
             driver: config.io_driver,
@@ -200,32 +205,4 @@ impl Dispatcher {
         self.shutdown();
         Ok(self.pool.join()?)
     }
-}
-
-/// One `SO_REUSEPORT` listener per shard, all on the same address (port 0 becomes the first one's port).
-fn bind_listeners(
-    addr: SocketAddr,
-    shards: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DispatchError> {
-    use rustix::net::{sockopt, AddressFamily, SocketType};
-    let listen_error = |source: std::io::Error| DispatchError::Listen { addr, source };
-    let mut listeners = Vec::with_capacity(shards);
-    let mut bound = addr;
-    for _ in 0..shards {
-        let family = if addr.is_ipv4() {
-            AddressFamily::INET
-        } else {
-            AddressFamily::INET6
-        };
-        let socket = rustix::net::socket(family, SocketType::STREAM, None)
-            .map_err(|errno| listen_error(errno.into()))?;
-        sockopt::set_socket_reuseaddr(&socket, true).map_err(|errno| listen_error(errno.into()))?;
-        sockopt::set_socket_reuseport(&socket, true).map_err(|errno| listen_error(errno.into()))?;
-        rustix::net::bind(&socket, &bound).map_err(|errno| listen_error(errno.into()))?;
-        rustix::net::listen(&socket, LISTEN_BACKLOG).map_err(|errno| listen_error(errno.into()))?;
-        let listener = std::net::TcpListener::from(socket);
-        bound = listener.local_addr().map_err(listen_error)?;
-        listeners.push(listener);
-    }
-    Ok((listeners, bound))
 }

@@ -10,6 +10,7 @@
 //! | [`pool`] | [`ShardPool`]: start-up, the per-shard context, shutdown, panic containment |
 //! | [`mesh`] | bounded typed queues shard ↔ shard and control thread → shard, woken by an eventfd per shard |
 //! | [`handoff`] | moving an accepted TCP connection (fd + bytes read) to another shard |
+//! | [`listen`] | one `SO_REUSEPORT` listener per accepting shard on one address |
 //! | [`sleep`] | async sleeps and timeouts on the shard's timer wheel |
 //! | [`timer`] | the hierarchical timer wheel itself (pure data structure) |
 //! | [`container`] | resource containers and the per-shard container scheduler |
@@ -50,6 +51,7 @@ mod bell;
 pub mod container;
 mod fdwait;
 pub mod handoff;
+pub mod listen;
 pub mod mesh;
 pub mod pool;
 pub mod sleep;

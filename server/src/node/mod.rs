@@ -269,34 +269,18 @@ impl Node {
     }
 }
 
-/// One `SO_REUSEPORT` listener per accepting shard, all on the same address (port 0 becomes the first one's port).
+/// One `SO_REUSEPORT` listener per accepting shard (`None` for the others), all on the same address.
 fn bind_listeners(
     addr: SocketAddr,
     accepting: &[bool],
 ) -> Result<(Vec<Option<std::net::TcpListener>>, SocketAddr), NodeError> {
-    use rustix::net::{sockopt, AddressFamily, SocketType};
-    let mut listeners = Vec::with_capacity(accepting.len());
-    let mut bound = addr;
-    for &accepts in accepting {
-        if !accepts {
-            listeners.push(None);
-            continue;
-        }
-        let listen_error = |source: std::io::Error| NodeError::Listen { addr, source };
-        let family = if addr.is_ipv4() {
-            AddressFamily::INET
-        } else {
-            AddressFamily::INET6
-        };
-        let socket = rustix::net::socket(family, SocketType::STREAM, None)
-            .map_err(|errno| listen_error(errno.into()))?;
-        sockopt::set_socket_reuseaddr(&socket, true).map_err(|errno| listen_error(errno.into()))?;
-        sockopt::set_socket_reuseport(&socket, true).map_err(|errno| listen_error(errno.into()))?;
-        rustix::net::bind(&socket, &bound).map_err(|errno| listen_error(errno.into()))?;
-        rustix::net::listen(&socket, LISTEN_BACKLOG).map_err(|errno| listen_error(errno.into()))?;
-        let listener = std::net::TcpListener::from(socket);
-        bound = listener.local_addr().map_err(listen_error)?;
-        listeners.push(Some(listener));
-    }
-    Ok((listeners, bound))
+    let count = accepting.iter().filter(|&&accepts| accepts).count();
+    let (bound, local_addr) = larder_runtime::listen::bind_reuseport(addr, count, LISTEN_BACKLOG)
+        .map_err(|source| NodeError::Listen { addr, source })?;
+    let mut bound = bound.into_iter();
+    let listeners = accepting
+        .iter()
+        .map(|&accepts| if accepts { bound.next() } else { None })
+        .collect();
+    Ok((listeners, local_addr))
 }
