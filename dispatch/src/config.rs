@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use larder_lard::{PolicyConfig, PolicyKind};
 use larder_runtime::{IoDriver, ShardSelection};
 
-/// Index of a back-end in [`DispatchConfig::backends`]; also its `ServerId` in the policy.
+/// A back-end's slot in the dispatcher's table (the initial back-ends are 0.. in [`DispatchConfig::backends`]
+/// order; added ones take the next free slot); also its `ServerId` in the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub u32);
 
@@ -61,6 +62,7 @@ impl Default for RetryBudgetConfig {
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
     pub listen: SocketAddr,
+    /// The initial back-ends (0..=256; more are added with `DispatchHandle::add_backend`).
     pub backends: Vec<SocketAddr>,
     pub policy: PolicyConfig,
     pub cores: ShardSelection,
@@ -142,10 +144,10 @@ impl DispatchConfig {
             }
         }
         check(
-            !self.backends.is_empty() && self.backends.len() <= BACKENDS_MAX,
+            self.backends.len() <= BACKENDS_MAX,
             "backends",
             self.backends.len(),
-            "between 1 and 256 back-ends",
+            "at most 256 back-ends (none: they are added at run time)",
         )?;
         check(
             (1024..=1 << 20).contains(&self.head_bytes_max),

@@ -1,7 +1,9 @@
 //! The running dispatcher: listeners, shard pool, the shared balancer, the health thread and the handle.
 //!
 //! # Start-up
-//! 1. Validate the configuration; build the policy with every back-end as a member (weight 1).
+//! 1. Validate the configuration; build the policy with every back-end as a member (weight 1). The list may be
+//!    empty when back-ends come later through the handle (the control-plane link): until then every request
+//!    gets 503.
 //! 2. Select the shard CPUs and bind one `SO_REUSEPORT` listener per shard on `listen` (port 0: the first
 //!    listener's port is used by all).
 //! 3. Start the shard pool; each shard takes its listener and accepts (`proxy.rs`).
@@ -12,6 +14,13 @@
 //!    they are between requests.
 //! 2. Exchanges in flight finish (the pool drains tracked tasks up to `drain_timeout_ms`).
 //! 3. The health thread is told to stop (it is detached: a probe in progress ends within its timeouts).
+//!
+//! # Changes at run time ([`DispatchHandle`])
+//! Every change takes the balancer's lock once, is checked completely before anything is written and leaves
+//! the dispatcher as it was when refused (a typed [`DispatchError`]). A back-end added at run time is health
+//! checked from the next round and gets idle connection stacks on each shard at its first request, like the
+//! initial ones; it starts in slow start (a new node has a cold cache). A policy swap keeps members, weights,
+//! drain and down flags and the external load (`balancer.rs`, policy swap).
 
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
@@ -20,7 +29,9 @@ use std::time::Instant;
 
 use larder_runtime::{PoolConfig, PoolError, PoolReport, ShardPool, ShardSelection, Topology};
 
-use crate::balancer::{BackendStatus, Balancer, Counters, CountersSnapshot};
+use larder_lard::PolicyConfig;
+
+use crate::balancer::{BackendStatus, Balancer, Counters, CountersSnapshot, TableError};
 use crate::config::{BackendId, ConfigError, DispatchConfig};
 
 /// Kernel accept queue per shard listener.
@@ -30,8 +41,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 pub enum DispatchError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("policy membership: {0}")]
-    Membership(#[from] larder_lard::MembershipError),
+    #[error(transparent)]
+    Backend(#[from] TableError),
     #[error("selecting cores: {0}")]
     Topology(#[from] larder_runtime::topology::TopologyError),
     #[error("listening on {addr}: {source}")]
@@ -41,8 +52,6 @@ pub enum DispatchError {
     },
     #[error(transparent)]
     Pool(#[from] PoolError),
-    #[error("{0} is not a back-end of this dispatcher")]
-    UnknownBackend(BackendId),
     #[error("starting the health thread: {0}")]
     HealthThread(std::io::Error),
 }
@@ -69,12 +78,11 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a health verdict and logs a change.
-    pub(crate) fn set_health(&self, backend: BackendId, down: bool, why: &str) {
+    /// Records a health verdict about the back-end at `addr` and logs a change.
+    pub(crate) fn set_health(&self, backend: BackendId, addr: SocketAddr, down: bool, why: &str) {
         let now_ms = self.now_ms();
-        let changed = self.balancer().set_down(backend, down, now_ms);
+        let changed = self.balancer().set_down(backend, addr, down, now_ms);
         if changed {
-            let addr = self.config.backends[backend.0 as usize];
             if down {
                 Counters::bump(&self.counters.backends_marked_down);
                 tracing::warn!(%backend, %addr, why, "back-end marked down");
@@ -85,25 +93,81 @@ impl Shared {
     }
 }
 
-/// A cheap, thread-safe handle on a running dispatcher: drain back-ends, read health and counters.
+/// A cheap, thread-safe handle on a running dispatcher: add, remove, drain and weigh back-ends, report their
+/// external load, swap the policy, read health and counters. Every call is all-or-nothing (module docs).
 #[derive(Clone)]
 pub struct DispatchHandle {
     shared: Arc<Shared>,
 }
 
 impl DispatchHandle {
-    /// Drain (`true`) or undrain a back-end: a drained back-end takes no new request, its in-flight requests
-    /// finish, its targets move.
-    pub fn set_draining(&self, backend: BackendId, draining: bool) -> Result<(), DispatchError> {
-        let mut balancer = self.shared.balancer();
-        if backend.0 as usize >= balancer.backend_count() {
-            return Err(DispatchError::UnknownBackend(backend));
-        }
-        balancer.set_drained(backend, draining);
+    /// Adds a back-end with `weight` (1..=256); it takes requests at once, in slow start. At most
+    /// [`crate::config::BACKENDS_MAX`] back-ends; an address already present is refused.
+    pub fn add_backend(&self, addr: SocketAddr, weight: u32) -> Result<BackendId, DispatchError> {
+        let now_ms = self.shared.now_ms();
+        let slow_start = (self.shared.config.slow_start_ms > 0).then_some(now_ms);
+        let backend = self.shared.balancer().add(addr, weight, slow_start)?;
+        tracing::info!(%backend, %addr, weight, "back-end added");
+        Ok(backend)
+    }
+
+    /// Removes a back-end: it takes no new request, its requests in flight finish.
+    pub fn remove_backend(&self, backend: BackendId) -> Result<(), DispatchError> {
+        self.shared.balancer().remove(backend)?;
+        tracing::info!(%backend, "back-end removed");
         Ok(())
     }
 
-    /// Per-back-end in-flight count, drain and health flags.
+    /// Drain (`true`) or undrain a back-end: a drained back-end takes no new request, its in-flight requests
+    /// finish, its targets move.
+    pub fn set_draining(&self, backend: BackendId, draining: bool) -> Result<(), DispatchError> {
+        Ok(self.shared.balancer().set_drained(backend, draining)?)
+    }
+
+    /// The control plane's verdict on a back-end (separate from the health checks, which cannot undo it);
+    /// returns whether it changed. Coming back up starts slow start.
+    pub fn set_control_down(&self, backend: BackendId, down: bool) -> Result<bool, DispatchError> {
+        let now_ms = self.shared.now_ms();
+        Ok(self
+            .shared
+            .balancer()
+            .set_control_down(backend, down, now_ms)?)
+    }
+
+    /// Load of a back-end reported from elsewhere (requests in flight there that this dispatcher did not
+    /// send), added to the dispatcher's own count in the policy (`Policy::set_external_load`).
+    pub fn set_external_load(&self, backend: BackendId, load: u32) -> Result<(), DispatchError> {
+        Ok(self.shared.balancer().set_external_load(backend, load)?)
+    }
+
+    /// The back-end's weight, 1..=256.
+    pub fn set_weight(&self, backend: BackendId, weight: u32) -> Result<(), DispatchError> {
+        Ok(self.shared.balancer().set_weight(backend, weight)?)
+    }
+
+    /// Swaps the policy (members, weights, drain and down flags and external load are kept); `false` when
+    /// `config` is already in force. The new policy is built before the lock is taken.
+    pub fn set_policy(&self, config: PolicyConfig) -> Result<bool, DispatchError> {
+        let policy = larder_lard::build(&config).map_err(ConfigError::from)?;
+        let kind = config.kind;
+        let changed = self.shared.balancer().set_policy(policy, config)?;
+        if changed {
+            tracing::info!(policy = %kind, "policy changed");
+        }
+        Ok(changed)
+    }
+
+    /// The configuration of the policy in force.
+    pub fn policy(&self) -> PolicyConfig {
+        self.shared.balancer().policy_config().clone()
+    }
+
+    /// The back-end at `addr`, if it is one.
+    pub fn backend_by_addr(&self, addr: SocketAddr) -> Option<BackendId> {
+        self.shared.balancer().lookup(addr)
+    }
+
+    /// Every back-end (removed ones are not listed): address, weight, in-flight count, drain and health flags.
     pub fn backends(&self) -> Vec<BackendStatus> {
         self.shared.balancer().status()
     }
@@ -128,7 +192,8 @@ impl Dispatcher {
         let policy = larder_lard::build(&config.policy).map_err(ConfigError::from)?;
         let balancer = Balancer::new(
             policy,
-            config.backends.len(),
+            config.policy.clone(),
+            &config.backends,
             config.retry_budget,
             config.pending_per_backend_max,
             config.slow_start_ms,

@@ -16,7 +16,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::BackendId;
 use crate::dispatcher::Shared;
 
 /// Most bytes read from a probe's response (the status line is all that matters).
@@ -73,15 +72,17 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        for (index, addr) in config.backends.iter().enumerate() {
-            let backend = BackendId(index as u32);
+        // The table as it is at the start of the round: back-ends added later are checked from the next one,
+        // and a verdict about a slot reused meanwhile is ignored (it names the old address).
+        let round = shared.balancer().addresses();
+        for (backend, addr) in round {
             let alive = probe(
-                *addr,
+                addr,
                 &config.health_path,
                 config.connect_timeout_ms,
                 config.backend_timeout_ms,
             );
-            shared.set_health(backend, !alive, "active check");
+            shared.set_health(backend, addr, !alive, "active check");
         }
     }
 }

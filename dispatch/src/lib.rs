@@ -9,15 +9,15 @@
 //! |---|---|
 //! | [`config`] | settings and their limits |
 //! | `http` | request/response heads, body framing, the chunked-body scanner |
-//! | `balancer` | the shared policy, per-back-end in-flight counts, health and drain flags, retry budget |
+//! | `balancer` | the shared policy, the back-end table (in-flight counts, weights, external load, health and drain flags), policy swaps, retry budget |
 //! | `proxy` | the per-shard data path: accept, exchange, retry, relay |
 //! | `health` | the active health-check thread |
-//! | `dispatcher` | start-up, shutdown, the [`DispatchHandle`] |
+//! | `dispatcher` | start-up, shutdown, the [`DispatchHandle`] (changes at run time: back-ends, weights, load, drain, policy) |
 //!
 //! # Limits
 //! | limit | default | why |
 //! |---|---|---|
-//! | back-ends | 1..=256 | front-end of one cluster; the policy scans are O(n) |
+//! | back-ends | 0..=256 (`BACKENDS_MAX`), initial or added at run time | front-end of one cluster; the policy scans are O(n) |
 //! | request head | 16 KiB (`head_bytes_max`) → 431 | as a server; bounds memory per connection |
 //! | header fields | 64 per head → 431 | httparse array |
 //! | relay buffer | 32 KiB per client connection | one back-end read, written on unchanged |
@@ -37,7 +37,9 @@
 //! connection). Heads are forwarded verbatim: no `Via`, no `X-Forwarded-For`, hop-by-hop headers untouched, so a
 //! client's `Connection: close` also ends the pooled back-end connection.
 //!
-//! Not built yet: the control-plane link (external load reports, drain from `larder ctl`), distributed mode.
+//! The control-plane link (back-ends, drain, weights, load and the policy from `larder.v1.Control`) lives in the
+//! `larder` binary (`dispatch_link.rs`) so this crate needs no gRPC stack; it steers the dispatcher only through
+//! [`DispatchHandle`]. Not built yet: distributed mode.
 
 mod balancer;
 pub mod config;
@@ -46,6 +48,6 @@ mod health;
 pub mod http;
 mod proxy;
 
-pub use balancer::{BackendStatus, CountersSnapshot};
+pub use balancer::{BackendStatus, CountersSnapshot, TableError};
 pub use config::{BackendId, DispatchConfig, RetryBudgetConfig};
 pub use dispatcher::{DispatchError, DispatchHandle, Dispatcher};

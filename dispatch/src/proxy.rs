@@ -34,6 +34,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,19 +45,27 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::balancer::Counters;
-use crate::config::{BackendId, RETRY_AFTER_S};
+use crate::balancer::{Counters, Ticket};
+use crate::config::RETRY_AFTER_S;
 use crate::dispatcher::Shared;
 use crate::http::{
     parse_request, parse_response, BodyFraming, ChunkedScanner, HeadError, RequestHead,
 };
 
+/// Idle keep-alive connections to one back-end slot, newest last, for the address they were opened to.
+#[derive(Default)]
+struct IdleStack {
+    addr: Option<SocketAddr>,
+    streams: Vec<TcpStream>,
+}
+
 /// A shard's own state: its idle back-end connections and its RNG for the policy.
 struct Shard {
     shared: Arc<Shared>,
     context: ShardContext<()>,
-    /// Idle keep-alive connections, one stack per back-end, each at most `idle_connections_per_backend_max`.
-    idle: RefCell<Vec<Vec<TcpStream>>>,
+    /// One stack per back-end slot (grown on first use, at most `BACKENDS_MAX`), each at most
+    /// `idle_connections_per_backend_max` connections.
+    idle: RefCell<Vec<IdleStack>>,
     rng: Cell<u64>,
 }
 
@@ -71,16 +80,32 @@ impl Shard {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn take_idle(&self, backend: BackendId) -> Option<TcpStream> {
-        self.idle.borrow_mut()[backend.0 as usize].pop()
+    /// The stack of `ticket`'s slot, emptied first when the slot now names another address (it was reused).
+    fn with_stack<R>(&self, ticket: Ticket, use_stack: impl FnOnce(&mut Vec<TcpStream>) -> R) -> R {
+        let mut idle = self.idle.borrow_mut();
+        let index = ticket.backend.0 as usize;
+        if idle.len() <= index {
+            idle.resize_with(index + 1, IdleStack::default);
+        }
+        let stack = &mut idle[index];
+        if stack.addr != Some(ticket.addr) {
+            stack.streams.clear();
+            stack.addr = Some(ticket.addr);
+        }
+        use_stack(&mut stack.streams)
     }
 
-    fn put_idle(&self, backend: BackendId, stream: TcpStream) {
-        let mut idle = self.idle.borrow_mut();
-        let stack = &mut idle[backend.0 as usize];
-        if stack.len() < self.shared.config.idle_connections_per_backend_max {
-            stack.push(stream);
-        }
+    fn take_idle(&self, ticket: Ticket) -> Option<TcpStream> {
+        self.with_stack(ticket, Vec::pop)
+    }
+
+    fn put_idle(&self, ticket: Ticket, stream: TcpStream) {
+        let max = self.shared.config.idle_connections_per_backend_max;
+        self.with_stack(ticket, |stack| {
+            if stack.len() < max {
+                stack.push(stream);
+            }
+        });
     }
 }
 
@@ -92,11 +117,7 @@ pub(crate) async fn run_shard(context: ShardContext<()>, shared: Arc<Shared>) {
         .map(|mut slot| slot.take())
         .unwrap_or(None);
     let shard = Rc::new(Shard {
-        idle: RefCell::new(
-            (0..shared.config.backends.len())
-                .map(|_| Vec::new())
-                .collect(),
-        ),
+        idle: RefCell::new(Vec::new()),
         rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1)),
         shared,
         context,
@@ -306,7 +327,7 @@ impl BackendFault {
 /// dropped at the drain deadline).
 struct Started {
     shared: Arc<Shared>,
-    backend: BackendId,
+    ticket: Ticket,
     target: TargetId,
 }
 
@@ -315,7 +336,7 @@ impl Drop for Started {
         let now_ms = self.shared.now_ms();
         self.shared
             .balancer()
-            .finish(self.backend, self.target, now_ms);
+            .finish(self.ticket, self.target, now_ms);
     }
 }
 
@@ -341,8 +362,8 @@ async fn exchange(
         let chosen = shared
             .balancer()
             .begin(target, exclude, now_ms, shard.random());
-        let backend = match chosen {
-            Ok(backend) => backend,
+        let ticket = match chosen {
+            Ok(ticket) => ticket,
             Err(refusal) => {
                 // A retry that finds no back-end reports the first attempt's failure.
                 let status = last_fault.map_or(503, BackendFault::status);
@@ -352,11 +373,11 @@ async fn exchange(
         };
         let started = Started {
             shared: Arc::clone(shared),
-            backend,
+            ticket,
             target,
         };
         let result = attempt(
-            shard, backend, client, head_buf, buffered, request, relay, retryable,
+            shard, ticket, client, head_buf, buffered, request, relay, retryable,
         )
         .await;
         drop(started);
@@ -368,7 +389,7 @@ async fn exchange(
             Err(Failure::Abort) => return false,
             Err(Failure::Backend { fault, reused }) => {
                 if fault.marks_down() && !reused {
-                    shared.set_health(backend, true, "request failed");
+                    shared.set_health(ticket.backend, ticket.addr, true, "request failed");
                 }
                 last_fault = Some(fault);
                 let now_ms = shared.now_ms();
@@ -377,7 +398,7 @@ async fn exchange(
                     break;
                 }
                 Counters::bump(&shared.counters.retries);
-                exclude = Some(backend);
+                exclude = Some(ticket.backend);
             }
         }
     }
@@ -413,9 +434,8 @@ async fn refuse(
     .await
 }
 
-async fn connect(shard: &Shard, backend: BackendId) -> Result<TcpStream, Failure> {
+async fn connect(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Failure> {
     let config = &shard.shared.config;
-    let addr = config.backends[backend.0 as usize];
     let connected = timed(config.connect_timeout_ms, TcpStream::connect_addr(addr)).await;
     let fault = match connected {
         Ok(Ok(stream)) => {
@@ -435,7 +455,7 @@ async fn connect(shard: &Shard, backend: BackendId) -> Result<TcpStream, Failure
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     shard: &Rc<Shard>,
-    backend: BackendId,
+    ticket: Ticket,
     client: &mut TcpStream,
     head_buf: &mut Vec<u8>,
     buffered: usize,
@@ -443,9 +463,9 @@ async fn attempt(
     relay: &mut Vec<u8>,
     retryable: bool,
 ) -> Result<bool, Failure> {
-    if let Some(stream) = shard.take_idle(backend) {
+    if let Some(stream) = shard.take_idle(ticket) {
         match forward(
-            shard, backend, stream, true, client, head_buf, buffered, request, relay,
+            shard, ticket, stream, true, client, head_buf, buffered, request, relay,
         )
         .await
         {
@@ -453,9 +473,9 @@ async fn attempt(
             other => return other,
         }
     }
-    let stream = connect(shard, backend).await?;
+    let stream = connect(shard, ticket.addr).await?;
     forward(
-        shard, backend, stream, false, client, head_buf, buffered, request, relay,
+        shard, ticket, stream, false, client, head_buf, buffered, request, relay,
     )
     .await
 }
@@ -473,7 +493,7 @@ fn backend_failure(fail: IoFail, reused: bool) -> Failure {
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shard: &Rc<Shard>,
-    backend: BackendId,
+    ticket: Ticket,
     mut upstream: TcpStream,
     reused: bool,
     client: &mut TcpStream,
@@ -591,7 +611,7 @@ async fn forward(
     }
     // Step 5.
     if response.keep_alive && !leftover {
-        shard.put_idle(backend, upstream);
+        shard.put_idle(ticket, upstream);
     }
     Ok(request.keep_alive && response.keep_alive && !leftover)
 }
