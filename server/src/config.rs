@@ -156,6 +156,8 @@ pub struct ServeConfig {
     pub accept_shards: Vec<u32>,
     pub containers: Vec<ContainerConfig>,
     pub classify: Vec<ClassifyRule>,
+    /// Distributed mode: route each target to the node the control plane assigns it (`crate::cluster`).
+    pub cluster: bool,
 }
 
 impl Default for ServeConfig {
@@ -186,6 +188,7 @@ impl Default for ServeConfig {
                 tasks_max: 65_536,
             }],
             classify: Vec::new(),
+            cluster: false,
         }
     }
 }

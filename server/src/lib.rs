@@ -6,6 +6,7 @@
 //! - [`cache`]: the per-shard object cache (GreedyDual-Size, single-copy reads).
 
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod node;

@@ -119,6 +119,8 @@ pub(crate) struct NodeShared {
     pub counters: Vec<Arc<ShardCounters>>,
     pub origin: Instant,
     pub shards: usize,
+    /// Distributed mode's shared state (`config.cluster`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A running node. Dropping it does not stop the shards: call [`Node::shutdown`] and [`Node::join`].
@@ -192,8 +194,10 @@ impl Node {
             driver: config.io_driver,
             ..PoolConfig::default()
         };
+        let cluster = crate::cluster::Cluster::for_node(local_addr, shards, &config);
         let shared = Arc::new(NodeShared {
             root,
+            cluster,
             policy,
             policy_config: Mutex::new(PolicyConfig::new(config.policy)),
             listeners: listeners.into_iter().map(Mutex::new).collect(),
@@ -219,6 +223,11 @@ impl Node {
     /// The address the shards listen on (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Distributed mode's directory and counters (`None` unless `config.cluster`).
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.shared.cluster.clone()
     }
 
     /// Shards running.

@@ -48,6 +48,8 @@ pub(crate) struct Shard {
     pub rng: Cell<u64>,
     /// Counter that makes multipart boundaries unique per shard.
     pub boundaries: Cell<u64>,
+    /// Distributed mode: this shard's forwarding to other nodes.
+    pub cluster: Option<crate::cluster::Forwarder>,
 }
 
 impl Shard {
@@ -147,7 +149,10 @@ fn build(
     } else {
         Vec::new()
     };
+    let (cluster, shard_field) =
+        crate::cluster::shard_parts(node.cluster.as_ref(), index, shard_field);
     Ok(Shard {
+        cluster,
         counters: Arc::clone(&node.counters[index as usize]),
         cache: RefCell::new(cache),
         date: RefCell::new(DateCache::new(SystemTime::now())),

@@ -1,0 +1,428 @@
+//! Forwarding on one shard: a request whose target another node owns goes there over a pooled keep-alive
+//! node-to-node connection, and the peer's response is relayed to the client through one buffer.
+//!
+//! # One forward ([`Forwarder::forward`], numbered as in the code)
+//! 1. Only a GET or HEAD without a body is forwarded, and never one that carries `X-Larder-Forwarded` (it was
+//!    forwarded once already: serving it here makes loops impossible even when two nodes disagree).
+//! 2. The [`Directory`](super::Directory) routes the normalised path; anything but `Forward(peer)` is served here.
+//! 3. The request head is copied into the relay buffer with `X-Larder-Forwarded: <this node id>` added before
+//!    the blank line; the rest of the head is forwarded verbatim (so `Connection: close` from the client also
+//!    ends the pooled connection).
+//! 4. An idle connection to the peer is taken from this shard's pool (newest first), else one is connected
+//!    (`connect_timeout_ms`). The head is written; the response head is read (`read_timeout_ms` per read) and
+//!    parsed with `larder_dispatch::http`.
+//! 5. The head and the `Content-Length` body are relayed to the client through the same buffer; a response
+//!    without a length is relayed until the peer closes, then the client connection closes too.
+//! 6. The peer connection returns to the pool when its response allowed keep-alive and ended exactly at the
+//!    end of what was read.
+//!
+//! # Failures
+//! - A pooled connection closed before any response byte (the peer closed it while idle) is replaced by a
+//!   fresh connection once; that is not a peer failure (`stale_reconnects`).
+//! - A connect error, a timeout or a close before any byte reached the client: the peer is marked suspect
+//!   ([`Directory::peer_failed`](super::Directory::peer_failed)), this shard's idle connections to it are
+//!   dropped, and the request is served here (`fallbacks`): the client never sees the failure.
+//! - A malformed response head, one larger than the relay buffer, an interim 1xx or a chunked body (larder
+//!   nodes never send one): 502 and the client connection closes (`bad_gateway`).
+//! - A failure after bytes reached the client closes the client connection (it sees a truncated response).
+//!
+//! # Limits
+//! | limit | value | why |
+//! |---|---|---|
+//! | [`IDLE_PER_PEER_MAX`] | 16 idle connections per peer per shard | more are closed; a shard rarely has 16 forwards in flight to one peer |
+//! | [`POOLED_PEERS_MAX`] | 64 peers per shard with idle connections | bounds the pool to 1,024 sockets per shard |
+//! | [`RELAY_BUFFER_BYTES`] | 32 KiB per forward in flight | one read of the peer, written on unchanged; a larger response head → 502 |
+//! | [`FREE_BUFFERS_MAX`] | 16 relay buffers kept per shard | reuse without unbounded growth (512 KiB) |
+//! | [`CONNECT_TIMEOUT_MS`] | 1 s | a live node on a LAN connects in < 1 ms |
+//! | [`READ_TIMEOUT_MS`] | 10 s per read of the peer | a cold miss on a slow disk, not a hung exchange |
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_dispatch::http::{parse_response, BodyFraming};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::{Cluster, Route};
+use crate::http::{Method, RequestHead};
+
+/// The request field that marks a forwarded request (its value: the forwarding node's id).
+pub const FORWARDED_HEADER: &str = "X-Larder-Forwarded";
+/// The response field naming the node that served the request (cluster mode only).
+pub const NODE_HEADER: &str = "X-Larder-Node";
+/// Idle connections kept per peer per shard.
+pub const IDLE_PER_PEER_MAX: usize = 16;
+/// Peers per shard with idle connections.
+pub const POOLED_PEERS_MAX: usize = 64;
+/// The relay buffer of one forward (and the largest response head).
+pub const RELAY_BUFFER_BYTES: usize = 32 * 1024;
+/// Relay buffers kept for reuse per shard.
+pub const FREE_BUFFERS_MAX: usize = 16;
+/// Connecting to a peer.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// One read from (or write to) a peer.
+pub const READ_TIMEOUT_MS: u64 = 10_000;
+
+/// Timeouts of forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    /// One write to the client (the node's `write_timeout_ms`).
+    pub client_write_timeout_ms: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            read_timeout_ms: READ_TIMEOUT_MS,
+            client_write_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// One shard's forwarding counters (monotonic; [`Cluster::stats`] sums them).
+#[derive(Debug, Default)]
+pub struct ForwardCounters {
+    pub forwards: AtomicU64,
+    pub forward_failures: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub forwarded_in: AtomicU64,
+    pub bad_gateway: AtomicU64,
+    pub stale_reconnects: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How one exchange with a peer failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fail {
+    /// A pooled connection was closed before any response byte: retry on a fresh one.
+    Stale,
+    /// The peer failed before any byte reached the client: serve here.
+    Peer,
+    /// The peer's response cannot be relayed: 502.
+    Malformed,
+    /// The client already has part of a response (or the client failed): close the client connection.
+    Abort { peer_fault: bool },
+}
+
+/// Why an I/O step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoFail {
+    Timeout,
+    Closed,
+}
+
+async fn timed<F: Future>(timeout_ms: u64, future: F) -> Result<F::Output, IoFail> {
+    monoio::time::timeout(Duration::from_millis(timeout_ms), future)
+        .await
+        .map_err(|_| IoFail::Timeout)
+}
+
+/// Reads into `slot[len..RELAY_BUFFER_BYTES]`; 0 means the peer closed. After a timeout `slot` is left empty.
+async fn read_more(
+    stream: &mut TcpStream,
+    slot: &mut Vec<u8>,
+    timeout_ms: u64,
+) -> Result<usize, IoFail> {
+    let buf = std::mem::take(slot);
+    let filled = buf.len();
+    let unfilled = buf.slice_mut(filled..RELAY_BUFFER_BYTES);
+    let (result, slice) = timed(timeout_ms, stream.read(unfilled)).await?;
+    *slot = slice.into_inner();
+    result.map_err(|_| IoFail::Closed)
+}
+
+/// Writes `slot[..to]` completely. After a timeout `slot` is left empty.
+async fn write_prefix(
+    stream: &mut TcpStream,
+    slot: &mut Vec<u8>,
+    to: usize,
+    timeout_ms: u64,
+) -> Result<(), IoFail> {
+    let buf = std::mem::take(slot);
+    let (result, slice) = timed(timeout_ms, stream.write_all(buf.slice(0..to))).await?;
+    *slot = slice.into_inner();
+    result.map(|_| ()).map_err(|_| IoFail::Closed)
+}
+
+/// Whether a request head carries `X-Larder-Forwarded` (any case).
+pub fn is_forwarded(head: &[u8]) -> bool {
+    let name = FORWARDED_HEADER.as_bytes();
+    head.split(|&byte| byte == b'\n').skip(1).any(|line| {
+        line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) && {
+            line[name.len()..]
+                .iter()
+                .find(|byte| !matches!(byte, b' ' | b'\t'))
+                == Some(&b':')
+        }
+    })
+}
+
+/// Step 3: `head` (a whole request head, blank line included) with `X-Larder-Forwarded: <node_id>` added.
+pub fn forwarded_head(out: &mut Vec<u8>, head: &[u8], node_id: SocketAddr) {
+    use std::io::Write as _;
+    out.clear();
+    let fields = if head.ends_with(b"\r\n\r\n") {
+        &head[..head.len() - 2]
+    } else if head.ends_with(b"\n\n") {
+        &head[..head.len() - 1]
+    } else {
+        head
+    };
+    out.extend_from_slice(fields);
+    let _ = write!(out, "{FORWARDED_HEADER}: {node_id}\r\n\r\n");
+}
+
+const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\n502 Bad Gateway\n";
+
+/// One shard's forwarding state: its pool of idle peer connections and spare relay buffers.
+pub(crate) struct Forwarder {
+    cluster: Arc<Cluster>,
+    shard: usize,
+    idle: RefCell<HashMap<SocketAddr, Vec<TcpStream>>>,
+    buffers: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(cluster: Arc<Cluster>, shard: usize) -> Forwarder {
+        assert!(
+            shard < cluster.counters.len(),
+            "shard {shard} of a cluster state made for {} shards",
+            cluster.counters.len()
+        );
+        Forwarder {
+            cluster,
+            shard,
+            idle: RefCell::new(HashMap::new()),
+            buffers: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Steps 1-6 for one parsed request whose whole head is `request` and normalised path is `path`.
+    /// `None`: serve it here. `Some(keep)`: a response was relayed (or a 502 sent); `keep` is whether the client
+    /// connection may stay open as far as the relayed response says.
+    pub(crate) async fn forward(
+        &self,
+        path: &[u8],
+        head: &RequestHead<'_>,
+        request: &[u8],
+        client: &mut TcpStream,
+    ) -> Option<bool> {
+        // Step 1.
+        if head.method == Method::Other || head.content_length > 0 {
+            return None;
+        }
+        let counters = self.cluster.shard_counters(self.shard);
+        if is_forwarded(request) {
+            bump(&counters.forwarded_in);
+            return None;
+        }
+        // Step 2.
+        let path = std::str::from_utf8(path).ok()?;
+        let directory = self.cluster.directory();
+        let Route::Forward(peer) = directory.route(path, self.cluster.now_ms()) else {
+            return None;
+        };
+        // Steps 3-6.
+        let node_id = self.cluster.node_id();
+        let is_head = head.method == Method::Head;
+        let mut buf = self.buffers.borrow_mut().pop().unwrap_or_default();
+        let mut outcome = Err(Fail::Stale);
+        let pooled = self.idle.borrow_mut().get_mut(&peer).and_then(Vec::pop);
+        if let Some(stream) = pooled {
+            forwarded_head(&mut buf, request, node_id);
+            outcome = self
+                .exchange(peer, stream, true, &mut buf, is_head, client)
+                .await;
+            if outcome == Err(Fail::Stale) {
+                bump(&counters.stale_reconnects);
+            }
+        }
+        if outcome == Err(Fail::Stale) {
+            forwarded_head(&mut buf, request, node_id);
+            outcome = match self.connect(peer).await {
+                Some(stream) => {
+                    self.exchange(peer, stream, false, &mut buf, is_head, client)
+                        .await
+                }
+                None => Err(Fail::Peer),
+            };
+        }
+        if buf.capacity() >= RELAY_BUFFER_BYTES {
+            let mut buffers = self.buffers.borrow_mut();
+            if buffers.len() < FREE_BUFFERS_MAX {
+                buffers.push(buf);
+            }
+        }
+        match outcome {
+            Ok(keep) => {
+                bump(&counters.forwards);
+                Some(keep)
+            }
+            Err(Fail::Stale | Fail::Peer) => {
+                bump(&counters.forward_failures);
+                bump(&counters.fallbacks);
+                self.peer_failed(peer);
+                None
+            }
+            Err(Fail::Malformed) => {
+                bump(&counters.bad_gateway);
+                let mut answer = BAD_GATEWAY.to_vec();
+                let timeout_ms = self.cluster.forward.client_write_timeout_ms;
+                let _ = write_prefix(client, &mut answer, BAD_GATEWAY.len(), timeout_ms).await;
+                Some(false)
+            }
+            Err(Fail::Abort { peer_fault }) => {
+                if peer_fault {
+                    bump(&counters.forward_failures);
+                    self.peer_failed(peer);
+                }
+                Some(false)
+            }
+        }
+    }
+
+    fn peer_failed(&self, peer: SocketAddr) {
+        tracing::debug!(%peer, "forward failed; peer suspect");
+        self.cluster
+            .directory()
+            .peer_failed(peer, self.cluster.now_ms());
+        self.idle.borrow_mut().remove(&peer);
+    }
+
+    async fn connect(&self, peer: SocketAddr) -> Option<TcpStream> {
+        let timeout_ms = self.cluster.forward.connect_timeout_ms;
+        match timed(timeout_ms, TcpStream::connect_addr(peer)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Some(stream)
+            }
+            _ => None,
+        }
+    }
+
+    fn put_idle(&self, peer: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() >= POOLED_PEERS_MAX && !idle.contains_key(&peer) {
+            return;
+        }
+        let stack = idle.entry(peer).or_default();
+        if stack.len() < IDLE_PER_PEER_MAX {
+            stack.push(stream);
+        }
+    }
+
+    /// Steps 4-6 on one connection; `buf` holds the forwarded head.
+    async fn exchange(
+        &self,
+        peer: SocketAddr,
+        mut upstream: TcpStream,
+        reused: bool,
+        buf: &mut Vec<u8>,
+        is_head: bool,
+        client: &mut TcpStream,
+    ) -> Result<bool, Fail> {
+        let config = &self.cluster.forward;
+        let silent = if reused { Fail::Stale } else { Fail::Peer };
+        let head_len = buf.len();
+        write_prefix(&mut upstream, buf, head_len, config.read_timeout_ms)
+            .await
+            .map_err(|_| silent)?;
+        buf.clear();
+        buf.reserve(RELAY_BUFFER_BYTES);
+        let response = loop {
+            match parse_response(buf, is_head) {
+                Ok(Some(head)) if head.status >= 200 => break head,
+                Ok(Some(_)) | Err(_) => return Err(Fail::Malformed),
+                Ok(None) if buf.len() >= RELAY_BUFFER_BYTES => return Err(Fail::Malformed),
+                Ok(None) => {}
+            }
+            match read_more(&mut upstream, buf, config.read_timeout_ms).await {
+                Ok(read) if read > 0 => {}
+                Err(IoFail::Timeout) => return Err(Fail::Peer),
+                _ if buf.is_empty() => return Err(silent),
+                _ => return Err(Fail::Peer),
+            }
+        };
+        let until_close = response.framing == BodyFraming::UntilClose;
+        let mut body_left = match response.framing {
+            BodyFraming::Empty => 0,
+            BodyFraming::Length(length) => length,
+            BodyFraming::UntilClose => u64::MAX,
+            BodyFraming::Chunked => return Err(Fail::Malformed),
+        };
+        let mut start = response.head_bytes;
+        let mut leftover = false;
+        loop {
+            let available = buf.len() - start;
+            let take = body_left.min(available as u64) as usize;
+            if !until_close {
+                body_left -= take as u64;
+            }
+            leftover |= start + take < buf.len();
+            write_prefix(client, buf, start + take, config.client_write_timeout_ms)
+                .await
+                .map_err(|_| Fail::Abort { peer_fault: false })?;
+            buf.clear();
+            if body_left == 0 {
+                break;
+            }
+            match read_more(&mut upstream, buf, config.read_timeout_ms).await {
+                Ok(read) if read > 0 => start = 0,
+                Ok(_) if until_close => return Ok(false),
+                _ => return Err(Fail::Abort { peer_fault: true }),
+            }
+        }
+        if response.keep_alive && !leftover {
+            self.put_idle(peer, upstream);
+        }
+        Ok(response.keep_alive)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_field_is_found_in_any_case_and_not_in_the_request_line() {
+        assert!(is_forwarded(
+            b"GET / HTTP/1.1\r\nx-larder-forwarded: 1.2.3.4:5\r\n\r\n"
+        ));
+        assert!(is_forwarded(
+            b"GET / HTTP/1.1\r\nX-Larder-Forwarded : a\r\n\r\n"
+        ));
+        assert!(!is_forwarded(b"GET /X-Larder-Forwarded: HTTP/1.1\r\n\r\n"));
+        assert!(!is_forwarded(
+            b"GET / HTTP/1.1\r\nX-Larder-Forwarded-For: a\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn forwarded_head_adds_one_field_before_the_blank_line() {
+        let node: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut out = Vec::new();
+        forwarded_head(&mut out, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", node);
+        assert_eq!(
+            out,
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-Larder-Forwarded: 127.0.0.1:9\r\n\r\n"
+        );
+        forwarded_head(&mut out, b"GET /a HTTP/1.1\nHost: x\n\n", node);
+        assert_eq!(
+            out,
+            b"GET /a HTTP/1.1\nHost: x\nX-Larder-Forwarded: 127.0.0.1:9\r\n\r\n"
+        );
+        assert!(is_forwarded(&out));
+    }
+}
