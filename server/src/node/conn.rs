@@ -389,6 +389,7 @@ fn record(
     sent: Option<u64>,
 ) {
     let counters = &shard.counters;
+    super::hot::record(shard, head.is_some(), status, &conn.path);
     ShardCounters::add(&counters.requests, 1);
     if let Some(sent) = sent {
         ShardCounters::add(&counters.bytes_sent, sent);

@@ -45,6 +45,7 @@
 
 mod access_log;
 mod conn;
+pub mod hot;
 pub mod iov;
 mod respond;
 mod shard;
@@ -62,8 +63,11 @@ use larder_runtime::topology::{ShardSelection, Topology};
 use larder_runtime::Handoff;
 
 pub use access_log::{format_line, AccessLog, LogEntry};
+pub use hot::{HotCount, HotSketch, HotWindow};
 pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
-pub use steer::{NodeSteer, ShardSteer, SteerError, DELIVERY_TIMEOUT};
+pub use steer::{
+    ContainerLimits, NodeSteer, SchedulerLimits, ShardSteer, SteerError, DELIVERY_TIMEOUT,
+};
 
 use crate::config::ServeConfig;
 

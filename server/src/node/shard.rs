@@ -36,6 +36,7 @@ pub(crate) struct Shard {
     pub node: Arc<NodeShared>,
     pub index: u32,
     pub counters: Arc<ShardCounters>,
+    pub hot: RefCell<super::hot::HotSketch>,
     pub cache: RefCell<ShardCache>,
     pub date: RefCell<DateCache>,
     pub log: Option<RefCell<AccessLog>>,
@@ -96,6 +97,7 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
         }
     };
     context.spawn(receive_handoffs(Rc::clone(&shard)));
+    context.spawn(super::hot::publish_periodically(Rc::clone(&shard)));
     if shard.log.is_some() {
         context.spawn(flush_log_periodically(Rc::clone(&shard)));
     }
@@ -154,6 +156,7 @@ fn build(
     Ok(Shard {
         cluster,
         counters: Arc::clone(&node.counters[index as usize]),
+        hot: RefCell::new(super::hot::HotSketch::new()),
         cache: RefCell::new(cache),
         date: RefCell::new(DateCache::new(SystemTime::now())),
         log,

@@ -1,8 +1,12 @@
 //! Node statistics: per-shard counters written by the shard (relaxed atomics,
-//! one writer each) and read from any thread (the control plane polls them).
+//! one writer each) and read from any thread (the control plane polls them),
+//! and the shard's last hot-target window ([`super::hot`]), which the shard
+//! replaces every 100 ms under a mutex that no request takes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
+use super::hot::HotWindow;
 use crate::cache::CacheCounters;
 
 /// One shard's counters. Monotonic except the `*_active` gauges and the cache's current sizes.
@@ -30,6 +34,8 @@ pub struct ShardCounters {
     pub cache_revalidations: AtomicU64,
     pub cache_stale_reloads: AtomicU64,
     pub access_log_lines_dropped: AtomicU64,
+    /// The last hot-target window the shard published (taken by the shard's tick and the reader only).
+    pub hot: Mutex<HotWindow>,
 }
 
 /// A copy of one shard's counters.
@@ -93,6 +99,14 @@ impl ShardCounters {
             .store(cache.revalidations, Ordering::Relaxed);
         self.cache_stale_reloads
             .store(cache.stale_reloads, Ordering::Relaxed);
+    }
+
+    /// A copy of the last published hot-target window.
+    pub fn hot_window(&self) -> HotWindow {
+        self.hot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self, shard: u32) -> ShardSnapshot {

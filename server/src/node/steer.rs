@@ -1,5 +1,5 @@
 //! Steering a running node from an ordinary thread (the control-plane agent): swap the across-cores policy and
-//! change container shares, without a restart. In the server's own types: this module knows nothing of gRPC.
+//! change container shares and limits, without a restart. In the server's own types: this module knows nothing of gRPC.
 //!
 //! # What it owns
 //! [`NodeSteer`], a `Clone + Send + Sync` handle from [`super::Node::steer`], and [`ShardSteer`], the message a
@@ -25,6 +25,24 @@
 //! `1..=SHARES_MAX`: an error, nothing sent). Then one [`ShardSteer::SetShares`] goes to every shard's control
 //! queue; each shard applies it at its next poll of the queue (`ContainerScheduler::set_shares`).
 //!
+//! # Container limits ([`NodeSteer::set_container_limits`])
+//! [`ContainerLimits`] are per shard, as the control plane defines them (0 = no limit set there). They map onto
+//! the shard's container scheduler, whose refusals are what the node answers with 503 + Retry-After (a
+//! connection is one task of its container, from accept or handoff until it closes or moves):
+//! - `connections_max` → `tasks_max`: a connection placed into a container that already holds
+//!   `connections_max` connections on that shard gets 503 + Retry-After and is closed;
+//! - `queued_work_max` → `queued_max`: tasks ready but not yet polled, checked when a connection is placed;
+//! - 0 → the node's configured `tasks_max` for that container (65,536 by default), so every container keeps a
+//!   limit (and a node joining a control plane whose containers say 0 keeps its own configuration);
+//! - `cpu_percent_max` must be 0: the scheduler divides a busy core by shares and has no CPU cap (a cap needs a
+//!   timer to wake throttled containers, which the scheduler does not own), so a non-zero value is refused with
+//!   [`SteerError::Unsupported`] rather than accepted and ignored.
+//!
+//! 1. Validate: the container is configured, `cpu_percent_max` is 0, the other two are at most
+//!    `TASKS_MAX_LIMIT` (1,048,576). Any error returns before anything is sent.
+//! 2. Send one [`ShardSteer::SetLimits`] to every shard's control queue; each shard applies it at its next poll
+//!    (`ContainerScheduler::set_limits`). Connections already admitted stay; the limit applies to the next one.
+//!
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
@@ -35,7 +53,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use larder_lard::{Policy, PolicyConfig};
-use larder_runtime::container::{ContainerScheduler, SHARES_MAX};
+use larder_runtime::container::{ContainerScheduler, SHARES_MAX, TASKS_MAX_LIMIT};
 use larder_runtime::ControlSender;
 
 use super::{NodeShared, ShardMessage};
@@ -48,6 +66,28 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_millis(100);
 pub enum ShardSteer {
     /// Give the container `container` `shares` CPU shares on this shard.
     SetShares { container: String, shares: u32 },
+    /// Give the container `container` these scheduler limits on this shard.
+    SetLimits {
+        container: String,
+        limits: SchedulerLimits,
+    },
+}
+
+/// One container's limits per shard as the control plane sets them; 0 = no limit set (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerLimits {
+    pub connections_max: u64,
+    pub queued_work_max: u64,
+    pub cpu_percent_max: u32,
+}
+
+/// The container scheduler's limits that [`ContainerLimits`] map onto.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Concurrent connection tasks of the container on one shard.
+    pub tasks_max: u32,
+    /// Ready tasks of the container waiting for a poll, checked when a connection is placed.
+    pub queued_max: u32,
 }
 
 /// Why a steering call was refused. A refused call changed nothing, except [`SteerError::Delivery`], which
@@ -60,6 +100,19 @@ pub enum SteerError {
     UnknownContainer(String),
     #[error("container {container:?}: shares {shares} outside 1..={SHARES_MAX}")]
     Shares { container: String, shares: u32 },
+    #[error("container {container:?}: {limit} {value} above {max}")]
+    Limit {
+        container: String,
+        limit: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("container {container:?}: {limit} is not supported on nodes: {reason}")]
+    Unsupported {
+        container: String,
+        limit: &'static str,
+        reason: &'static str,
+    },
     #[error("shard {shard}: {reason}")]
     Delivery { shard: u32, reason: String },
 }
@@ -73,6 +126,19 @@ impl super::Node {
             .flat_map(|shard| shard.containers.iter())
             .filter(|stats| stats.name == container)
             .map(|stats| stats.shares)
+            .collect()
+    }
+
+    /// The scheduler limits of `container` on each shard, as of each shard's last statistics sample.
+    pub fn container_limits(&self, container: &str) -> Vec<SchedulerLimits> {
+        self.runtime_stats()
+            .iter()
+            .flat_map(|shard| shard.containers.iter())
+            .filter(|stats| stats.name == container)
+            .map(|stats| SchedulerLimits {
+                tasks_max: stats.tasks_max,
+                queued_max: stats.queued_max,
+            })
             .collect()
     }
 }
@@ -138,36 +204,89 @@ impl NodeSteer {
         Ok(true)
     }
 
-    /// The shares of `container` on every shard (module docs).
-    pub fn set_container_shares(&self, container: &str, shares: u32) -> Result<(), SteerError> {
-        if !self
-            .shared
+    /// The node's configuration of `container`.
+    fn configured(&self, container: &str) -> Result<&crate::config::ContainerConfig, SteerError> {
+        self.shared
             .config
             .containers
             .iter()
-            .any(|configured| configured.name == container)
-        {
-            return Err(SteerError::UnknownContainer(container.to_string()));
-        }
-        if !(1..=SHARES_MAX).contains(&shares) {
-            return Err(SteerError::Shares {
-                container: container.to_string(),
-                shares,
-            });
-        }
+            .find(|configured| configured.name == container)
+            .ok_or_else(|| SteerError::UnknownContainer(container.to_string()))
+    }
+
+    /// Sends `steer` to every shard's control queue.
+    fn deliver(&self, steer: &ShardSteer) -> Result<(), SteerError> {
         for control in &self.controls {
-            let message = ShardMessage::Steer(ShardSteer::SetShares {
-                container: container.to_string(),
-                shares,
-            });
             control
-                .send_timeout(message, DELIVERY_TIMEOUT)
+                .send_timeout(ShardMessage::Steer(steer.clone()), DELIVERY_TIMEOUT)
                 .map_err(|refused| SteerError::Delivery {
                     shard: control.shard().0,
                     reason: refused.error.to_string(),
                 })?;
         }
         Ok(())
+    }
+
+    /// The shares of `container` on every shard (module docs).
+    pub fn set_container_shares(&self, container: &str, shares: u32) -> Result<(), SteerError> {
+        self.configured(container)?;
+        if !(1..=SHARES_MAX).contains(&shares) {
+            return Err(SteerError::Shares {
+                container: container.to_string(),
+                shares,
+            });
+        }
+        self.deliver(&ShardSteer::SetShares {
+            container: container.to_string(),
+            shares,
+        })
+    }
+
+    /// Validates `limits` for `container` and maps them onto scheduler limits (module docs, step 1); sends
+    /// nothing.
+    pub fn scheduler_limits(
+        &self,
+        container: &str,
+        limits: ContainerLimits,
+    ) -> Result<SchedulerLimits, SteerError> {
+        let configured = self.configured(container)?;
+        if limits.cpu_percent_max != 0 {
+            return Err(SteerError::Unsupported {
+                container: container.to_string(),
+                limit: "cpu_percent_max",
+                reason: "the container scheduler divides CPU by shares and has no CPU cap; use 0",
+            });
+        }
+        let map = |limit: &'static str, value: u64| -> Result<u32, SteerError> {
+            match value {
+                0 => Ok(configured.tasks_max),
+                value if value <= u64::from(TASKS_MAX_LIMIT) => Ok(value as u32),
+                value => Err(SteerError::Limit {
+                    container: container.to_string(),
+                    limit,
+                    value,
+                    max: u64::from(TASKS_MAX_LIMIT),
+                }),
+            }
+        };
+        Ok(SchedulerLimits {
+            tasks_max: map("connections_max", limits.connections_max)?,
+            queued_max: map("queued_work_max", limits.queued_work_max)?,
+        })
+    }
+
+    /// The limits of `container` on every shard (module docs, steps 1-2). Returns the scheduler limits sent.
+    pub fn set_container_limits(
+        &self,
+        container: &str,
+        limits: ContainerLimits,
+    ) -> Result<SchedulerLimits, SteerError> {
+        let mapped = self.scheduler_limits(container, limits)?;
+        self.deliver(&ShardSteer::SetLimits {
+            container: container.to_string(),
+            limits: mapped,
+        })?;
+        Ok(mapped)
     }
 }
 
@@ -190,20 +309,25 @@ fn copy_members(
 
 /// Applies `steer` on the shard that received it (called from the shard's message loop).
 pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: ShardSteer) {
-    match steer {
-        ShardSteer::SetShares { container, shares } => {
-            let outcome = match scheduler.lookup(&container) {
-                Some(id) => scheduler
-                    .set_shares(id, shares)
-                    .map_err(|error| error.to_string()),
-                None => Err("no such container on this shard".to_string()),
-            };
-            match outcome {
-                Ok(()) => tracing::debug!(shard, %container, shares, "container shares changed"),
-                Err(error) => {
-                    tracing::warn!(shard, %container, shares, %error, "container shares not changed")
-                }
-            }
+    let (container, outcome) = match &steer {
+        ShardSteer::SetShares { container, shares } => (
+            container,
+            scheduler
+                .lookup(container)
+                .map(|id| scheduler.set_shares(id, *shares)),
+        ),
+        ShardSteer::SetLimits { container, limits } => (
+            container,
+            scheduler
+                .lookup(container)
+                .map(|id| scheduler.set_limits(id, limits.tasks_max, limits.queued_max)),
+        ),
+    };
+    match outcome {
+        Some(Ok(())) => tracing::debug!(shard, ?steer, "container changed"),
+        Some(Err(error)) => tracing::warn!(shard, ?steer, %error, "container not changed"),
+        None => {
+            tracing::warn!(shard, %container, ?steer, "container not changed: not on this shard")
         }
     }
 }
@@ -269,6 +393,22 @@ mod tests {
     fn stop(node: Node) {
         node.shutdown();
         node.join().expect("node stops");
+    }
+
+    /// Waits (bounded) until `condition` holds; `describe` says what was seen instead.
+    fn wait_until(mut condition: impl FnMut() -> bool, describe: impl Fn() -> String) {
+        let started = Instant::now();
+        let mut attempts = 0;
+        while !condition() {
+            attempts += 1;
+            assert!(
+                attempts < WAIT_ATTEMPTS_MAX,
+                "after {:?}: {}",
+                started.elapsed(),
+                describe()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
@@ -347,21 +487,83 @@ mod tests {
             Err(SteerError::Shares { .. })
         ));
         steer.set_container_shares("default", 7).expect("delivered");
-        let started = Instant::now();
-        let mut attempts = 0;
-        loop {
-            let shares = node.container_shares("default");
-            if shares == [7, 7] {
-                break;
-            }
-            attempts += 1;
-            assert!(
-                attempts < WAIT_ATTEMPTS_MAX,
-                "shares after {:?}: {shares:?}",
-                started.elapsed()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            || node.container_shares("default") == [7, 7],
+            || format!("shares {:?}", node.container_shares("default")),
+        );
+        stop(node);
+    }
+
+    #[test]
+    fn container_limits_are_validated_first_then_reach_every_shard() {
+        let (node, _root) = start(2, PolicyKind::Wrr);
+        let steer = node.steer();
+        let configured = SchedulerLimits {
+            tasks_max: 65_536,
+            queued_max: 65_536,
+        };
+        let limits = |connections_max, queued_work_max, cpu_percent_max| ContainerLimits {
+            connections_max,
+            queued_work_max,
+            cpu_percent_max,
+        };
+        assert!(matches!(
+            steer.set_container_limits("nope", limits(1, 0, 0)),
+            Err(SteerError::UnknownContainer(_))
+        ));
+        let error = steer
+            .set_container_limits("default", limits(1, 0, 50))
+            .expect_err("no CPU cap on nodes");
+        assert!(
+            matches!(
+                error,
+                SteerError::Unsupported {
+                    limit: "cpu_percent_max",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let too_many = u64::from(TASKS_MAX_LIMIT) + 1;
+        let error = steer
+            .set_container_limits("default", limits(1, too_many, 0))
+            .expect_err("above the scheduler's limit");
+        assert!(error.to_string().contains("queued_work_max"), "{error}");
+        // A shares change travels the same FIFO queues: once it is in force, anything a refused call had sent
+        // would be too.
+        steer.set_container_shares("default", 2).expect("delivered");
+        wait_until(
+            || node.container_shares("default") == [2, 2],
+            || format!("shares {:?}", node.container_shares("default")),
+        );
+        assert_eq!(
+            node.container_limits("default"),
+            [configured, configured],
+            "refused calls changed nothing"
+        );
+
+        let sent = steer
+            .set_container_limits("default", limits(3, 0, 0))
+            .expect("delivered");
+        assert_eq!(
+            sent,
+            SchedulerLimits {
+                tasks_max: 3,
+                queued_max: 65_536
+            },
+            "0 keeps the configured limit"
+        );
+        wait_until(
+            || node.container_limits("default") == [sent, sent],
+            || format!("limits {:?}", node.container_limits("default")),
+        );
+        steer
+            .set_container_limits("default", ContainerLimits::default())
+            .expect("delivered");
+        wait_until(
+            || node.container_limits("default") == [configured, configured],
+            || format!("limits {:?}", node.container_limits("default")),
+        );
         stop(node);
     }
 }
