@@ -226,7 +226,7 @@ enum SessionEnd {
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.
 #[derive(Clone, Debug)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub(crate) struct Bearer(pub(crate) Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {

@@ -351,6 +351,7 @@ pub fn target_view_to_pb(view: &TargetView) -> pb::TargetInfo {
                 shard: shard.0,
             })
             .collect(),
+        assigned_node_ids: view.assigned.iter().map(|id| id.0.clone()).collect(),
     }
 }
 

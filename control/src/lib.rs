@@ -15,6 +15,9 @@
 //!   rendering for `larder ctl`.
 //! - [`agent`]: [`NodeAgent::spawn`] registers a node, streams its load and applies
 //!   steering through [`NodeHooks`], on its own thread and tokio runtime.
+//! - [`assign`]: the cluster dispatcher of distributed mode (one lard policy over
+//!   the nodes) behind `NodeService.Assign`; [`assign_client`]: [`AssignFeeder`],
+//!   the node side that fetches assignments in batches.
 //!
 //! # Why this shape
 //! The data plane runs one pinned thread per core with its own I/O runtime; tokio
@@ -26,6 +29,8 @@
 //! [`agent`] (report queue, backoff).
 
 pub mod agent;
+pub mod assign;
+pub mod assign_client;
 pub mod auth;
 pub mod client;
 pub mod convert;
@@ -36,6 +41,10 @@ pub mod state;
 pub use larder_proto as proto;
 
 pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
+pub use assign::{Assignment, ASSIGN_TARGETS_MAX, ASSIGN_TTL_DEFAULT};
+pub use assign_client::{
+    AssignFeeder, AssignFeederConfig, AssignFeederError, AssignFeederHandle, AssignFeederStats,
+};
 pub use client::{CtlClient, CtlError};
 pub use server::{
     Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,

@@ -40,6 +40,7 @@ use tokio_stream::wrappers::{IntervalStream, ReceiverStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Steering};
@@ -120,8 +121,11 @@ pub struct ControlConfig {
     pub policy: PolicyConfig,
     pub containers: Vec<Container>,
     /// Names this instance in steering; default: nanoseconds since the Unix epoch at start.
+    /// Also seeds the cluster policy's RNG (fix it for repeatable assignments).
     pub epoch: Option<u64>,
     pub clock: Arc<dyn Clock>,
+    /// How long nodes may use an Assign answer (1 ms..=1 h; default 1000 ms).
+    pub assign_ttl: Duration,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -134,6 +138,7 @@ impl std::fmt::Debug for ControlConfig {
             .field("policy", &self.policy)
             .field("containers", &self.containers)
             .field("epoch", &self.epoch)
+            .field("assign_ttl", &self.assign_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +155,7 @@ impl ControlConfig {
             containers: vec![Container::default_container()],
             epoch: None,
             clock: Arc::new(SystemClock),
+            assign_ttl: ASSIGN_TTL_DEFAULT,
         }
     }
 }
@@ -181,6 +187,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     auth: Authorizer,
     shutdown: watch::Receiver<bool>,
+    assign_ttl_ms: u64,
 }
 
 impl Shared {
@@ -489,6 +496,33 @@ impl NodeService for NodeServiceImpl {
         }))
     }
 
+    async fn assign(
+        &self,
+        request: Request<pb::AssignRequest>,
+    ) -> Result<Response<pb::AssignResponse>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let request = request.into_inner();
+        let id = node_id("node_id", request.node_id)?;
+        let now = self.0.clock.now();
+        // Assign never changes the steering version: no publish, no down detection
+        // (the sweeper runs it every report interval).
+        let outcome = self.0.lock().assign(now, &id, request.targets);
+        let assignments = outcome.map_err(|error| match error {
+            AssignError::State(error) => convert::status(error),
+            AssignError::NoLiveNode => Status::unavailable(error.to_string()),
+        })?;
+        Ok(Response::new(pb::AssignResponse {
+            assignments: assignments
+                .into_iter()
+                .map(|assignment| pb::Assignment {
+                    target: assignment.target,
+                    node_ids: assignment.node_ids.into_iter().map(|id| id.0).collect(),
+                })
+                .collect(),
+            ttl_ms: self.0.assign_ttl_ms,
+        }))
+    }
+
     type WatchSteeringStream = BoxStream<pb::Steering>;
 
     async fn watch_steering(
@@ -563,6 +597,12 @@ fn default_epoch() -> u64 {
 impl ControlPlane {
     /// Starts a control plane on a new thread; returns once it listens.
     pub fn spawn(config: ControlConfig) -> Result<ControlHandle, ControlError> {
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&config.assign_ttl) {
+            return Err(ControlError::Config(StateError::Invalid {
+                field: "assign_ttl".to_string(),
+                reason: format!("{:?} is outside 1 ms..=1 h", config.assign_ttl),
+            }));
+        }
         let state = ClusterState::new(StateConfig {
             epoch: config.epoch.unwrap_or_else(default_epoch),
             report_interval: config.report_interval,
@@ -634,6 +674,7 @@ async fn serve(
         clock: Arc::clone(&config.clock),
         auth: Authorizer::new(config.token.clone()),
         shutdown,
+        assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
     });
 
     let reflection_v1 = reflection_builder()

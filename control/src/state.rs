@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use larder_lard::{ConfigError, PolicyConfig, PolicyKind, WEIGHT_MAX};
 
+use crate::assign::{node_load, AssignError, Assigner, Assignment, MemberSnapshot};
+
 /// Most nodes in the registry.
 pub const NODES_MAX: usize = 1024;
 /// Most shards (cores) of one node.
@@ -245,6 +247,22 @@ pub struct TargetView {
     pub target: String,
     pub requests_per_second: f64,
     pub servers: Vec<(NodeId, ShardId)>,
+    /// Distributed mode: the nodes Assign last gave this target, first = preferred.
+    pub assigned: Vec<NodeId>,
+    /// Assign answers given for this target (ranks targets no node reports as hot).
+    pub assignments: u64,
+}
+
+impl TargetView {
+    fn unseen(target: &str) -> TargetView {
+        TargetView {
+            target: target.to_string(),
+            requests_per_second: 0.0,
+            servers: Vec::new(),
+            assigned: Vec::new(),
+            assignments: 0,
+        }
+    }
 }
 
 /// A container with its cluster-wide CPU time and rejections (nodes that are up).
@@ -320,6 +338,8 @@ pub struct ClusterState {
     containers: BTreeMap<ContainerName, Container>,
     version: u64,
     reports_received: u64,
+    /// The cluster dispatcher of distributed mode; see [`crate::assign`].
+    assigner: Assigner,
 }
 
 fn validate_name(field: &str, name: &str) -> Result<(), StateError> {
@@ -392,6 +412,7 @@ impl ClusterState {
             containers.insert(container.name.clone(), container.clone());
         }
         Ok(ClusterState {
+            assigner: Assigner::new(&config.policy, config.epoch),
             epoch: config.epoch,
             report_interval: config.report_interval,
             down_after: config.report_interval * config.down_after_intervals,
@@ -516,6 +537,8 @@ impl ClusterState {
         hot_targets.truncate(HOT_TARGETS_PER_NODE_MAX);
         hot_targets.retain(|target| target.target.len() <= TARGET_BYTES_MAX);
         entry.hot_targets = hot_targets;
+        self.assigner
+            .set_load(&entry.info.node_id, node_load(&entry.shards));
         entry.last_seen = now;
         entry.reports_received += 1;
         self.reports_received += 1;
@@ -541,7 +564,36 @@ impl ClusterState {
         if changed {
             self.version += 1;
         }
+        self.sync_assigner();
         changed
+    }
+
+    /// Brings the cluster policy in line with the registry (cheap when the version has not moved).
+    fn sync_assigner(&mut self) {
+        let members = self.nodes.values().map(|entry| MemberSnapshot {
+            node_id: &entry.info.node_id,
+            weight: entry.weight,
+            up: !entry.down,
+            drained: entry.drained,
+            load: node_load(&entry.shards),
+        });
+        self.assigner.sync(self.version, &self.policy, members);
+    }
+
+    /// Which nodes serve each target of `node_id`'s batch (distributed mode; see
+    /// [`crate::assign`]). Validated whole first: a rejected call assigns nothing.
+    pub fn assign(
+        &mut self,
+        now: Instant,
+        node_id: &NodeId,
+        targets: Vec<String>,
+    ) -> Result<Vec<Assignment>, AssignError> {
+        if !self.nodes.contains_key(node_id) {
+            return Err(StateError::NodeNotFound(node_id.0.clone()).into());
+        }
+        Assigner::validate(&targets)?;
+        self.sync_assigner();
+        self.assigner.assign(now, targets)
     }
 
     /// Applies a partial policy and weight changes together, or nothing.
@@ -742,16 +794,13 @@ impl ClusterState {
         } else {
             limit
         };
+        let assigned = self.assigner.targets(limit);
         let mut merged: HashMap<&str, TargetView> = HashMap::new();
         for entry in self.nodes.values().filter(|entry| !entry.down) {
             for target in &entry.hot_targets {
                 let view = merged
                     .entry(target.target.as_str())
-                    .or_insert_with(|| TargetView {
-                        target: target.target.clone(),
-                        requests_per_second: 0.0,
-                        servers: Vec::new(),
-                    });
+                    .or_insert_with(|| TargetView::unseen(&target.target));
                 view.requests_per_second += target.requests_per_second;
                 view.servers.extend(
                     target
@@ -761,10 +810,18 @@ impl ClusterState {
                 );
             }
         }
+        for target in &assigned {
+            let view = merged
+                .entry(target.target.as_str())
+                .or_insert_with(|| TargetView::unseen(&target.target));
+            view.assigned.clone_from(&target.node_ids);
+            view.assignments = target.assignments;
+        }
         let mut targets: Vec<TargetView> = merged.into_values().collect();
         targets.sort_by(|a, b| {
             b.requests_per_second
                 .total_cmp(&a.requests_per_second)
+                .then_with(|| b.assignments.cmp(&a.assignments))
                 .then_with(|| a.target.cmp(&b.target))
         });
         targets.truncate(limit);
