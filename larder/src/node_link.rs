@@ -14,9 +14,18 @@
 //! # Applying steering ([`ServeHooks::apply`])
 //! - The policy: when it differs from the one in force, [`NodeSteer::set_policy`] swaps it (a single-shard node
 //!   records it; it takes effect with more shards).
-//! - Containers: a container the node has whose shares differ from the last ones applied gets
-//!   [`NodeSteer::set_container_shares`]; containers the node does not have are ignored (they belong to other
-//!   nodes). Limits are not applied: the node's `tasks_max` comes from its own configuration.
+//! - Containers the node does not have are ignored (they belong to other nodes). For one the node has:
+//!   1. its limits are validated and mapped onto the shards' scheduler limits first
+//!      ([`NodeSteer::scheduler_limits`]: `connections_max` → `tasks_max`, `queued_work_max` → `queued_max`,
+//!      0 → the node's configured `tasks_max`); a limit the node cannot enforce (`cpu_percent_max` ≠ 0: the
+//!      scheduler has no CPU cap) or out of range refuses the whole container, shares included (logged);
+//!   2. shares that differ from the last ones applied go out with [`NodeSteer::set_container_shares`];
+//!   3. scheduler limits that differ from the last ones applied go out with
+//!      [`NodeSteer::set_container_limits`]. A connection placed into a container at its `connections_max` on
+//!      that shard is answered 503 + Retry-After.
+//!
+//!   The first "last applied" values are the node's configuration, so a control plane that repeats them (the
+//!   embedded one, or one whose containers say 0) changes nothing.
 //! - Node weights and drain flags steer the distribution across nodes (dispatchers), not across the cores of
 //!   one node, so a node ignores them.
 //!
@@ -30,22 +39,30 @@
 //! # Load reports
 //! Per shard: active connections, requests in progress as queued work, requests/s and bytes/s over the last
 //! interval (the first report has no interval: rates 0), cache bytes/hits/misses/evictions, handoffs sent,
-//! thread CPU time, and per-container CPU time and rejections (sampled by the shard every 100 ms). Hot targets
-//! are not reported: the node's policy knows targets only by hash.
+//! thread CPU time, and per-container CPU time and rejections (sampled by the shard every 100 ms).
+//!
+//! Hot targets: every shard counts the paths it serves in a 64-counter sketch and publishes its last 100 ms
+//! window (`larder_server::node::hot`); a report merges the shards' windows by path into
+//! `TargetLoad { target, requests_per_second, shards }` (rates summed, the shards that served it), the
+//! [`HOT_TARGETS_PER_NODE_MAX`] (64) highest rates first. A target appears while it is being served and leaves
+//! one window after its traffic stops.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
     AgentConfig, Container, ContainerLimits, ContainerLoad, ContainerName, ControlConfig,
     ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ShardId,
-    ShardLoad, Steering,
+    ShardLoad, Steering, TargetLoad,
 };
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
-use larder_server::node::{NodeSteer, ShardSnapshot, StatsReader};
+use larder_server::node::{
+    self, HotWindow, NodeSteer, SchedulerLimits, ShardSnapshot, StatsReader,
+};
 use larder_server::{Node, ServeConfig};
 
 /// Where the node's control plane is.
@@ -181,13 +198,20 @@ fn node_containers(config: &ServeConfig) -> Vec<Container> {
         .collect()
 }
 
+/// What was last applied to one container of this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Applied {
+    shares: u32,
+    limits: SchedulerLimits,
+}
+
 /// [`NodeHooks`] for a running node.
 pub struct ServeHooks {
     stats: StatsReader,
     runtime: Vec<StatsHandle>,
     steer: NodeSteer,
-    /// Shares last applied per container of this node.
-    shares: HashMap<String, u32>,
+    /// Shares and limits last applied per container of this node (first: its configuration).
+    applied: HashMap<String, Applied>,
     /// The previous report's counters, for rates.
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
 }
@@ -198,10 +222,20 @@ impl ServeHooks {
             stats: node.stats_reader(),
             runtime: node.runtime_stats_handles(),
             steer: node.steer(),
-            shares: config
+            applied: config
                 .containers
                 .iter()
-                .map(|container| (container.name.clone(), container.shares))
+                .map(|container| {
+                    let applied = Applied {
+                        shares: container.shares,
+                        // As each shard builds the container.
+                        limits: SchedulerLimits {
+                            tasks_max: container.tasks_max,
+                            queued_max: container.tasks_max,
+                        },
+                    };
+                    (container.name.clone(), applied)
+                })
                 .collect(),
             previous: None,
         }
@@ -216,25 +250,66 @@ impl ServeHooks {
         }
     }
 
+    /// Module docs, "Applying steering", containers steps 1-3.
     fn apply_containers(&mut self, containers: &[Container]) {
         for container in containers {
-            let Some(applied) = self.shares.get_mut(&container.name.0) else {
+            let name = &container.name.0;
+            let Some(applied) = self.applied.get_mut(name) else {
                 continue; // another node's container
             };
-            if *applied == container.shares {
-                continue;
-            }
-            match self
-                .steer
-                .set_container_shares(&container.name.0, container.shares)
-            {
-                Ok(()) => *applied = container.shares,
+            let requested = node::ContainerLimits {
+                connections_max: container.limits.connections_max,
+                queued_work_max: container.limits.queued_work_max,
+                cpu_percent_max: container.limits.cpu_percent_max,
+            };
+            let limits = match self.steer.scheduler_limits(name, requested) {
+                Ok(limits) => limits,
                 Err(error) => {
-                    tracing::warn!(container = %container.name, %error, "steering: shares not applied")
+                    tracing::warn!(%error, "steering: container not changed");
+                    continue;
+                }
+            };
+            if applied.shares != container.shares {
+                match self.steer.set_container_shares(name, container.shares) {
+                    Ok(()) => applied.shares = container.shares,
+                    Err(error) => tracing::warn!(%error, "steering: shares not applied"),
+                }
+            }
+            if applied.limits != limits {
+                match self.steer.set_container_limits(name, requested) {
+                    Ok(sent) => applied.limits = sent,
+                    Err(error) => tracing::warn!(%error, "steering: limits not applied"),
                 }
             }
         }
     }
+}
+
+/// The shards' hot-target windows merged by path: rates summed, the shards that served each target, the
+/// [`HOT_TARGETS_PER_NODE_MAX`] highest rates first (ties by path). `windows` is indexed by shard id.
+fn hot_targets(windows: &[HotWindow]) -> Vec<TargetLoad> {
+    let mut merged: HashMap<&str, TargetLoad> = HashMap::new();
+    for (shard, window) in windows.iter().enumerate() {
+        for target in &window.targets {
+            let load = merged
+                .entry(target.path.as_str())
+                .or_insert_with(|| TargetLoad {
+                    target: target.path.clone(),
+                    requests_per_second: 0.0,
+                    shards: Vec::new(),
+                });
+            load.requests_per_second += window.rate(target.requests);
+            load.shards.push(ShardId(shard as u32));
+        }
+    }
+    let mut targets: Vec<TargetLoad> = merged.into_values().collect();
+    targets.sort_by(|a, b| {
+        b.requests_per_second
+            .total_cmp(&a.requests_per_second)
+            .then_with(|| a.target.cmp(&b.target))
+    });
+    targets.truncate(HOT_TARGETS_PER_NODE_MAX);
+    targets
 }
 
 /// `(later - earlier) / seconds`, 0 without an interval.
@@ -297,7 +372,7 @@ impl NodeHooks for ServeHooks {
         self.previous = Some((now, stats.shards));
         NodeLoad {
             shards,
-            hot_targets: Vec::new(),
+            hot_targets: hot_targets(&self.stats.hot_windows()),
         }
     }
 
@@ -434,6 +509,51 @@ mod tests {
         assert_eq!(mode(true, None, None), ControlMode::Off);
         let error = control_mode(false, None, Some("nowhere")).expect_err("not IP:PORT");
         assert!(format!("{error:#}").contains("--join nowhere"), "{error:#}");
+    }
+
+    #[test]
+    fn hot_targets_merge_shards_by_path_highest_rate_first() {
+        use larder_server::node::HotCount;
+        let window = |window_ms, targets: &[(&str, u64)]| HotWindow {
+            window_ms,
+            requests: targets.iter().map(|(_, count)| count).sum(),
+            skipped: 0,
+            targets: targets
+                .iter()
+                .map(|&(path, requests)| HotCount {
+                    path: path.to_string(),
+                    requests,
+                })
+                .collect(),
+        };
+        let windows = [
+            window(100, &[("/a", 30), ("/b", 10)]),
+            window(200, &[("/b", 40), ("/c", 2)]),
+            window(0, &[]),
+        ];
+        let merged: Vec<(String, f64, Vec<u32>)> = hot_targets(&windows)
+            .into_iter()
+            .map(|load| {
+                let shards = load.shards.iter().map(|shard| shard.0).collect();
+                (load.target, load.requests_per_second, shards)
+            })
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                ("/a".to_string(), 300.0, vec![0]),
+                ("/b".to_string(), 300.0, vec![0, 1]),
+                ("/c".to_string(), 10.0, vec![1]),
+            ],
+            "rates summed over the shards, ties by path"
+        );
+
+        let many: Vec<(String, u64)> = (0..200).map(|n| (format!("/{n:03}"), n)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(path, n)| (path.as_str(), *n)).collect();
+        let top = hot_targets(&[window(100, &many)]);
+        assert_eq!(top.len(), HOT_TARGETS_PER_NODE_MAX);
+        assert_eq!(top[0].target, "/199");
+        assert_eq!(top[HOT_TARGETS_PER_NODE_MAX - 1].target, "/136");
     }
 
     #[test]

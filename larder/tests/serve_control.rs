@@ -1,12 +1,17 @@
 //! `larder serve` as a real process with its control plane: the embedded one lists its node, `--join` registers
-//! with a standalone `larder control`, and SIGTERM stops the node and its control link with exit 0.
+//! with a standalone `larder control`, SIGTERM stops the node and its control link with exit 0, ListTargets shows
+//! the paths a node serves with the shards serving them, and SetContainer's `connections_max` turns a second
+//! concurrent connection away with 503 + Retry-After.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
+use larder_control::proto::v1 as pb;
 use larder_control::CtlClient;
 
 /// A bounded wait: `condition` is tried every 20 ms for at most 30 s.
@@ -110,10 +115,37 @@ fn lists(control: &str, http: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn root_with_a_file() -> tempfile::TempDir {
+fn root_with_files(names: &[&str]) -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("tempdir");
-    std::fs::write(root.path().join("a.txt"), "a").expect("write");
+    for name in names {
+        std::fs::write(root.path().join(name), name).expect("write");
+    }
     root
+}
+
+fn root_with_a_file() -> tempfile::TempDir {
+    root_with_files(&["a.txt"])
+}
+
+/// One GET of `path` on `stream`, left open (keep-alive): the status line and headers of the answer.
+fn get_keep_alive(stream: &mut TcpStream, path: &str) -> String {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 * 1024, "head too long");
+        stream.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("utf-8 head");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("Content-Length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("read body");
+    head
 }
 
 #[test]
@@ -142,4 +174,130 @@ fn join_registers_with_a_standalone_control_plane() {
     get_ok(&http, "/a.txt");
     assert_eq!(node.terminate(), 0);
     assert_eq!(plane.terminate(), 0);
+}
+
+#[test]
+fn list_targets_shows_the_hot_paths_and_the_shards_serving_them() {
+    const PATHS: [&str; 2] = ["/a.txt", "/b.txt"];
+    let root = root_with_files(&["a.txt", "b.txt", "c.txt"]);
+    let settings = tempfile::tempdir().expect("tempdir");
+    let config = settings.path().join("larder.toml");
+    std::fs::write(&config, "shard_header = true\n").expect("write config");
+    let config = config.to_str().expect("utf-8 path");
+    let (mut node, http) = serve(
+        root.path(),
+        &["--control", "127.0.0.1:0", "--config", config],
+    );
+    let control = node.line_after("control plane on ");
+    let mut ctl = CtlClient::connect(&control, None).expect("ctl connects");
+    // The shards each path was served by, from the X-Larder-Shard header.
+    let mut served: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+    let mut listed = Vec::new();
+    wait_for(
+        "ListTargets shows both paths with the shards that served them",
+        || {
+            // Keep the paths hot: the node reports the last 100 ms of traffic.
+            for _ in 0..10 {
+                for path in PATHS {
+                    let (answer, shard) = common::get(&http, path);
+                    assert!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
+                    assert!(shard < 2, "X-Larder-Shard names shard 0 or 1: {answer}");
+                    served.entry(path).or_default().insert(shard);
+                }
+            }
+            let Ok(targets) = ctl.list_targets(10) else {
+                return false;
+            };
+            listed = targets.targets;
+            PATHS.iter().all(|path| {
+                listed.iter().any(|target| {
+                    target.target == *path
+                        && target.requests_per_second > 0.0
+                        && !target.servers.is_empty()
+                        && target.servers.iter().all(|server| {
+                            server.node_id == http && served[path].contains(&server.shard)
+                        })
+                })
+            })
+        },
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|target| PATHS.contains(&target.target.as_str())),
+        "only served paths are hot (/c.txt was never asked for): {listed:?}"
+    );
+    assert_eq!(node.terminate(), 0);
+}
+
+#[test]
+fn set_container_connections_max_1_answers_a_second_connection_503_with_retry_after() {
+    let root = root_with_a_file();
+    // Consistent hashing keeps /a.txt on one shard: every connection asking for it ends up in that shard's
+    // "default" container, so its limit of 1 (per shard) is reached by the first.
+    let (mut node, http) = serve(
+        root.path(),
+        &["--control", "127.0.0.1:0", "--policy", "hash"],
+    );
+    let control = node.line_after("control plane on ");
+    wait_for("ListNodes shows the node", || lists(&control, &http));
+    let mut ctl = CtlClient::connect(&control, None).expect("ctl connects");
+    let mut first = TcpStream::connect(&http).expect("connect");
+    let head = get_keep_alive(&mut first, "/a.txt");
+    assert!(head.starts_with("HTTP/1.1 200"), "before the limit: {head}");
+
+    let limits = pb::ContainerLimits {
+        connections_max: 1,
+        queued_work_max: 0,
+        cpu_percent_max: 0,
+    };
+    ctl.set_container(pb::SetContainerRequest {
+        container: Some(pb::Container {
+            name: "default".to_string(),
+            shares: 1,
+            limits: Some(limits),
+        }),
+        create: false,
+    })
+    .expect("SetContainer");
+    let containers = ctl.list_containers().expect("ListContainers");
+    assert!(
+        containers
+            .containers
+            .iter()
+            .any(|status| status
+                .container
+                .as_ref()
+                .is_some_and(
+                    |container| container.name == "default" && container.limits == Some(limits)
+                )),
+        "ListContainers shows the limits: {containers:?}"
+    );
+
+    let mut rejected = String::new();
+    wait_for(
+        "a second connection is refused while the first is open",
+        || {
+            let (answer, _) = common::get(&http, "/a.txt");
+            if answer.starts_with("HTTP/1.1 200") {
+                return false; // the node has not applied the limit yet
+            }
+            rejected = answer;
+            true
+        },
+    );
+    assert!(rejected.starts_with("HTTP/1.1 503"), "{rejected}");
+    assert!(rejected.contains("Retry-After: "), "{rejected}");
+    let head = get_keep_alive(&mut first, "/a.txt");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the first connection is still served: {head}"
+    );
+
+    drop(first);
+    wait_for(
+        "with the first connection closed, a new one is served",
+        || common::get(&http, "/a.txt").0.starts_with("HTTP/1.1 200"),
+    );
+    assert_eq!(node.terminate(), 0);
 }
