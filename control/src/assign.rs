@@ -34,7 +34,7 @@
 //! | limit | value | why |
 //! |---|---|---|
 //! | [`ASSIGN_TARGETS_MAX`] | 1024 targets a call | bounds the time the state lock is held (~1024 decisions) and the answer's size (≤ 1024 × (1 KiB + 3 ids)) |
-//! | [`ASSIGNED_NODES_MAX`] | 3 ids a target | lard's decision: the choice + `FALLBACKS_MAX` other set members (LARD/R; 1 id otherwise) |
+//! | [`ASSIGNED_NODES_MAX`] | 3 ids a target | lard's decision: the choice + `FALLBACKS_MAX` alternatives (LARD/R; 1 id otherwise) |
 //! | [`ASSIGNED_TARGETS_MAX`] | 65 536 targets | ListTargets' table: two generations of 32 768; a target not assigned for a whole generation is forgotten (≤ ~70 MB at 1 KiB names, ~5 MB at typical 64 B) |
 //! | [`ASSIGN_TTL_DEFAULT`] | 1000 ms | how long nodes cache an answer: a moved target reaches every node within one TTL |
 //! | target bytes | 1..=[`TARGET_BYTES_MAX`] (1024) | as everywhere in the control plane |
@@ -48,8 +48,8 @@ use crate::state::{NodeId, ShardLoad, StateError, TARGET_BYTES_MAX};
 
 /// Most targets in one Assign call.
 pub const ASSIGN_TARGETS_MAX: usize = 1024;
-/// Most node ids in one target's answer: the choice and, under LARD/R, the other
-/// members of its server set that lard's decision carries (`FALLBACKS_MAX`).
+/// Most node ids in one target's answer: the choice and, under LARD/R, the
+/// alternatives lard's decision carries (`FALLBACKS_MAX`).
 pub const ASSIGNED_NODES_MAX: usize = 1 + FALLBACKS_MAX;
 /// Most targets the ListTargets table remembers (two generations of half this).
 pub const ASSIGNED_TARGETS_MAX: usize = 1 << 16;
@@ -60,8 +60,10 @@ pub const ASSIGN_TTL_DEFAULT: Duration = Duration::from_millis(1000);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub target: String,
-    /// 1 node, or under LARD/R 1..=[`ASSIGNED_NODES_MAX`] members of the target's
-    /// server set; distinct, all up and not drained when answered.
+    /// 1 node, or under LARD/R 1..=[`ASSIGNED_NODES_MAX`]: the chosen node, then
+    /// the other members of the target's server set (while the set has one member,
+    /// the runners-up of lard's least-loaded scan). Distinct, all up and not
+    /// drained when answered.
     pub node_ids: Vec<NodeId>,
 }
 
@@ -180,8 +182,9 @@ impl AssignedTable {
 }
 
 /// The answer for one decision: the chosen server, then under LARD/R (`set`) the
-/// other members of the target's server set that the decision carries. Other
-/// policies' fallbacks are runners-up of one scan, not a set, and vary call to call.
+/// decision's fallbacks (the set's other members, or the runners-up of the scan
+/// that placed a new target). Other policies answer one node: a LARD answer would
+/// otherwise carry runners-up only on the calls that ran a scan.
 fn servers_of(decision: &Decision, set: bool) -> [Option<ServerId>; ASSIGNED_NODES_MAX] {
     let mut servers = [None; ASSIGNED_NODES_MAX];
     servers[0] = Some(decision.server);
