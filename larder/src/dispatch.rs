@@ -1,5 +1,9 @@
-//! `larder dispatch`: flags → `DispatchConfig` → a running front-end → exit 0 after SIGINT/SIGTERM once the
-//! exchanges in flight are finished.
+//! `larder dispatch`: flags → `DispatchConfig` → a running front-end (and, with `--control`, its control-plane
+//! link, `dispatch_link.rs`) → exit 0 after SIGINT/SIGTERM once the exchanges in flight are finished.
+//!
+//! Back-ends come from `--backend` flags, from the control plane (`--control` without `--backend`), or both
+//! (`--backend` with `--control`: only those back-ends, steered by the control plane). With neither flag the
+//! command fails naming both. `--no-control` ignores the control plane.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +12,7 @@ use anyhow::Context as _;
 use larder_dispatch::{DispatchConfig, Dispatcher};
 use larder_lard::{PolicyConfig, PolicyKind};
 
+use crate::dispatch_link::{self, BackendSource, DispatchLink, LinkConfig};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
@@ -15,8 +20,9 @@ pub struct DispatchArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// A back-end HTTP/1.1 server, IP:PORT (repeat the flag for each back-end).
-    #[arg(long = "backend", required = true)]
+    /// A back-end HTTP/1.1 server, IP:PORT (repeat the flag for each back-end). Optional with --control: the
+    /// control plane's nodes are then the back-ends.
+    #[arg(long = "backend")]
     backends: Vec<String>,
     /// Distribution policy: lard-r, lard, wrr, lc, ch or ch-bl [default: lard-r].
     #[arg(long, default_value = "lard-r")]
@@ -33,12 +39,47 @@ pub struct DispatchArgs {
     /// Requests in flight to one back-end before 503 + Retry-After [default: 1024].
     #[arg(long = "pending-max")]
     pending_max: Option<u32>,
-    /// Do not contact a control plane (the only mode in this build).
-    #[arg(long = "no-control")]
+    /// Do not contact a control plane (back-ends only from --backend).
+    #[arg(long = "no-control", conflicts_with = "control")]
     no_control: bool,
-    /// Address of the control plane's gRPC endpoint (accepted, not wired yet).
+    /// The control plane's gRPC address, HOST:PORT: back-ends (without --backend), drain, node state, weights,
+    /// load and the policy come from it, polled every --control-interval-ms.
     #[arg(long)]
     control: Option<String>,
+    /// Bearer token for the control plane, if it has one.
+    #[arg(long)]
+    token: Option<String>,
+    /// Milliseconds between two polls of the control plane [default: 100].
+    #[arg(long = "control-interval-ms", default_value_t = dispatch_link::INTERVAL_MS_DEFAULT)]
+    control_interval_ms: u64,
+}
+
+/// The control-plane link the flags ask for, if any.
+fn link_config(args: &DispatchArgs) -> anyhow::Result<Option<LinkConfig>> {
+    let control = match (&args.control, args.no_control) {
+        (Some(control), false) => control,
+        _ if args.backends.is_empty() => anyhow::bail!(
+            "no back-ends: give --backend IP:PORT (one or more) or --control HOST:PORT (the control plane's nodes)"
+        ),
+        _ => return Ok(None),
+    };
+    if !dispatch_link::INTERVAL_MS_RANGE.contains(&args.control_interval_ms) {
+        anyhow::bail!(
+            "--control-interval-ms {}: expected {}..={}",
+            args.control_interval_ms,
+            dispatch_link::INTERVAL_MS_RANGE.start(),
+            dispatch_link::INTERVAL_MS_RANGE.end()
+        );
+    }
+    let source = if args.backends.is_empty() {
+        BackendSource::Discover
+    } else {
+        BackendSource::Explicit
+    };
+    let mut config = LinkConfig::new(control.clone(), source);
+    config.token = args.token.clone();
+    config.interval_ms = args.control_interval_ms;
+    Ok(Some(config))
 }
 
 fn config_from(args: &DispatchArgs) -> anyhow::Result<DispatchConfig> {
@@ -71,18 +112,30 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let link_config = link_config(&args)?;
     let config = config_from(&args)?;
-    match (&args.control, args.no_control) {
-        (Some(control), false) => tracing::info!(
-            %control,
-            "--control accepted; the dispatcher's control-plane link is not wired yet"
-        ),
-        _ => tracing::info!("running without a control plane"),
+    if link_config.is_none() {
+        tracing::info!("running without a control plane");
     }
     // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
     // thread takes them, in sigwait.
     let signals = TerminationSignals::block()?;
     let dispatcher = Dispatcher::start(config).context("starting the dispatcher")?;
+    let link = match link_config {
+        Some(link_config) => {
+            tracing::info!(control = %link_config.control, source = ?link_config.source, "control-plane link");
+            let started = DispatchLink::start(link_config, dispatcher.handle());
+            match started {
+                Ok(link) => Some(link),
+                Err(error) => {
+                    dispatcher.shutdown();
+                    let _ = dispatcher.join();
+                    return Err(error).context("starting the control-plane link");
+                }
+            }
+        }
+        None => None,
+    };
     println!(
         "larder: dispatching on http://{} with {} shards",
         dispatcher.local_addr(),
@@ -90,6 +143,13 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     );
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing exchanges in flight");
+    // The link first, so nothing is applied while the dispatcher drains.
+    if let Some(link) = link {
+        tracing::info!(stats = ?link.stats(), "stopping the control-plane link");
+        if !link.shutdown() {
+            tracing::warn!("the control-plane link was still in a call; it ends with the process");
+        }
+    }
     dispatcher.shutdown();
     let report = dispatcher.join().context("stopping the dispatcher")?;
     if !report.fully_drained() {

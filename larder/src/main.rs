@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod control;
 mod ctl;
 mod dispatch;
+mod dispatch_link;
 mod node_link;
 mod serve;
 mod signals;
