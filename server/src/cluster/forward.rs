@@ -24,6 +24,8 @@
 //!   dropped, and the request is served here (`fallbacks`): the client never sees the failure.
 //! - A malformed response head, one larger than the relay buffer, an interim 1xx or a chunked body (larder
 //!   nodes never send one): 502 and the client connection closes (`bad_gateway`).
+//! - A response that fits the relay buffer (head + body ≤ 32 KiB) is read whole before its first byte is
+//!   written to the client, so a peer dying mid-response is a failure before any byte too.
 //! - A failure after bytes reached the client closes the client connection (it sees a truncated response).
 //!
 //! # Limits
@@ -362,6 +364,15 @@ impl Forwarder {
             BodyFraming::UntilClose => u64::MAX,
             BodyFraming::Chunked => return Err(Fail::Malformed),
         };
+        // A response that fits the relay buffer reaches the client whole or not at all: read it all before
+        // the first write, so a peer dying mid-response still falls back to local service.
+        let whole = (response.head_bytes as u64).saturating_add(body_left);
+        while !until_close && (buf.len() as u64) < whole && buf.len() < RELAY_BUFFER_BYTES {
+            match read_more(&mut upstream, buf, config.read_timeout_ms).await {
+                Ok(read) if read > 0 => {}
+                _ => return Err(Fail::Peer),
+            }
+        }
         let mut start = response.head_bytes;
         let mut leftover = false;
         loop {
