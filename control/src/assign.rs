@@ -35,7 +35,7 @@
 //! |---|---|---|
 //! | [`ASSIGN_TARGETS_MAX`] | 1024 targets a call | bounds the time the state lock is held (~1024 decisions) and the answer's size (≤ 1024 × (1 KiB + 3 ids)) |
 //! | [`ASSIGNED_NODES_MAX`] | 3 ids a target | lard's decision: the choice + `FALLBACKS_MAX` alternatives (LARD/R; 1 id otherwise) |
-//! | [`ASSIGNED_TARGETS_MAX`] | 65 536 targets | ListTargets' table: two generations of 32 768; a target not assigned for a whole generation is forgotten (≤ ~70 MB at 1 KiB names, ~5 MB at typical 64 B) |
+//! | [`ASSIGNED_TARGETS_MAX`] | 65 536 targets | ListTargets' table: two generations of 32 768; a target not assigned for a whole generation is forgotten (≤ ~75 MB at 1 KiB names, ~10 MB at 64 B ones) |
 //! | [`ASSIGN_TTL_DEFAULT`] | 1000 ms | how long nodes cache an answer: a moved target reaches every node within one TTL |
 //! | target bytes | 1..=[`TARGET_BYTES_MAX`] (1024) | as everywhere in the control plane |
 
