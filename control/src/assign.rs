@@ -430,6 +430,7 @@ impl Assigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn ids(names: &[&str]) -> Vec<NodeId> {
         names.iter().map(|name| NodeId(name.to_string())).collect()
@@ -547,6 +548,76 @@ mod tests {
             (3 * generation / ASSIGN_TARGETS_MAX) as u64
         );
         assert_eq!(top[0].node_ids, nodes);
+    }
+
+    /// One registry state of the property test: per node (up, drained, load).
+    type Registry = Vec<(bool, bool, u32)>;
+
+    fn registry() -> impl proptest::strategy::Strategy<Value = Registry> {
+        use proptest::prelude::*;
+        proptest::collection::vec((any::<bool>(), any::<bool>(), 0u32..200), 4)
+    }
+
+    proptest::proptest! {
+        /// Over any sequence of membership changes, loads and batches, under every
+        /// policy: each answer names 1..=3 distinct nodes that are up and undrained
+        /// (1 unless LARD/R), every target of a batch is answered in order, and under
+        /// LARD a target stays on its node while that node stays live and lightly loaded.
+        #[test]
+        fn answers_name_live_nodes_and_lard_keeps_locality(
+            kind in proptest::sample::select(PolicyKind::ALL.to_vec()),
+            seed in proptest::prelude::any::<u64>(),
+            steps in proptest::collection::vec((registry(), 0usize..40), 1..12),
+        ) {
+            let nodes = ids(&["n0", "n1", "n2", "n3"]);
+            let config = PolicyConfig::new(kind);
+            let mut assigner = Assigner::new(&config, seed);
+            let mut owners: HashMap<String, NodeId> = HashMap::new();
+            let now = Instant::now();
+            for (version, (registry, batch)) in steps.into_iter().enumerate() {
+                let members = nodes.iter().zip(&registry).map(|(node_id, &(up, drained, load))| {
+                    MemberSnapshot { node_id, weight: 1, up, drained, load }
+                });
+                assigner.sync(version as u64 + 1, &config, members);
+                let live: Vec<&NodeId> = nodes
+                    .iter()
+                    .zip(&registry)
+                    .filter(|(_, &(up, drained, _))| up && !drained)
+                    .map(|(node_id, _)| node_id)
+                    .collect();
+                let targets: Vec<String> = (0..batch).map(|index| format!("/t{}", index % 16)).collect();
+                let outcome = assigner.assign(now, targets.clone());
+                if live.is_empty() {
+                    proptest::prop_assert_eq!(outcome, Err(AssignError::NoLiveNode), "seed {}", seed);
+                    continue;
+                }
+                let answers = outcome.expect("a live node exists");
+                let answered: Vec<&String> = answers.iter().map(|a| &a.target).collect();
+                proptest::prop_assert_eq!(answered, targets.iter().collect::<Vec<_>>());
+                for answer in &answers {
+                    let ids = &answer.node_ids;
+                    let most = if kind == PolicyKind::LardR { ASSIGNED_NODES_MAX } else { 1 };
+                    proptest::prop_assert!((1..=most).contains(&ids.len()), "seed {}: {:?}", seed, answer);
+                    for (index, id) in ids.iter().enumerate() {
+                        proptest::prop_assert!(live.contains(&id), "seed {}: {:?} not live", seed, id);
+                        proptest::prop_assert!(!ids[..index].contains(id), "seed {}: duplicate in {:?}", seed, ids);
+                    }
+                    if kind == PolicyKind::Lard {
+                        let owner = &ids[0];
+                        let light = |id: &NodeId| {
+                            let index = nodes.iter().position(|node| node == id).expect("known node");
+                            registry[index].2 <= config.lard.t_high
+                        };
+                        if let Some(previous) = owners.get(&answer.target) {
+                            if live.contains(&previous) && light(previous) {
+                                proptest::prop_assert_eq!(owner, previous, "seed {}: {} moved", seed, &answer.target);
+                            }
+                        }
+                        owners.insert(answer.target.clone(), owner.clone());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
