@@ -271,9 +271,9 @@ fn one_keep_alive_connection_is_distributed_per_request() {
     let mut connection = connect(&cluster.addrs[1]);
     let mut served_by = HashSet::new();
     for round in 0..3 {
-        for index in 0..FILES {
+        for (index, owner) in owners.iter().enumerate() {
             let response = get_on(&mut connection, &path(index)).expect("keep-alive GET");
-            assert_served_by_owner(&response, index, &owners[index]);
+            assert_served_by_owner(&response, index, owner);
             assert!(
                 response.keep_alive,
                 "round {round}: {} kept the connection",
