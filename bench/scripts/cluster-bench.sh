@@ -5,6 +5,11 @@
 #   lard-r, ch-bl, wrr  `larder dispatch --policy …`
 #   haproxy             HAProxy as its users configure content-aware balancing: balance uri, hash-type
 #                       consistent, hash-balance-factor 150, keep-alive to the servers (http-reuse safe)
+#   dist-lard-r, dist-ch-bl, dist-wrr
+#                       distributed mode, no front-end: `larder control --policy …` + the 4 nodes started with
+#                       `larder serve --cluster --join`; the clients are spread over the 4 nodes (one
+#                       larder-bench per node, CONNECTIONS/4 connections each, seeds 7..10, results summed) and
+#                       each node serves a target or forwards it to the node the control plane assigned
 # Every front-end gets fresh back-ends (cold caches), a warm-up run, then a measured run; runs of all front-ends
 # alternate in each round (the order rotates by round). Per run:
 #   req/s                 larder-bench `requests_per_sec` (JSON)
@@ -16,7 +21,8 @@
 # Targets (issue 7): LARD/R byte hit ratio ≥ 0.9 while WRR's stays near one node's; file bytes/request ≥ 5×
 # lower than WRR's; larder dispatch ≥ 1.0× HAProxy's req/s with a hit ratio at least HAProxy's.
 #
-# Usage: bench/scripts/cluster-bench.sh         (ROUNDS=3 DURATION=20 WARMUP=10 FRONTENDS="lard-r ch-bl wrr haproxy")
+# Usage: bench/scripts/cluster-bench.sh         (ROUNDS=3 DURATION=20 WARMUP=10
+#                                                FRONTENDS="lard-r ch-bl wrr haproxy dist-lard-r dist-ch-bl dist-wrr")
 #        LARDER=… LARDER_BENCH=… bench/scripts/cluster-bench.sh   (skip the cargo build)
 #        FILES=10000 SIZES=fixed:10240 CACHE_MB=32 ZIPF=1.0 CONNECTIONS=64 bench/scripts/cluster-bench.sh
 set -euo pipefail
@@ -24,7 +30,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-10}
-FRONTENDS=${FRONTENDS:-"lard-r ch-bl wrr haproxy"}
+FRONTENDS=${FRONTENDS:-"lard-r ch-bl wrr haproxy dist-lard-r dist-ch-bl dist-wrr"}
 FILES=${FILES:-10000}
 SIZES=${SIZES:-fixed:10240}
 CACHE_MB=${CACHE_MB:-32}
@@ -58,11 +64,14 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 backend_pids=()
-start_backends() {
+CONTROL_PORT=$((BASE_PORT + 50))
+start_backends() { # [control flags…]: the default is --no-control
+    local control=("$@")
+    [[ ${#control[@]} -gt 0 ]] || control=(--no-control)
     backend_pids=()
     for i in "${!backend_cpus[@]}"; do
         local port=$((BASE_PORT + 1 + i)) cpu=${backend_cpus[$i]}
-        "$LARDER" serve --listen "127.0.0.1:$port" --cores "$cpu-$cpu" --cache-mb "$CACHE_MB" --no-control \
+        "$LARDER" serve --listen "127.0.0.1:$port" --cores "$cpu-$cpu" --cache-mb "$CACHE_MB" "${control[@]}" \
             "$WORK/site" >"$WORK/backend-$i.log" 2>&1 &
         backend_pids+=($!); pids+=($!)
         wait_port "$port"
@@ -109,23 +118,52 @@ EOF
     wait_port "$FRONT_PORT"
 }
 
-load() { # duration_s → JSON on stdout
-    taskset -c "$CLIENT_CPUS" "$LARDER_BENCH" "http://127.0.0.1:$FRONT_PORT/" --files "$WORK/site/files.txt" \
-        --zipf "$ZIPF" --seed 7 -c "$CONNECTIONS" -d "${1}s" --json -q
+# Distributed mode: the control plane with the policy, then the 4 nodes joining it (front_pid = the control plane).
+start_cluster() {
+    "$LARDER" control --listen "127.0.0.1:$CONTROL_PORT" --policy "${1#dist-}" >"$WORK/front.log" 2>&1 &
+    front_pid=$!; pids+=($front_pid)
+    wait_port "$CONTROL_PORT"
+    start_backends --cluster --join "127.0.0.1:$CONTROL_PORT"
+}
+
+load() { # duration_s [port] [connections] [seed] → JSON on stdout
+    taskset -c "$CLIENT_CPUS" "$LARDER_BENCH" "http://127.0.0.1:${2:-$FRONT_PORT}/" --files "$WORK/site/files.txt" \
+        --zipf "$ZIPF" --seed "${4:-7}" -c "${3:-$CONNECTIONS}" -d "${1}s" --json -q
+}
+
+# One larder-bench per node at once; their JSON summed into the fields the report uses.
+load_spread() { # duration_s → JSON on stdout
+    local i per=$(((CONNECTIONS + ${#backend_cpus[@]} - 1) / ${#backend_cpus[@]})) runs=()
+    for i in "${!backend_cpus[@]}"; do
+        load "$1" $((BASE_PORT + 1 + i)) "$per" $((7 + i)) >"$WORK/spread-$i.json" &
+        runs+=($!)
+    done
+    wait "${runs[@]}"
+    python3 - "$WORK"/spread-*.json <<'PY'
+import json, sys
+runs = [json.load(open(path)) for path in sys.argv[1:]]
+print(json.dumps({key: sum(run[key] for run in runs) for key in ("requests_per_sec", "responses", "bytes_per_sec", "errors")}))
+PY
 }
 
 read -ra fronts <<<"$FRONTENDS"
 results=$WORK/results.tsv
 : >"$results"
-printf '%-8s %5s %12s %16s %14s %8s\n' frontend round req/s file_B/request byte_hit_ratio errors
+printf '%-11s %5s %12s %16s %14s %8s\n' frontend round req/s file_B/request byte_hit_ratio errors
 for ((round = 1; round <= ROUNDS; round++)); do
     for ((k = 0; k < ${#fronts[@]}; k++)); do
         kind=${fronts[$(((k + round - 1) % ${#fronts[@]}))]}
-        start_backends
-        start_frontend "$kind"
-        load "$WARMUP" >/dev/null
+        if [[ $kind == dist-* ]]; then
+            start_cluster "$kind"
+            run=load_spread
+        else
+            start_backends
+            start_frontend "$kind"
+            run=load
+        fi
+        $run "$WARMUP" >/dev/null
         before=$(rchar_total)
-        json=$(load "$DURATION")
+        json=$($run "$DURATION")
         after=$(rchar_total)
         stop "$front_pid" "${backend_pids[@]}"
         line=$(python3 -c '
@@ -136,7 +174,7 @@ print("%.0f\t%.0f\t%.3f\t%d" % (r["requests_per_sec"], read / responses, 1 - rea
 ' "$json" "$((after - before))" "$DURATION")
         printf '%s\t%s\t%s\n' "$kind" "$round" "$line" >>"$results"
         IFS=$'\t' read -r rps bpr hit errors <<<"$line"
-        printf '%-8s %5s %12s %16s %14s %8s\n' "$kind" "$round" "$rps" "$bpr" "$hit" "$errors"
+        printf '%-11s %5s %12s %16s %14s %8s\n' "$kind" "$round" "$rps" "$bpr" "$hit" "$errors"
     done
 done
 echo "medians over $ROUNDS rounds (site: $FILES files, $SIZES; caches: 4 x $CACHE_MB MiB; zipf $ZIPF; $CONNECTIONS connections):"
@@ -148,9 +186,13 @@ for line in open(sys.argv[1]):
     rows[kind].append((float(rps), float(bpr), float(hit), int(errors)))
 med = {k: tuple(statistics.median(col) for col in zip(*v)) for k, v in rows.items()}
 for kind, (rps, bpr, hit, errors) in med.items():
-    print(f"  {kind:8s} req/s {rps:10.0f}  file B/request {bpr:10.0f}  byte hit ratio {hit:6.3f}  errors {errors:.0f}")
+    print(f"  {kind:11s} req/s {rps:10.0f}  file B/request {bpr:10.0f}  byte hit ratio {hit:6.3f}  errors {errors:.0f}")
 if "wrr" in med and "lard-r" in med and med["lard-r"][1] > 0:
     print(f"  WRR / LARD-R file bytes per request: {med['wrr'][1] / med['lard-r'][1]:.1f}x")
 if "haproxy" in med and "lard-r" in med:
     print(f"  LARD-R / HAProxy req/s: {med['lard-r'][0] / med['haproxy'][0]:.2f}x")
+if "dist-wrr" in med and "dist-lard-r" in med and med["dist-lard-r"][1] > 0:
+    print(f"  distributed: WRR / LARD-R file bytes per request: {med['dist-wrr'][1] / med['dist-lard-r'][1]:.1f}x")
+if "dist-lard-r" in med and "lard-r" in med:
+    print(f"  distributed / dispatcher LARD-R req/s: {med['dist-lard-r'][0] / med['lard-r'][0]:.2f}x")
 EOF

@@ -4,6 +4,7 @@
 //! - [`config`]: `ServeConfig`, from defaults, TOML and flags, validated at start.
 //! - [`node`]: the running node: shards, connections, routing, containers, statistics.
 //! - [`cache`]: the per-shard object cache (GreedyDual-Size, single-copy reads).
+//! - [`cluster`]: distributed mode: the target directory and forwarding to the owning node.
 
 pub mod cache;
 pub mod cluster;
