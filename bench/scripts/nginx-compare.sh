@@ -9,7 +9,8 @@
 #   1m    GET /1m.bin, keep-alive, 16 connections                        → bytes/s, p50, p99
 #   zipf  Zipf(alpha=$ZIPF_ALPHA) over 10,000 files of 16 KiB (160 MiB), larder --cache-mb $ZIPF_CACHE_MB (smaller
 #         than the set), a seeded wrk Lua script picks the paths           → req/s, p50, p99
-# Prints one table of medians over rounds and the ratio larder/nginx per metric.
+# Prints one table of medians over rounds and the ratio larder/nginx per metric. Exits 1, naming the server, workload
+# and round, when wrk reports socket errors or non-2xx/3xx responses (a ratio of such a run would be garbage).
 # Targets (issue 4): 4k on one core ≥ 1.2× nginx req/s with p99 ≤ nginx's; 1m ≥ 0.9× nginx bytes/s.
 #
 # Usage: bench/scripts/nginx-compare.sh                     (ROUNDS=3 DURATION=10 SERVER_CORES=0 CLIENT_CPUS=1)
@@ -143,14 +144,25 @@ parse_wrk() {
     END { printf "%.0f %.0f %.0f %.0f\n", rps, bps, p50, p99 }'
 }
 
-run_wrk() { # $1 port, $2 workload
-    local port=$1 workload=$2 args=()
+# Runs wrk and prints its parsed result; exits non-zero, naming the server, workload and round, when wrk fails,
+# reports socket errors (connect/read/write/timeout) or non-2xx/3xx responses, or measured no requests: a ratio of
+# such a run would be garbage.
+run_wrk() { # $1 server, $2 port, $3 workload, $4 round ("warm-up" or a number)
+    local server=$1 port=$2 workload=$3 round=$4 args=() output
     case $workload in
         4k) args=(-c "$CONNECTIONS" "http://127.0.0.1:$port/4k.html") ;;
         1m) args=(-c 16 "http://127.0.0.1:$port/1m.bin") ;;
         zipf) args=(-c "$CONNECTIONS" -s "$WORK/zipf.lua" "http://127.0.0.1:$port/") ;;
     esac
-    ZIPF_ALPHA=$ZIPF_ALPHA taskset -c "$CLIENT_CPUS" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${args[@]}" | parse_wrk
+    fail() { echo "nginx-compare: $server, workload $workload, round $round: $1" >&2; echo "$output" >&2; exit 1; }
+    output=$(ZIPF_ALPHA=$ZIPF_ALPHA taskset -c "$CLIENT_CPUS" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency \
+        "${args[@]}" 2>&1) || fail "wrk exited with status $?"
+    if grep -q "Socket errors:" <<<"$output"; then fail "wrk reported socket errors"; fi
+    if grep -q "Non-2xx or 3xx responses:" <<<"$output"; then fail "wrk reported non-2xx/3xx responses"; fi
+    if ! awk '$1 == "Requests/sec:" && $2 > 0 { found = 1 } END { exit !found }' <<<"$output"; then
+        fail "wrk measured no requests"
+    fi
+    parse_wrk <<<"$output"
 }
 
 # CPU time (utime + stime, clock ticks) of a process and its children (nginx workers), all threads.
@@ -175,8 +187,8 @@ for workload in $WORKLOADS; do
     : >"$WORK/larder.$workload"
     : >"$WORK/nginx.$workload"
     # Warm both (first reads, caches), untimed.
-    DURATION=2 run_wrk "$LARDER_PORT" "$workload" >/dev/null
-    DURATION=2 run_wrk "$NGINX_PORT" "$workload" >/dev/null
+    DURATION=2 run_wrk larder "$LARDER_PORT" "$workload" warm-up >/dev/null
+    DURATION=2 run_wrk nginx "$NGINX_PORT" "$workload" warm-up >/dev/null
     for ((round = 1; round <= ROUNDS; round++)); do
         if ((round % 2)); then order="nginx larder"; else order="larder nginx"; fi
         for server in $order; do
@@ -185,7 +197,7 @@ for workload in $WORKLOADS; do
             pid=$NGINX_PID
             [[ $server == larder ]] && pid=$LARDER_PID
             ticks_before=$(cpu_ticks "$pid")
-            result=$(run_wrk "$port" "$workload")
+            result=$(run_wrk "$server" "$port" "$workload" "$round")
             ticks=$(($(cpu_ticks "$pid") - ticks_before))
             # Server CPU µs per request: robust to other load on the machine (timing columns are not).
             echo "$result $(awk -v t="$ticks" -v hz="$TICKS_PER_S" -v r="${result%% *}" -v d="$DURATION" \

@@ -5,8 +5,11 @@
 //!
 //! Model:
 //! - A cached file is one immutable `Bytes` buffer plus its metadata, shared by `Arc`. A response sends the header
-//!   and `object.body.slice(range)` with a vectored write: the body is never copied in user space and serving it
-//!   allocates nothing (`server/tests/zero_copy.rs` counts: < 4 KiB per response for a 1 MiB object).
+//!   and `object.body.slice(range)`: the body is never copied in user space and serving it allocates nothing
+//!   (`server/tests/zero_copy.rs` and `node_zero_copy.rs` count: < 4 KiB per response for a 1 MiB object). Bodies
+//!   under `SPLICE_BYTES_MIN` (64 KiB) go out with the header in one vectored write; larger ones live in their own
+//!   read-only anonymous mapping ([`read`]'s `Mapping`) and go out with `vmsplice` + `splice`, so the kernel does
+//!   not copy them into the socket either ([`MappedSlice`], `node::splice`).
 //!   `Arc` rather than `Rc` so another shard may borrow an object (cross-shard fetch) without copying it.
 //! - A miss reads the file once into the buffer that becomes the `Bytes` (`O_DIRECT`, or a buffered read followed
 //!   by `posix_fadvise(DONTNEED)`; see [`read`]), so the cache holds the only copy in memory. The read is
@@ -42,8 +45,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use gds::{CostModel, GdsMap, Priority};
-pub use object::{CachedObject, FileMeta};
-pub use read::{FileStream, LargeFile, ReadMode, ReadPath, STREAM_CHUNK_BYTES_DEFAULT};
+pub use object::{CachedObject, FileMeta, MappedSlice};
+pub use read::{
+    FileStream, LargeFile, Loaded, ReadMode, ReadPath, SPLICE_BYTES_MIN, STREAM_CHUNK_BYTES_DEFAULT,
+};
 
 /// Bytes charged per entry on top of its body and path: the metadata memory of one entry, from the type sizes
 /// (`size_of`, x86-64): hash-table slot 112 B at load ≤ 7/8 and power-of-two growth (130–260 B), queue entry 48 B in
@@ -328,7 +333,7 @@ impl ShardCache {
     fn load(&mut self, path: &Path, now_ms: u64) -> Result<Fetched, CacheError> {
         let file = std::fs::File::open(path)?;
         let mut attempt = 1;
-        let (meta, body) = loop {
+        let (meta, loaded) = loop {
             let stat = file.metadata()?;
             if stat.is_dir() {
                 return Err(CacheError::IsDirectory);
@@ -338,29 +343,32 @@ impl ShardCache {
                 self.counters.too_large += 1;
                 return Ok(Fetched::TooLarge(LargeFile { meta, file }));
             }
-            let (body, read_path) =
-                read::read_whole(&file, meta.size_bytes, self.config.read_mode)?;
-            match read_path {
+            let loaded = read::read_whole(&file, meta.size_bytes, self.config.read_mode)?;
+            match loaded.path {
                 ReadPath::Direct => self.counters.direct_reads += 1,
                 ReadPath::Buffered => self.counters.buffered_reads += 1,
             }
             // A body shorter than its stat size would contradict the Content-Length and ETag built from `meta`:
             // the file shrank while being read (or is a sysfs-like file whose size is not its length).
-            if body.len() as u64 == meta.size_bytes {
-                break (meta, body);
+            if loaded.body.len() as u64 == meta.size_bytes {
+                break (meta, loaded);
             }
             if attempt == LOAD_ATTEMPTS_MAX {
                 return Err(CacheError::Io(io::Error::other(format!(
                     "file length changed while reading: stat said {} bytes, read {}",
                     meta.size_bytes,
-                    body.len()
+                    loaded.body.len()
                 ))));
             }
             attempt += 1;
         };
-        let charged_bytes = Self::charged_bytes(path, body.len() as u64);
+        let charged_bytes = Self::charged_bytes(path, loaded.body.len() as u64);
         let increment = self.config.cost_model.priority_increment(charged_bytes);
-        let object = Arc::new(CachedObject { body, meta });
+        let object = Arc::new(CachedObject {
+            body: loaded.body,
+            body_mapped: loaded.mapped,
+            meta,
+        });
         let entry = Entry {
             object: Arc::clone(&object),
             validated_ms: now_ms,

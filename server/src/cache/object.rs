@@ -83,6 +83,9 @@ fn mtime_of(stat: &Metadata) -> SystemTime {
 pub struct CachedObject {
     /// The whole file, read once. Responses send `body.slice(range)`: slices share this one buffer.
     pub body: Bytes,
+    /// True when `body` lives in its own read-only anonymous mapping (`read::Mapping`; every body of at least
+    /// `SPLICE_BYTES_MIN` bytes does): its pages may be handed to a pipe with `vmsplice` and on to the socket.
+    pub body_mapped: bool,
     /// The version `body` was read from.
     pub meta: FileMeta,
 }
@@ -92,5 +95,29 @@ impl CachedObject {
     /// no copy, no allocation.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Bytes {
         self.body.slice(range)
+    }
+
+    /// The bytes of `range` as a [`MappedSlice`] when they should go out with `vmsplice` + `splice` rather than
+    /// `writev`: the body is mapped and the slice is at least `SPLICE_BYTES_MIN` bytes long. `None` otherwise.
+    pub fn mapped_slice(&self, range: std::ops::Range<usize>) -> Option<MappedSlice> {
+        let long_enough = (range.end - range.start) as u64 >= super::read::SPLICE_BYTES_MIN;
+        (self.body_mapped && long_enough).then(|| MappedSlice(self.body.slice(range)))
+    }
+}
+
+/// A slice of a body that lives in its own read-only anonymous mapping: the only bytes the connection layer hands to
+/// `vmsplice` (see `read::Mapping` for why heap bytes must never be). Built only by [`CachedObject::mapped_slice`].
+#[derive(Clone, Debug)]
+pub struct MappedSlice(Bytes);
+
+impl MappedSlice {
+    /// The bytes (they share the mapping).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The bytes, for a `writev` fallback.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
     }
 }

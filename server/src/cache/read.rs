@@ -4,12 +4,16 @@
 //! 1. Files of at least `DIRECT_READ_BYTES_MIN` (64 KiB) under [`ReadMode::DirectOrDropCache`] get `O_DIRECT`
 //!    (set on the open descriptor with `fcntl(F_SETFL)`) and are read by DMA into a 4 KiB-aligned buffer whose length
 //!    is the file size rounded up to 4 KiB (at most 4 KiB − 1 bytes of slack, < 6.25% at 64 KiB). The page cache
-//!    never holds the data.
+//!    never holds the data. The buffer is its own anonymous mapping ([`Mapping`]), read-only once filled.
 //! 2. Otherwise — smaller files, a file system without `O_DIRECT` (`EINVAL`, e.g. older tmpfs), or
 //!    [`ReadMode::DropCache`] — a buffered read into a `Vec` of exactly the file size (which `Bytes::from` adopts
-//!    without copying), then `posix_fadvise(DONTNEED)` over the file so the page cache drops its copy. Dropping
-//!    is advisory: dirty or mapped pages stay.
+//!    without copying), or into a [`Mapping`] for files of at least [`SPLICE_BYTES_MIN`] (64 KiB), then
+//!    `posix_fadvise(DONTNEED)` over the file so the page cache drops its copy. Dropping is advisory: dirty or
+//!    mapped pages stay.
 //! 3. [`ReadMode::PageCache`] skips both (the double-buffering baseline, for benchmarks).
+//!
+//! Every body of at least [`SPLICE_BYTES_MIN`] bytes ends up in a [`Mapping`] (flagged in [`Loaded::mapped`]), so the
+//! connection layer may send it with `vmsplice` + `splice`; [`Mapping`] states why that is safe.
 //!
 //! Cost: the read is synchronous, so a miss blocks the shard for one file read (open + fstat + read + close).
 //! Measured here (`cargo bench -p larder-micro --bench cache -- cache_miss`, ext4 on a virtual disk, on a machine
@@ -22,7 +26,6 @@
 //! most of the memory; when the budget is far below the free memory, [`ReadMode::PageCache`] lets the kernel's
 //! page cache act as a second level behind the shard caches (at the price of double buffering).
 
-use std::alloc::{self, Layout};
 use std::fs::File;
 use std::io;
 use std::num::NonZeroU64;
@@ -41,6 +44,11 @@ pub const DIRECT_ALIGN_BYTES: usize = 4096;
 /// Files smaller than this are read buffered (then dropped from the page cache): below 64 KiB the rounding slack of
 /// an aligned buffer and an uncached device read cost more than the kernel's copy.
 pub const DIRECT_READ_BYTES_MIN: u64 = 64 * 1024;
+
+/// Bodies of at least this many bytes are read into their own anonymous mapping ([`Mapping`]) and sent with
+/// `vmsplice` + `splice` instead of `writev` (one copy fewer: the socket references the cached pages). Below it the
+/// two extra system calls and the pipe cost more than the copy they save.
+pub const SPLICE_BYTES_MIN: u64 = 64 * 1024;
 
 /// Default chunk size of [`FileStream`]: 256 KiB per `pread`, one reused buffer per stream.
 pub const STREAM_CHUNK_BYTES_DEFAULT: usize = 256 * 1024;
@@ -66,9 +74,21 @@ pub enum ReadPath {
     Buffered,
 }
 
+/// What [`read_whole`] read.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file's bytes.
+    pub body: Bytes,
+    /// How they were read.
+    pub path: ReadPath,
+    /// True when `body` lives in its own read-only anonymous mapping ([`Mapping`]): always for `O_DIRECT` reads and
+    /// for files of at least [`SPLICE_BYTES_MIN`]; only such bodies may be handed to `vmsplice`.
+    pub mapped: bool,
+}
+
 /// Reads the whole of `file` (whose `fstat` said `size_bytes`) once, per `mode`. A file that shrank meanwhile gives
 /// fewer bytes; one that grew is cut at `size_bytes` (revalidation then sees the new size or mtime and reloads).
-pub fn read_whole(file: &File, size_bytes: u64, mode: ReadMode) -> io::Result<(Bytes, ReadPath)> {
+pub fn read_whole(file: &File, size_bytes: u64, mode: ReadMode) -> io::Result<Loaded> {
     let size =
         usize::try_from(size_bytes).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
     if mode == ReadMode::DirectOrDropCache
@@ -76,21 +96,37 @@ pub fn read_whole(file: &File, size_bytes: u64, mode: ReadMode) -> io::Result<(B
         && enable_direct(file)
     {
         match read_direct(file, size) {
-            Ok(body) => return Ok((body, ReadPath::Direct)),
+            Ok(body) => {
+                return Ok(Loaded {
+                    body,
+                    path: ReadPath::Direct,
+                    mapped: true,
+                })
+            }
             // Some file systems accept the flag and refuse the read; fall back to the buffered path.
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => disable_direct(file)?,
             Err(error) => return Err(error),
         }
     }
-    let mut buffer = vec![0u8; size];
-    let length = read_at_most(file, &mut buffer, 0, size)?;
-    buffer.truncate(length);
+    let mapped = size_bytes >= SPLICE_BYTES_MIN;
+    let body = if mapped {
+        read_buffered_mapped(file, size)?
+    } else {
+        let mut buffer = vec![0u8; size];
+        let length = read_at_most(file, &mut buffer, 0, size)?;
+        buffer.truncate(length);
+        // A Vec whose length equals its capacity becomes a Bytes without copying (a shorter one keeps its buffer).
+        Bytes::from(buffer)
+    };
     if mode != ReadMode::PageCache {
         // Advisory; a failure leaves a second copy in the page cache but the body is correct.
         let _ = rustix::fs::fadvise(file, 0, None::<NonZeroU64>, Advice::DontNeed);
     }
-    // A Vec whose length equals its capacity becomes a Bytes without copying (a shorter one also keeps its buffer).
-    Ok((Bytes::from(buffer), ReadPath::Buffered))
+    Ok(Loaded {
+        body,
+        path: ReadPath::Buffered,
+        mapped,
+    })
 }
 
 fn enable_direct(file: &File) -> bool {
@@ -107,12 +143,16 @@ fn disable_direct(file: &File) -> io::Result<()> {
 }
 
 fn read_direct(file: &File, size: usize) -> io::Result<Bytes> {
-    let capacity = size.div_ceil(DIRECT_ALIGN_BYTES) * DIRECT_ALIGN_BYTES;
-    let mut buffer = AlignedBuffer::zeroed(capacity.max(DIRECT_ALIGN_BYTES));
+    let mut mapping = Mapping::anonymous(size)?;
     // Offsets and lengths stay multiples of 4 KiB: every read but the last (at end of file) returns whole blocks.
-    let length = read_at_most(file, buffer.as_mut_slice(), 0, size)?;
-    buffer.set_len(length.min(size));
-    Ok(Bytes::from_owner(buffer))
+    let length = read_at_most(file, mapping.as_mut_slice(), 0, size)?;
+    mapping.freeze(length.min(size))
+}
+
+fn read_buffered_mapped(file: &File, size: usize) -> io::Result<Bytes> {
+    let mut mapping = Mapping::anonymous(size)?;
+    let length = read_at_most(file, &mut mapping.as_mut_slice()[..size], 0, size)?;
+    mapping.freeze(length)
 }
 
 /// Reads from `offset` until `wanted` bytes (at most `buffer.len()`) are in or the file ends; returns the bytes
@@ -130,60 +170,102 @@ fn read_at_most(file: &File, buffer: &mut [u8], offset: u64, wanted: usize) -> i
     Ok(filled)
 }
 
-/// A zeroed heap buffer aligned to `DIRECT_ALIGN_BYTES`, owned by the `Bytes` it becomes.
-struct AlignedBuffer {
+/// A body in its own anonymous mapping (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`), owned by the `Bytes` it becomes and
+/// unmapped when that `Bytes` (and every slice of it) is dropped.
+///
+/// Why a mapping and not the heap: a body of at least [`SPLICE_BYTES_MIN`] is sent with `vmsplice` + `splice`
+/// (`node::splice`), which hands the mapping's *pages* to a pipe and then to the socket; they are read by the kernel
+/// after the `Bytes` may be gone. Safety argument, in three steps:
+/// 1. The mapping is filled by the miss read, then made read-only (`mprotect(PROT_READ)`); nothing writes to it
+///    afterwards (a write would fault), so the bytes a pipe or socket buffer references never change while the
+///    mapping lives.
+/// 2. `munmap` on drop does not free a page that a pipe or socket buffer still references: the kernel holds a page
+///    reference per pipe buffer and per socket fragment, and the page returns to the allocator only when the last
+///    one drops. So the bytes in flight stay what they were, even if the cache evicts or reloads the object meanwhile.
+/// 3. The pages are never handed back to `malloc`: a heap buffer would be reused for another object and written
+///    while the kernel still sends its old pages — the one way this design could send wrong bytes. Fresh `mmap`s
+///    get fresh zeroed pages from the kernel.
+///
+/// Also used for `O_DIRECT` reads of any size: a mapping is page-aligned (4 KiB), as `O_DIRECT` needs.
+pub(crate) struct Mapping {
     pointer: NonNull<u8>,
-    layout: Layout,
+    capacity: usize,
     length: usize,
 }
 
-// SAFETY: the buffer is a plain heap allocation owned exclusively by this value; after construction it is only
-// read (through `AsRef`), so sharing and sending it between threads is sound.
-unsafe impl Send for AlignedBuffer {}
+// SAFETY: the mapping is owned exclusively by this value; once shared (inside a `Bytes`) it is only read
+// (through `AsRef`), so sharing and sending it between threads is sound.
+unsafe impl Send for Mapping {}
 // SAFETY: see `Send`: no interior mutability.
-unsafe impl Sync for AlignedBuffer {}
+unsafe impl Sync for Mapping {}
 
-impl AlignedBuffer {
-    fn zeroed(capacity: usize) -> AlignedBuffer {
-        assert!(capacity > 0, "aligned buffer of 0 bytes");
-        let layout = Layout::from_size_align(capacity, DIRECT_ALIGN_BYTES)
-            .expect("capacity below isize::MAX");
-        // SAFETY: the layout has a non-zero size (asserted above).
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let pointer = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuffer {
-            pointer,
-            layout,
-            length: 0,
+impl Mapping {
+    /// A zeroed, writable anonymous mapping of `capacity` bytes rounded up to whole pages.
+    pub(crate) fn anonymous(capacity: usize) -> io::Result<Mapping> {
+        let capacity = capacity.max(1).div_ceil(DIRECT_ALIGN_BYTES) * DIRECT_ALIGN_BYTES;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
+        let pointer = NonNull::new(raw.cast::<u8>()).expect("mmap succeeded with a null address");
+        Ok(Mapping {
+            pointer,
+            capacity,
+            length: 0,
+        })
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `pointer` is valid for `layout.size()` initialised (zeroed) bytes, exclusively borrowed here.
-        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.layout.size()) }
+        // SAFETY: `pointer` is valid for `capacity` zero-initialised bytes, exclusively borrowed here, and still
+        // writable (`freeze` consumes the value).
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.capacity) }
     }
 
-    fn set_len(&mut self, length: usize) {
+    /// Sets the body length and makes the pages read-only (step 1 of the safety argument).
+    fn freeze(mut self, length: usize) -> io::Result<Bytes> {
         assert!(
-            length <= self.layout.size(),
+            length <= self.capacity,
             "length {length} above capacity {}",
-            self.layout.size()
+            self.capacity
         );
         self.length = length;
+        // SAFETY: the whole range is this value's own mapping.
+        let status = unsafe {
+            libc::mprotect(
+                self.pointer.as_ptr().cast::<libc::c_void>(),
+                self.capacity,
+                libc::PROT_READ,
+            )
+        };
+        if status != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Bytes::from_owner(self))
     }
 }
 
-impl AsRef<[u8]> for AlignedBuffer {
+impl AsRef<[u8]> for Mapping {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `length <= layout.size()` (checked in `set_len`) and the bytes are initialised.
+        // SAFETY: `length <= capacity` (checked in `freeze`) and the bytes are initialised.
         unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.length) }
     }
 }
 
-impl Drop for AlignedBuffer {
+impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this same layout, freed once.
-        unsafe { alloc::dealloc(self.pointer.as_ptr(), self.layout) }
+        // SAFETY: mapped in `anonymous` with this length, unmapped once; pages still referenced by pipes or socket
+        // buffers outlive this call (step 2 of the safety argument).
+        unsafe { libc::munmap(self.pointer.as_ptr().cast::<libc::c_void>(), self.capacity) };
     }
 }
 

@@ -27,9 +27,10 @@ use super::access_log::LogEntry;
 use super::iov::ResponseBufs;
 use super::respond::{self, Answer, Request};
 use super::shard::{place, race, Shard};
+use super::splice::{self, SendError, SplicePipe};
 use super::stats::ShardCounters;
 use super::ShardMessage;
-use crate::cache::FileStream;
+use crate::cache::{FileStream, MappedSlice};
 use crate::http::path::{normalise, PathError};
 use crate::http::range::ByteRange;
 use crate::http::request::REQUEST_LINE_SLACK_BYTES;
@@ -50,6 +51,8 @@ pub(crate) struct Conn {
     path: Vec<u8>,
     fs_path: Vec<u8>,
     ranges: Vec<ByteRange>,
+    /// Opened on the first spliced response, closed with the connection (see `splice`).
+    pipe: Option<SplicePipe>,
     requests: u32,
     /// Body bytes of the previous request still to skip.
     discard: u64,
@@ -86,6 +89,7 @@ impl Conn {
             path: Vec::with_capacity(256),
             fs_path: Vec::with_capacity(512),
             ranges: Vec::new(),
+            pipe: None,
             requests: 0,
             discard: 0,
             routed,
@@ -298,14 +302,14 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     let status = answer.status;
     let body_bytes = answer.body_bytes;
     let keep = answer.keep_alive;
-    let stream = answer.stream;
-    let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
-    let sent = match (sent, stream) {
-        (Ok(bytes), Some(stream)) => write_stream(shard, &mut conn.stream, stream)
-            .await
-            .map(|more| bytes + more),
-        (sent, _) => sent,
-    };
+    let sent = write_answer(
+        shard,
+        &mut conn.stream,
+        &mut conn.out,
+        &mut conn.pipe,
+        answer,
+    )
+    .await;
     ShardCounters::sub(&shard.counters.requests_active, 1);
     if let (Some(policy), Some(target)) = (&shard.node.policy, routed_target) {
         if let Ok(mut policy) = policy.lock() {
@@ -602,6 +606,69 @@ async fn write_out(
     }
     *out = buffers;
     Ok(total)
+}
+
+/// Writes one answer: the head (and a small body) from `conn.out`, then a streamed or spliced body.
+/// A spliced body needs the connection's pipe; without one (budget spent) it joins the head's `writev`.
+async fn write_answer(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    out: &mut ResponseBufs,
+    pipe: &mut Option<SplicePipe>,
+    answer: Answer,
+) -> Result<u64, ()> {
+    let spliced = match answer.spliced {
+        Some(body) if has_pipe(shard, pipe) => Some(body),
+        Some(body) => {
+            out.push_body(body.into_bytes());
+            None
+        }
+        None => None,
+    };
+    let head = write_out(shard, stream, out).await?;
+    let body = match (answer.stream, spliced) {
+        (Some(file), _) => write_stream(shard, stream, file).await?,
+        (None, Some(body)) => write_spliced(shard, stream, out, pipe, body).await?,
+        (None, None) => 0,
+    };
+    Ok(head + body)
+}
+
+/// Opens the connection's pipe if it has none and the shard's budget allows; false means "use writev".
+fn has_pipe(shard: &Shard, pipe: &mut Option<SplicePipe>) -> bool {
+    if pipe.is_none() {
+        match SplicePipe::open(&shard.splice_pipes) {
+            Ok(opened) => *pipe = Some(opened),
+            Err(error) => {
+                tracing::debug!(shard = shard.index, %error, "no splice pipe; body goes out with writev");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Sends a mapped body through the connection's pipe; falls back to `writev` if the kernel refuses splicing.
+async fn write_spliced(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    out: &mut ResponseBufs,
+    pipe: &mut Option<SplicePipe>,
+    body: MappedSlice,
+) -> Result<u64, ()> {
+    let opened = pipe.as_ref().expect("write_answer opened the pipe");
+    match splice::send(shard, stream, opened, &body).await {
+        Ok(sent) => Ok(sent),
+        Err(SendError::Failed) => Err(()),
+        Err(SendError::Unsupported(error)) => {
+            // Nothing of the body was sent; the pipe may hold references: drop it, and never splice here again.
+            *pipe = None;
+            splice::disable(&shard.splice_pipes, &error);
+            out.clear();
+            out.push_body(body.into_bytes());
+            write_out(shard, stream, out).await
+        }
+    }
 }
 
 /// Streams a large file's range in bounded chunks after its head.

@@ -49,6 +49,7 @@ pub mod hot;
 pub mod iov;
 mod respond;
 mod shard;
+mod splice;
 mod stats;
 mod steer;
 

@@ -12,7 +12,9 @@ use bytes::Bytes;
 
 use super::iov::ResponseBufs;
 use super::shard::Shard;
-use crate::cache::{CacheError, CachedObject, Fetched, FileMeta, FileStream, LargeFile, Lookup};
+use crate::cache::{
+    CacheError, CachedObject, Fetched, FileMeta, FileStream, LargeFile, Lookup, MappedSlice,
+};
 use crate::http::range::{select, ByteRange, Selection, Validators};
 use crate::http::response::{
     self, content_length, decimal_len, end_head, object_fields, push_decimal, start_head,
@@ -28,6 +30,8 @@ pub(crate) struct Answer {
     pub body_bytes: u64,
     /// A large file's body, streamed after the head.
     pub stream: Option<FileStream>,
+    /// A large cached body, sent with `vmsplice` + `splice` after the head (not in the `ResponseBufs`).
+    pub spliced: Option<MappedSlice>,
     /// Whether the connection stays open after this response.
     pub keep_alive: bool,
 }
@@ -94,6 +98,7 @@ pub(crate) fn simple(
         status,
         body_bytes,
         stream: None,
+        spliced: None,
         keep_alive,
     }
 }
@@ -282,6 +287,7 @@ fn send_file(
         status: Status::Ok,
         body_bytes: 0,
         stream: None,
+        spliced: None,
         keep_alive,
     };
     match selection {
@@ -352,7 +358,11 @@ fn attach_body(
 ) {
     match source {
         Source::Cached(object) => {
-            out.push_body(object.slice(range.start as usize..range.end as usize));
+            let range = range.start as usize..range.end as usize;
+            match object.mapped_slice(range.clone()) {
+                Some(mapped) => answer.spliced = Some(mapped),
+                None => out.push_body(object.slice(range)),
+            }
         }
         Source::Large(large) => {
             let chunk_bytes = shard.cache.borrow().config().stream_chunk_bytes;
