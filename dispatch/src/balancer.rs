@@ -935,4 +935,126 @@ mod tests {
         let target = TargetId::from_path("/a");
         assert!(begin(&mut balancer, target, None, 0, 0).is_ok());
     }
+
+    /// One step of the model test.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Add { port: u8, weight: u32 },
+        Remove { pick: usize },
+        Begin { target: u8, random: u64 },
+        Finish { pick: usize },
+        Drain { pick: usize, drained: bool },
+        Load { pick: usize, load: u32 },
+        Swap { kind: usize },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..12, 1u32..4).prop_map(|(port, weight)| Step::Add { port, weight }),
+            any::<usize>().prop_map(|pick| Step::Remove { pick }),
+            (any::<u8>(), any::<u64>()).prop_map(|(target, random)| Step::Begin { target, random }),
+            (any::<u8>(), any::<u64>()).prop_map(|(target, random)| Step::Begin { target, random }),
+            any::<usize>().prop_map(|pick| Step::Finish { pick }),
+            any::<usize>().prop_map(|pick| Step::Finish { pick }),
+            (any::<usize>(), any::<bool>())
+                .prop_map(|(pick, drained)| Step::Drain { pick, drained }),
+            (any::<usize>(), 0u32..50).prop_map(|(pick, load)| Step::Load { pick, load }),
+            (0usize..PolicyKind::ALL.len()).prop_map(|kind| Step::Swap { kind }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of the table (address per slot, requests outstanding): the status lists exactly the
+        /// members, one slot per address, in-flight counts match, a request never starts on a drained or removed
+        /// back-end, and the policy's load of every member is exactly in-flight + external load across swaps.
+        #[test]
+        fn the_table_and_its_load_match_a_model(steps in proptest::collection::vec(step(), 1..200)) {
+            let mut balancer = balancer_with(PolicyKind::LardR, 0, 1_000);
+            // Per slot: (address, removed, drained, external load).
+            let mut model: Vec<(SocketAddr, bool, bool, u32)> = Vec::new();
+            let mut outstanding: Vec<(Ticket, TargetId)> = Vec::new();
+            for (index, step) in steps.into_iter().enumerate() {
+                let now_ms = index as u64;
+                let members: Vec<usize> = (0..model.len()).filter(|slot| !model[*slot].1).collect();
+                match step {
+                    Step::Add { port, weight } => {
+                        let address = addr(usize::from(port));
+                        let present = members.iter().any(|slot| model[*slot].0 == address);
+                        match balancer.add(address, weight, None) {
+                            Ok(backend) => {
+                                proptest::prop_assert!(!present, "{address} added twice");
+                                let slot = backend.0 as usize;
+                                let entry = (address, false, false, 0);
+                                if slot == model.len() {
+                                    model.push(entry);
+                                } else {
+                                    proptest::prop_assert!(model[slot].1, "slot {slot} reused while a member");
+                                    proptest::prop_assert!(
+                                        outstanding.iter().all(|(ticket, _)| ticket.backend != backend),
+                                        "slot {slot} reused with requests in flight"
+                                    );
+                                    model[slot] = entry;
+                                }
+                            }
+                            Err(error) => proptest::prop_assert!(present, "{error}"),
+                        }
+                    }
+                    Step::Remove { pick } if !members.is_empty() => {
+                        let slot = members[pick % members.len()];
+                        balancer.remove(BackendId(slot as u32)).expect("member");
+                        model[slot].1 = true;
+                    }
+                    Step::Begin { target, random } => {
+                        let target = TargetId::from_path(&format!("/{target}"));
+                        if let Ok(ticket) = balancer.begin(target, None, now_ms, random) {
+                            let slot = ticket.backend.0 as usize;
+                            proptest::prop_assert!(!model[slot].1 && !model[slot].2, "started on {slot}: {:?}", model[slot]);
+                            proptest::prop_assert_eq!(ticket.addr, model[slot].0);
+                            outstanding.push((ticket, target));
+                        } else {
+                            proptest::prop_assert!(members.iter().all(|slot| model[*slot].2), "refused with a live member");
+                        }
+                    }
+                    Step::Finish { pick } if !outstanding.is_empty() => {
+                        let (ticket, target) = outstanding.swap_remove(pick % outstanding.len());
+                        balancer.finish(ticket, target, now_ms);
+                    }
+                    Step::Drain { pick, drained } if !members.is_empty() => {
+                        let slot = members[pick % members.len()];
+                        balancer.set_drained(BackendId(slot as u32), drained).expect("member");
+                        model[slot].2 = drained;
+                    }
+                    Step::Load { pick, load } if !members.is_empty() => {
+                        let slot = members[pick % members.len()];
+                        balancer.set_external_load(BackendId(slot as u32), load).expect("member");
+                        model[slot].3 = load;
+                    }
+                    Step::Swap { kind } => {
+                        let config = PolicyConfig::new(PolicyKind::ALL[kind]);
+                        let policy = larder_lard::build(&config).expect("policy");
+                        balancer.set_policy(policy, config).expect("swap");
+                    }
+                    _ => {}
+                }
+                let status = balancer.status();
+                let listed: Vec<(u32, SocketAddr)> = status.iter().map(|s| (s.backend.0, s.addr)).collect();
+                let expected: Vec<(u32, SocketAddr)> = (0..model.len())
+                    .filter(|slot| !model[*slot].1)
+                    .map(|slot| (slot as u32, model[slot].0))
+                    .collect();
+                proptest::prop_assert_eq!(listed, expected, "step {}", index);
+                for backend in &status {
+                    let in_flight = outstanding.iter().filter(|(ticket, _)| ticket.backend == backend.backend).count() as u32;
+                    proptest::prop_assert_eq!(backend.in_flight, in_flight, "{} at step {}", backend.backend, index);
+                    let external = model[backend.backend.0 as usize].3;
+                    proptest::prop_assert_eq!(
+                        balancer.policy_load(backend.backend),
+                        Some(in_flight + external),
+                        "policy load of {} at step {}", backend.backend, index
+                    );
+                }
+            }
+        }
+    }
 }
