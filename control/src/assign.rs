@@ -314,6 +314,7 @@ impl Assigner {
                 if have.drained != want.drained {
                     policy.set_draining(server, want.drained)?;
                 }
+                policy.set_external_load(server, load)?;
                 *slot = Some(want);
             }
         }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -396,14 +396,16 @@ async fn invalid_assign_calls_get_the_right_codes_and_assign_nothing() {
     plane.shutdown().expect("shutdown");
 }
 
-/// What a feeder's source and sink saw.
+/// What a feeder's source and sink saw. Like a node's directory, the source
+/// offers every wanted target that has no answer yet, so a batch lost to an error
+/// (e.g. NOT_FOUND before the node registered) is asked again.
 #[derive(Debug, Default)]
 struct FeederLog {
     source_calls: usize,
-    /// Targets still to hand out.
     wanted: Vec<String>,
-    received: Vec<(String, Vec<String>)>,
-    ttl_ms: Vec<u64>,
+    received: BTreeMap<String, Vec<String>>,
+    /// (number of assignments, ttl_ms) of every sink call.
+    batches: Vec<(usize, u64)>,
 }
 
 fn spawn_feeder(
@@ -420,13 +422,19 @@ fn spawn_feeder(
         move |max| {
             let mut log = source_log.lock().unwrap();
             log.source_calls += 1;
-            let take = max.min(log.wanted.len());
-            log.wanted.drain(..take).collect()
+            let unanswered = log
+                .wanted
+                .iter()
+                .filter(|target| !log.received.contains_key(*target))
+                .take(max)
+                .cloned()
+                .collect();
+            unanswered
         },
         move |assignments, ttl_ms| {
             let mut log = sink_log.lock().unwrap();
+            log.batches.push((assignments.len(), ttl_ms));
             log.received.extend(assignments);
-            log.ttl_ms.push(ttl_ms);
         },
     )
     .expect("feeder starts")
@@ -439,8 +447,11 @@ fn feeder_delivers_assignments_in_batches_and_calls_nothing_while_the_plane_is_a
     let address = first.local_addr();
     first.shutdown().expect("shutdown");
 
+    // Ten good targets and two the control plane would reject (the feeder drops them).
+    let mut wanted = vec![String::new(), format!("/{}", "x".repeat(1024))];
+    wanted.extend(paths("feed", 10));
     let log = Arc::new(Mutex::new(FeederLog {
-        wanted: paths("feed", 10),
+        wanted,
         ..FeederLog::default()
     }));
     let feeder = spawn_feeder(address, 4, &log);
@@ -452,7 +463,7 @@ fn feeder_delivers_assignments_in_batches_and_calls_nothing_while_the_plane_is_a
         0,
         "fail static: no source call while unreachable"
     );
-    assert!(log.lock().unwrap().received.is_empty());
+    assert!(log.lock().unwrap().batches.is_empty(), "no sink call");
 
     let mut config = config(PolicyKind::Lard);
     config.listen = address;
@@ -470,23 +481,24 @@ fn feeder_delivers_assignments_in_batches_and_calls_nothing_while_the_plane_is_a
         log.lock().unwrap().received.len() == 10
     });
     let log = log.lock().unwrap();
-    let mut targets: Vec<&str> = log.received.iter().map(|(t, _)| t.as_str()).collect();
-    targets.sort_unstable();
+    let targets: Vec<&String> = log.received.keys().collect();
     let mut expected = paths("feed", 10);
     expected.sort_unstable();
-    assert_eq!(targets, expected);
+    assert_eq!(targets, expected.iter().collect::<Vec<_>>());
     assert!(log
         .received
-        .iter()
-        .all(|(_, nodes)| nodes == &[NODE_A.to_string()]));
-    assert!(log.ttl_ms.iter().all(|ttl| *ttl == 250), "{:?}", log.ttl_ms);
+        .values()
+        .all(|nodes| nodes == &[NODE_A.to_string()]));
     assert!(
-        log.ttl_ms.len() >= 3,
-        "batches of at most 4: {:?}",
-        log.ttl_ms
+        log.batches
+            .iter()
+            .all(|&(size, ttl_ms)| (1..=4).contains(&size) && ttl_ms == 250),
+        "batches of 1..=4 with the configured TTL: {:?}",
+        log.batches
     );
     let stats = feeder.stats();
-    assert_eq!(stats.assignments_received, 10);
+    assert!(stats.assignments_received >= 10, "{stats:?}");
+    assert!(stats.targets_rejected >= 2, "{stats:?}");
     assert!(stats.connected);
     drop(log);
     feeder.shutdown();
