@@ -1,6 +1,7 @@
 //! The control plane's state, in domain types: the node registry, the latest load
 //! of every shard, down detection, the policy, node weights and drain flags, the
-//! resource containers, and the steering version.
+//! resource containers, and the steering version; and, through [`crate::assign`],
+//! the cluster policy that answers distributed mode's Assign calls.
 //!
 //! This module owns the truth; `service.rs` converts protobuf messages to these
 //! types at the edge and never keeps prost types. It is pure: no I/O, no clock
