@@ -6,7 +6,8 @@
 //!    The read waits at most `header_timeout_ms` (408 if part of a head arrived), or `keepalive_timeout_ms`
 //!    between requests (then close quietly; also close at once when shutdown starts).
 //! 3. Parse, normalise the path, route (hand off if another shard owns the target), classify (move to the
-//!    request's container), answer, write with one `writev` per response (`write_timeout_ms` per write call).
+//!    request's container), answer, write with one `writev` per response (`write_timeout_ms` per write call);
+//!    a cached body of at least 64 KiB follows its head with `vmsplice` + `splice` instead (see `splice`).
 //! 4. Keep the connection if the request allows it, `keepalive_requests_max` is not reached, the status does
 //!    not close it and the node is not shutting down.
 //!

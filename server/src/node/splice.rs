@@ -238,7 +238,7 @@ pub(crate) async fn send(
                 Ok(moved) => handed += moved,
                 // The pipe is full: drain it first.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if handed == 0 => return Err(SendError::Unsupported(error)),
                 Err(error) => {
                     tracing::debug!(shard = shard.index, %error, "vmsplice failed mid-body");
@@ -248,7 +248,7 @@ pub(crate) async fn send(
         }
         let in_pipe = handed - sent;
         if in_pipe == 0 {
-            // vmsplice moved nothing into an empty pipe: no progress is possible.
+            // vmsplice said "full" about an empty pipe: no progress is possible.
             return Err(SendError::Failed);
         }
         match splice_out(pipe.read.as_raw_fd(), socket, in_pipe) {
