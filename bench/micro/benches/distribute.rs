@@ -3,7 +3,7 @@
 //! from the shard that holds the connection), side by side in one run, on the real runtime.
 //!
 //! Run: `cargo bench -p larder-micro --bench distribute` (options after `--`: `--rounds N` measured rounds,
-//! default 5; `--requests N` per client per run, default 1,000; `--clients N`, default 4; `--driver epoll|uring`
+//! default 7; `--requests N` per client per run, default 1,500; `--clients N`, default 4; `--driver epoll|uring`
 //! to run one driver only, default both, epoll first; `--spin-us N` to run one `spin_before_park_us` only, default
 //! both the runtime's 50 and 0; `--seed N`). Each driver × spin setting is one pool; the designs alternate in it.
 //!
@@ -150,6 +150,8 @@ enum Msg {
     Fetch { target: u32, ticket: u64 },
     /// FETCH reply: the object (an `Arc` clone of the owner's buffer).
     Object { ticket: u64, body: Bytes },
+    /// From the bench thread (control queue): the runs are over, leave the mesh loop.
+    Stop,
 }
 
 /// Waiting fetches of one shard, by ticket.
@@ -352,13 +354,18 @@ async fn serve(
 }
 
 /// Receives handed-off connections, fetch requests and fetch replies until shutdown.
+///
+/// It stops on [`Msg::Stop`] rather than racing `recv` against `shutdown_requested` on every message: the shard
+/// doorbell keeps one waker per `shutdown_requested` poll when `Waker::will_wake` fails to recognise the task's
+/// own waker (monoio's per-instantiation vtables), so that race grows the shutdown waiter list by one entry per
+/// message and each later registration scans it — a cost that grows with the run and would be charged mostly
+/// to FETCH, which receives 8× more messages in `runs-8` (seen with `perf`: `LocalBell::register` went from 8%
+/// to 23% of shard time between a 1-round and a 4-round run).
 async fn mesh_loop(shard: Rc<Shard>) {
     loop {
-        let envelope = monoio::select! {
-            envelope = shard.ctx.mesh().recv() => envelope,
-            _ = shard.ctx.shutdown_requested() => return,
-        };
+        let envelope = shard.ctx.mesh().recv().await;
         match envelope.message {
+            Msg::Stop => return,
             Msg::Connection(handoff) => {
                 // Handoff step 4.
                 let (stream, read, peer) = shard.ctx.adopt(handoff).expect("adopt connection");
@@ -620,6 +627,12 @@ impl Bench {
 
     fn stop(self) {
         // Every client closed its connection, so the connection tasks have ended.
+        for shard in 0..SHARDS {
+            let control = self.pool.control(ShardId(shard)).expect("shard exists");
+            if let Err(refused) = control.send_timeout(Msg::Stop, RUN_TIMEOUT) {
+                panic!("stopping shard {shard}: {}", refused.error);
+            }
+        }
         self.pool.shutdown();
         let report = self.pool.join().expect("pool stops cleanly");
         assert!(report.fully_drained(), "a task outlived the run");
@@ -652,8 +665,8 @@ fn parse_args() -> Args {
     // Unknown arguments (cargo bench passes --bench) are ignored.
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = Args {
-        rounds: flag(&argv, "--rounds").unwrap_or(5),
-        requests: flag(&argv, "--requests").unwrap_or(1_000),
+        rounds: flag(&argv, "--rounds").unwrap_or(7),
+        requests: flag(&argv, "--requests").unwrap_or(1_500),
         clients: flag(&argv, "--clients").unwrap_or(4),
         drivers: flag(&argv, "--driver")
             .map_or(vec![IoDriver::Epoll, IoDriver::Uring], |d| vec![d]),
