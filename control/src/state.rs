@@ -361,10 +361,15 @@ fn validate_container(field: &str, container: &Container) -> Result<(), StateErr
     if container.shares == 0 {
         return Err(invalid(format!("{field}.shares"), "must be at least 1"));
     }
-    if container.limits.cpu_percent_max > 100 {
+    // Nodes have no CPU cap yet (their scheduler shares CPU but cannot idle a container), so a non-zero cap
+    // would be listed here and then refused by every node: refuse it at the edge instead.
+    if container.limits.cpu_percent_max != 0 {
         return Err(invalid(
             format!("{field}.limits.cpu_percent_max"),
-            format!("{} is above 100", container.limits.cpu_percent_max),
+            format!(
+                "{} is not supported: nodes do not enforce a CPU cap yet; use 0 (no cap) and shares",
+                container.limits.cpu_percent_max
+            ),
         ));
     }
     Ok(())

@@ -376,8 +376,8 @@ async fn each_invalid_request_gets_its_code_and_changes_nothing() {
             "container.shares",
         ),
         (
-            "cpu limit above 100 %",
-            set_container(container("batch", 1, 101), true),
+            "cpu limit (nodes have no CPU cap)",
+            set_container(container("batch", 1, 50), true),
             Code::InvalidArgument,
             "container.limits.cpu_percent_max",
         ),

@@ -352,7 +352,7 @@ async fn every_control_method_works_through_reflection_alone() {
         "SetContainer",
         call(
             "SetContainer",
-            r#"{"container": {"name": "batch", "shares": 2, "limits": {"cpuPercentMax": 50}}, "create": true}"#,
+            r#"{"container": {"name": "batch", "shares": 2, "limits": {"connectionsMax": 100}}, "create": true}"#,
         )
         .await,
     );
