@@ -5,7 +5,8 @@
 //! 1. The control plane is the one `--join` names, or the embedded one; with neither (the default embedded
 //!    address was taken) the node refuses to start: a cluster node without a control plane would serve every
 //!    target locally and split the cluster's cache for nothing. (`--cluster --no-control` is refused by clap.)
-//! 2. The node id is the node's HTTP address, as its agent registers it, so peers can connect to it directly.
+//! 2. The node id is the node's HTTP address, as its agent registers it, so peers can connect to it directly
+//!    (so `--listen 0.0.0.0:…` is refused in cluster mode: peers could not reach that address).
 //! 3. The feeder thread asks, every 5 ms, for at most 256 wanted paths ([`Directory::take_wanted`]) and stores
 //!    the answers with their TTL ([`Directory::apply`], on the directory's clock). Until the agent has
 //!    registered the node the control plane answers NOT_FOUND and the batch is lost; the directory asks again
@@ -46,6 +47,11 @@ impl ClusterLink {
         let cluster = node
             .cluster()
             .context("the node was started without cluster mode")?;
+        anyhow::ensure!(
+            !node.local_addr().ip().is_unspecified(),
+            "--cluster needs --listen on a specific IP address: it is the node id peers connect to, not {}",
+            node.local_addr()
+        );
         let node_id = node.local_addr().to_string();
         let config = AssignFeederConfig::new(control, NodeId(node_id.clone()));
         let source_cluster = Arc::clone(&cluster);

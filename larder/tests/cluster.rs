@@ -403,3 +403,32 @@ fn cluster_without_a_control_plane_is_a_cli_error_naming_both_flags() {
         "{stderr}"
     );
 }
+
+/// Regression (first cluster-bench run: "closed" errors under dist-lard-r): the 1,000th request of a client
+/// connection (`keepalive_requests_max`) was forwarded, the peer's keep-alive response relayed, and the
+/// connection closed behind it; the peer's own limit on a pooled connection closed client connections too.
+#[test]
+fn r1_a_forwarded_response_says_close_exactly_when_the_client_connection_closes() {
+    let cluster = Cluster::start();
+    let owners = cluster.owners();
+    let a = &cluster.addrs[0];
+    let far = owners
+        .iter()
+        .position(|owner| owner != a)
+        .expect("a target owned elsewhere");
+    let mut connection = connect(a);
+    let mut closes = Vec::new();
+    for request in 1..=2_100 {
+        let response = get_on(&mut connection, &path(far)).expect("every request is answered");
+        assert_served_by_owner(&response, far, &owners[far]);
+        if !response.keep_alive {
+            closes.push(request);
+            connection = connect(a);
+        }
+    }
+    assert_eq!(
+        closes,
+        [1_000, 2_000],
+        "only the client connection's own limit closes it"
+    );
+}

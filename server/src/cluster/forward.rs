@@ -14,7 +14,10 @@
 //! 5. The head and the `Content-Length` body are relayed to the client through the same buffer; a response
 //!    without a length is relayed until the peer closes, then the client connection closes too.
 //! 6. The peer connection returns to the pool when its response allowed keep-alive and ended exactly at the
-//!    end of what was read.
+//!    end of what was read, unless the peer would end it after its next request (peers are assumed to share
+//!    this node's `keepalive_requests_max`): so a peer's `Connection: close` reaches a client only when the
+//!    client's own request or this node's limits close the client connection, and then the forwarded head
+//!    carries `Connection: close` itself.
 //!
 //! # Failures
 //! - A pooled connection closed before any response byte (the peer closed it while idle) is replaced by a
@@ -78,6 +81,9 @@ pub struct ForwardConfig {
     pub read_timeout_ms: u64,
     /// One write to the client (the node's `write_timeout_ms`).
     pub client_write_timeout_ms: u64,
+    /// Requests a peer connection carries at most: peers are assumed to share this node's
+    /// `keepalive_requests_max` (1,000 by default), and a connection is retired one request before it.
+    pub peer_requests_max: u32,
 }
 
 impl Default for ForwardConfig {
@@ -86,6 +92,7 @@ impl Default for ForwardConfig {
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
             read_timeout_ms: READ_TIMEOUT_MS,
             client_write_timeout_ms: 60_000,
+            peer_requests_max: 1_000,
         }
     }
 }
@@ -171,8 +178,10 @@ pub fn is_forwarded(head: &[u8]) -> bool {
     })
 }
 
-/// Step 3: `head` (a whole request head, blank line included) with `X-Larder-Forwarded: <node_id>` added.
-pub fn forwarded_head(out: &mut Vec<u8>, head: &[u8], node_id: SocketAddr) {
+/// Step 3: `head` (a whole request head, blank line included) with `X-Larder-Forwarded: <node_id>` added, and
+/// `Connection: close` when this node closes the client connection after the response anyway (so the relayed
+/// response tells the client; a head with both `keep-alive` and `close` means close).
+pub fn forwarded_head(out: &mut Vec<u8>, head: &[u8], node_id: SocketAddr, close: bool) {
     use std::io::Write as _;
     out.clear();
     let fields = if head.ends_with(b"\r\n\r\n") {
@@ -183,16 +192,26 @@ pub fn forwarded_head(out: &mut Vec<u8>, head: &[u8], node_id: SocketAddr) {
         head
     };
     out.extend_from_slice(fields);
-    let _ = write!(out, "{FORWARDED_HEADER}: {node_id}\r\n\r\n");
+    let _ = write!(out, "{FORWARDED_HEADER}: {node_id}\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\n502 Bad Gateway\n";
+
+/// A connection to a peer and the exchanges it carried.
+struct PeerConn {
+    stream: TcpStream,
+    exchanges: u32,
+}
 
 /// One shard's forwarding state: its pool of idle peer connections and spare relay buffers.
 pub(crate) struct Forwarder {
     cluster: Arc<Cluster>,
     shard: usize,
-    idle: RefCell<HashMap<SocketAddr, Vec<TcpStream>>>,
+    idle: RefCell<HashMap<SocketAddr, Vec<PeerConn>>>,
     buffers: RefCell<Vec<Vec<u8>>>,
 }
 
@@ -211,14 +230,16 @@ impl Forwarder {
         }
     }
 
-    /// Steps 1-6 for one parsed request whose whole head is `request` and normalised path is `path`.
-    /// `None`: serve it here. `Some(keep)`: a response was relayed (or a 502 sent); `keep` is whether the client
-    /// connection may stay open as far as the relayed response says.
+    /// Steps 1-6 for one parsed request whose whole head is `request` and normalised path is `path`;
+    /// `keep_alive`: this node keeps the client connection after the response (else the peer is asked to say
+    /// `Connection: close`). `None`: serve it here. `Some(keep)`: a response was relayed (or a 502 sent); `keep`
+    /// is whether the client connection may stay open as far as the relayed response says.
     pub(crate) async fn forward(
         &self,
         path: &[u8],
         head: &RequestHead<'_>,
         request: &[u8],
+        keep_alive: bool,
         client: &mut TcpStream,
     ) -> Option<bool> {
         // Step 1.
@@ -243,21 +264,16 @@ impl Forwarder {
         let mut outcome = Err(Fail::Stale);
         let pooled = self.idle.borrow_mut().get_mut(&peer).and_then(Vec::pop);
         if let Some(stream) = pooled {
-            forwarded_head(&mut buf, request, node_id);
-            outcome = self
-                .exchange(peer, stream, true, &mut buf, is_head, client)
-                .await;
+            forwarded_head(&mut buf, request, node_id, !keep_alive);
+            outcome = self.exchange(peer, stream, &mut buf, is_head, client).await;
             if outcome == Err(Fail::Stale) {
                 bump(&counters.stale_reconnects);
             }
         }
         if outcome == Err(Fail::Stale) {
-            forwarded_head(&mut buf, request, node_id);
+            forwarded_head(&mut buf, request, node_id, !keep_alive);
             outcome = match self.connect(peer).await {
-                Some(stream) => {
-                    self.exchange(peer, stream, false, &mut buf, is_head, client)
-                        .await
-                }
+                Some(stream) => self.exchange(peer, stream, &mut buf, is_head, client).await,
                 None => Err(Fail::Peer),
             };
         }
@@ -303,25 +319,34 @@ impl Forwarder {
         self.idle.borrow_mut().remove(&peer);
     }
 
-    async fn connect(&self, peer: SocketAddr) -> Option<TcpStream> {
+    async fn connect(&self, peer: SocketAddr) -> Option<PeerConn> {
         let timeout_ms = self.cluster.forward.connect_timeout_ms;
         match timed(timeout_ms, TcpStream::connect_addr(peer)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                Some(stream)
+                Some(PeerConn {
+                    stream,
+                    exchanges: 0,
+                })
             }
             _ => None,
         }
     }
 
-    fn put_idle(&self, peer: SocketAddr, stream: TcpStream) {
+    /// Pools a connection after an exchange, unless the peer would close it on the next one (it ends a
+    /// connection after `keepalive_requests_max` requests, and its `Connection: close` would reach the client).
+    fn put_idle(&self, peer: SocketAddr, mut connection: PeerConn) {
+        connection.exchanges += 1;
+        if connection.exchanges + 1 >= self.cluster.forward.peer_requests_max {
+            return;
+        }
         let mut idle = self.idle.borrow_mut();
         if idle.len() >= POOLED_PEERS_MAX && !idle.contains_key(&peer) {
             return;
         }
         let stack = idle.entry(peer).or_default();
         if stack.len() < IDLE_PER_PEER_MAX {
-            stack.push(stream);
+            stack.push(connection);
         }
     }
 
@@ -329,14 +354,21 @@ impl Forwarder {
     async fn exchange(
         &self,
         peer: SocketAddr,
-        mut upstream: TcpStream,
-        reused: bool,
+        connection: PeerConn,
         buf: &mut Vec<u8>,
         is_head: bool,
         client: &mut TcpStream,
     ) -> Result<bool, Fail> {
         let config = &self.cluster.forward;
-        let silent = if reused { Fail::Stale } else { Fail::Peer };
+        let silent = if connection.exchanges > 0 {
+            Fail::Stale
+        } else {
+            Fail::Peer
+        };
+        let PeerConn {
+            stream: mut upstream,
+            exchanges,
+        } = connection;
         let head_len = buf.len();
         write_prefix(&mut upstream, buf, head_len, config.read_timeout_ms)
             .await
@@ -396,7 +428,11 @@ impl Forwarder {
             }
         }
         if response.keep_alive && !leftover {
-            self.put_idle(peer, upstream);
+            let connection = PeerConn {
+                stream: upstream,
+                exchanges,
+            };
+            self.put_idle(peer, connection);
         }
         Ok(response.keep_alive)
     }
@@ -424,15 +460,20 @@ mod tests {
     fn forwarded_head_adds_one_field_before_the_blank_line() {
         let node: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut out = Vec::new();
-        forwarded_head(&mut out, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", node);
+        forwarded_head(&mut out, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", node, false);
         assert_eq!(
             out,
             b"GET /a HTTP/1.1\r\nHost: x\r\nX-Larder-Forwarded: 127.0.0.1:9\r\n\r\n"
         );
-        forwarded_head(&mut out, b"GET /a HTTP/1.1\nHost: x\n\n", node);
+        forwarded_head(&mut out, b"GET /a HTTP/1.1\nHost: x\n\n", node, false);
         assert_eq!(
             out,
             b"GET /a HTTP/1.1\nHost: x\nX-Larder-Forwarded: 127.0.0.1:9\r\n\r\n"
+        );
+        forwarded_head(&mut out, b"GET /a HTTP/1.1\r\n\r\n", node, true);
+        assert_eq!(
+            out,
+            b"GET /a HTTP/1.1\r\nX-Larder-Forwarded: 127.0.0.1:9\r\nConnection: close\r\n\r\n"
         );
         assert!(is_forwarded(&out));
     }

@@ -473,6 +473,7 @@ impl Cluster {
     ) -> Option<Arc<Cluster>> {
         let forward = ForwardConfig {
             client_write_timeout_ms: config.write_timeout_ms,
+            peer_requests_max: config.keepalive_requests_max,
             ..ForwardConfig::default()
         };
         let cluster = Cluster::new(node_id, shards, DirectoryConfig::default(), forward);
