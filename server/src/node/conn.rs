@@ -239,15 +239,6 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     // Distributed mode: a target another node owns is forwarded there (`crate::cluster::forward`).
     if let Some(cluster) = shard.cluster.as_ref().filter(|_| conn.routed.is_none()) {
         let request = &conn.read[conn.start..conn.start + head.head_bytes];
-        let relayed = cluster.forward(&conn.path, &head, request, &mut conn.stream);
-        if let Some(keep) = relayed.await {
-            conn.start += head.head_bytes;
-            return next_step(conn, keep && keep_alive);
-        }
-    }
-    // Distributed mode: a target another node owns is forwarded there (`crate::cluster::forward`).
-    if let Some(cluster) = shard.cluster.as_ref().filter(|_| conn.routed.is_none()) {
-        let request = &conn.read[conn.start..conn.start + head.head_bytes];
         let relayed = cluster.forward(&conn.path, &head, request, keep_alive, &mut conn.stream);
         if let Some(keep) = relayed.await {
             conn.start += head.head_bytes;
