@@ -23,16 +23,20 @@
 //! are woken by reason, so a message never wakes tasks that wait only for shutdown. A stale eventfd count only
 //! causes one spurious turn of the pump.
 //!
-//! Limits: waiter lists hold at most one waker per distinct waiting task (deduplicated with `will_wake`) and are
-//! emptied on every wake of their reason.
+//! Limits: a waiter list holds one slot per pending [`LocalBell::wait_for`] future: the future keeps its slot
+//! across polls (replacing the waker only when it changed) and frees it when it is dropped — a connection task
+//! that races an idle read against shutdown and then ends leaves nothing behind. A wake of a reason empties its
+//! list and starts a new generation, so a slot handle from before the wake is never mistaken for a new one.
+//! Registration and removal are O(1); the list's memory is bounded by the number of futures waiting at once.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, EventfdFlags};
@@ -91,10 +95,77 @@ impl Doorbell {
     }
 }
 
+/// The wakers waiting for one reason. Slots are reused through `free`; `generation` grows with every wake, which
+/// empties the list and invalidates every outstanding [`SlotHandle`].
+#[derive(Default)]
+struct WaiterList {
+    generation: u64,
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+/// A waiting future's place in a [`WaiterList`]: valid while `generation` matches the list's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotHandle {
+    generation: u64,
+    index: usize,
+}
+
+impl WaiterList {
+    /// Stores `waker` in `handle`'s slot if it is still valid (cloning only when the waker changed), else in a
+    /// new slot, and returns the slot's handle.
+    fn register(&mut self, handle: Option<SlotHandle>, waker: &Waker) -> SlotHandle {
+        if let Some(handle) = handle.filter(|handle| handle.generation == self.generation) {
+            let slot = &mut self.slots[handle.index];
+            match slot {
+                Some(current) if current.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+            return handle;
+        }
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(waker.clone());
+                index
+            }
+            None => {
+                self.slots.push(Some(waker.clone()));
+                self.slots.len() - 1
+            }
+        };
+        SlotHandle {
+            generation: self.generation,
+            index,
+        }
+    }
+
+    /// Frees `handle`'s slot; a handle from an earlier generation has nothing left to free.
+    fn remove(&mut self, handle: SlotHandle) {
+        if handle.generation == self.generation && self.slots[handle.index].take().is_some() {
+            self.free.push(handle.index);
+        }
+    }
+
+    /// Empties the list (starting a new generation) and returns its wakers.
+    fn take_all(&mut self) -> Vec<Waker> {
+        self.generation += 1;
+        self.free.clear();
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
 /// The shard-local half: waiter lists and the pump.
 pub(crate) struct LocalBell {
     bell: Arc<Doorbell>,
-    waiters: [RefCell<Vec<Waker>>; 3],
+    waiters: [RefCell<WaiterList>; 3],
 }
 
 impl LocalBell {
@@ -105,37 +176,25 @@ impl LocalBell {
         })
     }
 
-    /// Registers the current task to be woken on the next ring for `reason`.
-    pub(crate) fn register(&self, reason: Reason, waker: &Waker) {
-        let mut list = self.waiters[slot(reason)].borrow_mut();
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
-        }
-    }
-
-    /// Resolves with `check()`'s value once it is `Some`, sleeping on `reason` rings in between.
+    /// Resolves with `check()`'s value once it is `Some`, sleeping on `reason` rings in between. The future holds
+    /// one waiter slot while it waits and frees it when it completes or is dropped.
     pub(crate) fn wait_for<'a, T: 'a>(
         &'a self,
         reason: Reason,
-        mut check: impl FnMut() -> Option<T> + 'a,
+        check: impl FnMut() -> Option<T> + Unpin + 'a,
     ) -> impl Future<Output = T> + 'a {
-        std::future::poll_fn(move |cx| {
-            if let Some(value) = check() {
-                return Poll::Ready(value);
-            }
-            self.register(reason, cx.waker());
-            // Re-check after registering: a ring in between has set its pending bit, which the pump will see.
-            match check() {
-                Some(value) => Poll::Ready(value),
-                None => Poll::Pending,
-            }
-        })
+        WaitFor {
+            bell: self,
+            reason,
+            check,
+            slot: None,
+        }
     }
 
     fn wake(&self, bits: u32) {
         for reason in REASONS {
             if bits & reason as u32 != 0 {
-                let wakers = std::mem::take(&mut *self.waiters[slot(reason)].borrow_mut());
+                let wakers = self.waiters[slot(reason)].borrow_mut().take_all();
                 wakers.into_iter().for_each(Waker::wake);
             }
         }
@@ -179,5 +238,142 @@ impl LocalBell {
             self.bell.parked.store(false, Ordering::SeqCst);
             check_read("eventfd", result);
         }
+    }
+}
+
+/// The future of [`LocalBell::wait_for`].
+struct WaitFor<'a, F> {
+    bell: &'a LocalBell,
+    reason: Reason,
+    check: F,
+    slot: Option<SlotHandle>,
+}
+
+impl<F> WaitFor<'_, F> {
+    fn release(&mut self) {
+        if let Some(handle) = self.slot.take() {
+            self.bell.waiters[slot(self.reason)]
+                .borrow_mut()
+                .remove(handle);
+        }
+    }
+}
+
+impl<T, F: FnMut() -> Option<T> + Unpin> Future for WaitFor<'_, F> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = self.get_mut();
+        if let Some(value) = (this.check)() {
+            this.release();
+            return Poll::Ready(value);
+        }
+        let list = &this.bell.waiters[slot(this.reason)];
+        this.slot = Some(list.borrow_mut().register(this.slot, cx.waker()));
+        // Re-check after registering: a ring in between has set its pending bit, which the pump will see.
+        match (this.check)() {
+            Some(value) => {
+                this.release();
+                Poll::Ready(value)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<F> Drop for WaitFor<'_, F> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        (counter.clone(), Waker::from(counter))
+    }
+
+    #[test]
+    fn dropped_waits_leave_no_waker_behind() {
+        let bell = LocalBell::new(Doorbell::new().expect("eventfd"));
+        let (_counter, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..1_000 {
+            let mut wait = std::pin::pin!(bell.wait_for(Reason::Shutdown, || None::<()>));
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert!(
+                wait.as_mut().poll(&mut cx).is_pending(),
+                "a re-poll keeps its one slot"
+            );
+            assert_eq!(bell.waiters[slot(Reason::Shutdown)].borrow().len(), 1);
+        }
+        assert_eq!(bell.waiters[slot(Reason::Shutdown)].borrow().len(), 0);
+        assert!(
+            bell.waiters[slot(Reason::Shutdown)].borrow().slots.len() <= 1,
+            "slots are reused, not appended"
+        );
+    }
+
+    #[test]
+    fn a_wake_reaches_every_waiter_once_and_old_handles_free_nothing() {
+        let bell = LocalBell::new(Doorbell::new().expect("eventfd"));
+        let (first_count, first) = counting_waker();
+        let (second_count, second) = counting_waker();
+        let mut first_wait = std::pin::pin!(bell.wait_for(Reason::Message, || None::<()>));
+        let mut second_wait = Box::pin(bell.wait_for(Reason::Message, || None::<()>));
+        assert!(first_wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&first))
+            .is_pending());
+        assert!(second_wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&second))
+            .is_pending());
+        bell.wake(Reason::Message as u32);
+        assert_eq!(first_count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(second_count.0.load(Ordering::SeqCst), 1);
+        // After the wake the first waits again (new generation, new slot) while the second is dropped with its
+        // stale handle: the drop must not free the first's new slot.
+        assert!(first_wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&first))
+            .is_pending());
+        drop(second_wait);
+        assert_eq!(bell.waiters[slot(Reason::Message)].borrow().len(), 1);
+        assert!(
+            bell.waiters[slot(Reason::Message)].borrow().slots[0].is_some(),
+            "the stale drop left the live slot alone"
+        );
+        bell.wake(Reason::Message as u32);
+        assert_eq!(first_count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(second_count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_ready_condition_takes_no_slot() {
+        let bell = LocalBell::new(Doorbell::new().expect("eventfd"));
+        let (_counter, waker) = counting_waker();
+        let mut ready_on_second_check = [false, true].into_iter();
+        let mut wait = std::pin::pin!(bell.wait_for(Reason::Space, move || {
+            ready_on_second_check.next().unwrap_or(true).then_some(7)
+        }));
+        assert_eq!(
+            wait.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Ready(7)
+        );
+        assert_eq!(bell.waiters[slot(Reason::Space)].borrow().len(), 0);
     }
 }
