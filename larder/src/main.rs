@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod control;
+mod cluster_link;
 mod ctl;
 mod dispatch;
 mod dispatch_link;

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Join the control plane at this address instead of starting one.
     #[arg(long, conflicts_with_all = ["control", "no_control"])]
     join: Option<String>,
+    /// Distributed mode: forward each request to the node the control plane assigns its target.
+    #[arg(long, conflicts_with = "no_control")]
+    cluster: bool,
     /// Directory to serve [default: .].
     root: Option<PathBuf>,
 }
@@ -75,6 +78,7 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     if let Some(root) = &args.root {
         config.root = root.clone();
     }
+    config.cluster = args.cluster;
     config.validate()?;
     Ok(config)
 }
@@ -105,12 +109,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
     }
+    let cluster = args
+        .cluster
+        .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
+        .transpose()?;
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing in-flight responses");
     node.shutdown();
     let report = node.join().context("stopping the node")?;
     if !report.fully_drained() {
         tracing::warn!("some connections were still busy at the drain deadline and were closed");
+    }
+    if let Some(cluster) = cluster {
+        cluster.shutdown();
     }
     link.shutdown()?;
     Ok(ExitCode::SUCCESS)
