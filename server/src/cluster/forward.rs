@@ -5,6 +5,10 @@
 //! 1. Only a GET or HEAD without a body is forwarded, and never one that carries `X-Larder-Forwarded` (it was
 //!    forwarded once already: serving it here makes loops impossible even when two nodes disagree).
 //! 2. The [`Directory`](super::Directory) routes the normalised path; anything but `Forward(peer)` is served here.
+//!    A target the directory does not know yet (`Unknown`: its first request on this node) waits up to
+//!    `assign_wait_ms` (checking every millisecond) for the control plane's answer, which the feeder fetches in
+//!    batches every 5 ms: serving it here at once would cache it on every node that sees it first and cost the
+//!    cluster one cold miss per node per target; waiting costs the first request a few milliseconds once.
 //! 3. The request head is copied into the relay buffer with `X-Larder-Forwarded: <this node id>` added before
 //!    the blank line; the rest of the head is forwarded verbatim (so `Connection: close` from the client also
 //!    ends the pooled connection).
@@ -39,6 +43,7 @@
 //! | [`RELAY_BUFFER_BYTES`] | 32 KiB per forward in flight | one read of the peer, written on unchanged; a larger response head → 502 |
 //! | [`FREE_BUFFERS_MAX`] | 16 relay buffers kept per shard | reuse without unbounded growth (512 KiB) |
 //! | [`CONNECT_TIMEOUT_MS`] | 1 s | a live node on a LAN connects in < 1 ms |
+//! | [`ASSIGN_WAIT_MS`] | 20 ms for a target's first request on a node | about 4 feeder batches; then it is served here |
 //! | [`READ_TIMEOUT_MS`] | 10 s per read of the peer | a cold miss on a slow disk, not a hung exchange |
 
 use std::cell::RefCell;
@@ -71,6 +76,8 @@ pub const RELAY_BUFFER_BYTES: usize = 32 * 1024;
 pub const FREE_BUFFERS_MAX: usize = 16;
 /// Connecting to a peer.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long a request for a target this node has no assignment for waits for the control plane's answer.
+pub const ASSIGN_WAIT_MS: u64 = 20;
 /// One read from (or write to) a peer.
 pub const READ_TIMEOUT_MS: u64 = 10_000;
 
@@ -79,6 +86,8 @@ pub const READ_TIMEOUT_MS: u64 = 10_000;
 pub struct ForwardConfig {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    /// Wait for the assignment of a target not yet known here (0: serve such a request here at once).
+    pub assign_wait_ms: u64,
     /// One write to the client (the node's `write_timeout_ms`).
     pub client_write_timeout_ms: u64,
     /// Requests a peer connection carries at most: peers are assumed to share this node's
@@ -91,6 +100,7 @@ impl Default for ForwardConfig {
         ForwardConfig {
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
             read_timeout_ms: READ_TIMEOUT_MS,
+            assign_wait_ms: ASSIGN_WAIT_MS,
             client_write_timeout_ms: 60_000,
             peer_requests_max: 1_000,
         }
@@ -254,7 +264,14 @@ impl Forwarder {
         // Step 2.
         let path = std::str::from_utf8(path).ok()?;
         let directory = self.cluster.directory();
-        let Route::Forward(peer) = directory.route(path, self.cluster.now_ms()) else {
+        let mut route = directory.route(path, self.cluster.now_ms());
+        let mut waited_ms = 0;
+        while route == Route::Unknown && waited_ms < self.cluster.forward.assign_wait_ms {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            waited_ms += 1;
+            route = directory.route(path, self.cluster.now_ms());
+        }
+        let Route::Forward(peer) = route else {
             return None;
         };
         // Steps 3-6.
