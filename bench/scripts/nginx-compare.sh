@@ -66,10 +66,12 @@ done
 WORK=$(mktemp -d /tmp/nginx-compare.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/www/z" "$WORK/logs"
-head -c 4096 /dev/urandom | base64 -w 0 | head -c 4096 >"$WORK/www/4k.html"
+# 3 random bytes → 4 base64 characters: exact sizes without cutting a pipe short (a SIGPIPE under pipefail would end
+# the script silently with status 141).
+head -c 3072 /dev/urandom | base64 -w 0 >"$WORK/www/4k.html"
 head -c $((1 << 20)) /dev/urandom >"$WORK/www/1m.bin"
 if [[ " $WORKLOADS " == *" zipf "* ]]; then
-    block=$(head -c 16384 /dev/urandom | base64 -w 0 | head -c 16384)
+    block=$(head -c 12288 /dev/urandom | base64 -w 0)
     for ((i = 0; i < 10000; i++)); do printf '%s' "$block" >"$WORK/www/z/$i.html"; done
 fi
 chmod -R a+rX "$WORK/www"
