@@ -50,8 +50,8 @@ pub const DIRECT_READ_BYTES_MIN: u64 = 64 * 1024;
 /// two extra system calls and the pipe cost more than the copy they save. Measured here (sender thread CPU per
 /// response over loopback TCP, head + body, `writev` vs `write` + `vmsplice` + `splice`, two runs on a loaded 2-core
 /// machine): 16 KiB 7.7–8.0 vs 10.6–11.4 µs, 32 KiB 13.7–14.3 vs 13.3–15.8 µs, 64 KiB 24–26 vs 18–21 µs,
-/// 256 KiB 82–102 vs 55–57 µs, 1 MiB 317–326 vs 181–229 µs: 64 KiB is the first size where splicing wins clearly
-/// (16 KiB loses, 256 KiB would leave the 64–256 KiB gain unused).
+/// 256 KiB 82–102 vs 55–57 µs, 1 MiB 317–326 vs 181–229 µs: 64 KiB is the first size where splicing wins
+/// clearly (16 KiB loses, 256 KiB would leave the 64–256 KiB gain unused).
 pub const SPLICE_BYTES_MIN: u64 = 64 * 1024;
 
 /// Default chunk size of [`FileStream`]: 256 KiB per `pread`, one reused buffer per stream.
