@@ -13,6 +13,7 @@
 #
 # Usage: bench/scripts/wrk-vs-larder-bench.sh            (ROUNDS=11 DURATION=5 CONNECTIONS=64 by default)
 #        ROUNDS=21 DURATION=10 DRIVER=uring bench/scripts/wrk-vs-larder-bench.sh
+#        LARDER_BENCH_ARGS='--timeout 0' bench/scripts/wrk-vs-larder-bench.sh   (extra larder-bench flags)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-11}
@@ -103,8 +104,9 @@ run_wrk() {
 
 run_larder() {
     local out
+    # shellcheck disable=SC2086 # LARDER_BENCH_ARGS is a list of extra flags
     out=$(taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$DRIVER" -c "$CONNECTIONS" \
-        -d "${DURATION}s" --quiet --json "$URL")
+        -d "${DURATION}s" --quiet --json ${LARDER_BENCH_ARGS:-} "$URL")
     jq -r '"\(.requests_per_sec) \(.latency_ms.p50) \(.latency_ms.p99) \(.errors)"' <<<"$out"
 }
 

@@ -179,11 +179,26 @@ fn run_command(args: &RunArgs) -> Result<()> {
     let config = build_config(args, &base, paths)?;
     let report = run(&config, progress_printer(args.quiet))?;
     if args.json {
-        println!("{}", report.to_json());
+        emit(&format!("{}\n", report.to_json()))
     } else {
-        print!("{}", report.to_text());
+        emit(&report.to_text())
     }
-    Ok(())
+}
+
+/// Writes the report to stdout. A reader that went away (`larder-bench … | head`) is not an error worth a panic
+/// (what `print!` does on EPIPE): the run is over, so the rest is dropped quietly.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(error).context("writing the report to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn compare_command(args: &CompareArgs) -> Result<()> {
@@ -224,9 +239,9 @@ fn compare_command(args: &CompareArgs) -> Result<()> {
         },
     )?;
     if args.run.json {
-        println!("{}", comparison.to_json());
+        emit(&format!("{}\n", comparison.to_json()))?;
     } else {
-        print!("{}", comparison.to_text(&url_a.authority, &url_b.authority));
+        emit(&comparison.to_text(&url_a.authority, &url_b.authority))?;
     }
     Ok(())
 }
