@@ -11,6 +11,7 @@
 //! | `http` | request/response heads, body framing, the chunked-body scanner |
 //! | `balancer` | the shared policy, the back-end table (in-flight counts, weights, external load, health and drain flags), policy swaps, retry budget |
 //! | `proxy` | the per-shard data path: accept, exchange, retry, relay |
+//! | [`relay`] | timed read/write steps with an owned buffer (shared with a node's cluster forwarding) |
 //! | `health` | the active health-check thread |
 //! | `dispatcher` | start-up, shutdown, the [`DispatchHandle`] (changes at run time: back-ends, weights, load, drain, policy) |
 //!
@@ -47,6 +48,7 @@ mod dispatcher;
 mod health;
 pub mod http;
 mod proxy;
+pub mod relay;
 
 pub use balancer::{BackendStatus, CountersSnapshot, TableError};
 pub use config::{BackendId, DispatchConfig, RetryBudgetConfig};

@@ -32,8 +32,6 @@
 //! from the back-end except by the connection it holds.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -41,8 +39,6 @@ use std::time::Duration;
 
 use larder_lard::TargetId;
 use larder_runtime::{DriverKind, ShardContext};
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::balancer::{Counters, Ticket};
@@ -51,6 +47,7 @@ use crate::dispatcher::Shared;
 use crate::http::{
     parse_request, parse_response, BodyFraming, ChunkedScanner, HeadError, RequestHead,
 };
+use crate::relay::{read_more, timed, write_range, IoFail};
 
 /// Idle keep-alive connections to one back-end slot, newest last, for the address they were opened to.
 #[derive(Default)]
@@ -156,56 +153,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: std::net::TcpListener) {
             }
         }
     }
-}
-
-/// Why an I/O step failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IoFail {
-    Timeout,
-    Closed,
-}
-
-impl From<io::Error> for IoFail {
-    fn from(_: io::Error) -> Self {
-        IoFail::Closed
-    }
-}
-
-async fn timed<F: Future>(timeout_ms: u64, future: F) -> Result<F::Output, IoFail> {
-    monoio::time::timeout(Duration::from_millis(timeout_ms), future)
-        .await
-        .map_err(|_| IoFail::Timeout)
-}
-
-/// Reads into `slot[len..end]` and returns the byte count (0: the peer closed). The buffer goes into the
-/// operation and comes back into `slot`; after a timeout (which drops the operation) `slot` is empty and the
-/// caller stops using this connection.
-async fn read_more(
-    stream: &mut TcpStream,
-    slot: &mut Vec<u8>,
-    end: usize,
-    timeout_ms: u64,
-) -> Result<usize, IoFail> {
-    let buf = std::mem::take(slot);
-    let start = buf.len();
-    let (result, slice) = timed(timeout_ms, stream.read(buf.slice_mut(start..end))).await?;
-    *slot = slice.into_inner();
-    Ok(result?)
-}
-
-/// Writes `slot[from..to]` completely; the buffer comes back into `slot` as in [`read_more`].
-async fn write_range(
-    stream: &mut TcpStream,
-    slot: &mut Vec<u8>,
-    from: usize,
-    to: usize,
-    timeout_ms: u64,
-) -> Result<(), IoFail> {
-    let buf = std::mem::take(slot);
-    let (result, slice) = timed(timeout_ms, stream.write_all(buf.slice(from..to))).await?;
-    *slot = slice.into_inner();
-    result?;
-    Ok(())
 }
 
 /// A response the dispatcher makes itself.

@@ -48,15 +48,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use larder_dispatch::http::{parse_response, BodyFraming};
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use larder_dispatch::relay::{self, timed, IoFail};
 use monoio::net::TcpStream;
 
 use super::{Cluster, Route};
@@ -135,31 +133,13 @@ enum Fail {
     Abort { peer_fault: bool },
 }
 
-/// Why an I/O step failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IoFail {
-    Timeout,
-    Closed,
-}
-
-async fn timed<F: Future>(timeout_ms: u64, future: F) -> Result<F::Output, IoFail> {
-    monoio::time::timeout(Duration::from_millis(timeout_ms), future)
-        .await
-        .map_err(|_| IoFail::Timeout)
-}
-
 /// Reads into `slot[len..RELAY_BUFFER_BYTES]`; 0 means the peer closed. After a timeout `slot` is left empty.
 async fn read_more(
     stream: &mut TcpStream,
     slot: &mut Vec<u8>,
     timeout_ms: u64,
 ) -> Result<usize, IoFail> {
-    let buf = std::mem::take(slot);
-    let filled = buf.len();
-    let unfilled = buf.slice_mut(filled..RELAY_BUFFER_BYTES);
-    let (result, slice) = timed(timeout_ms, stream.read(unfilled)).await?;
-    *slot = slice.into_inner();
-    result.map_err(|_| IoFail::Closed)
+    relay::read_more(stream, slot, RELAY_BUFFER_BYTES, timeout_ms).await
 }
 
 /// Writes `slot[..to]` completely. After a timeout `slot` is left empty.
@@ -169,10 +149,7 @@ async fn write_prefix(
     to: usize,
     timeout_ms: u64,
 ) -> Result<(), IoFail> {
-    let buf = std::mem::take(slot);
-    let (result, slice) = timed(timeout_ms, stream.write_all(buf.slice(0..to))).await?;
-    *slot = slice.into_inner();
-    result.map(|_| ()).map_err(|_| IoFail::Closed)
+    relay::write_range(stream, slot, 0, to, timeout_ms).await
 }
 
 /// Whether a request head carries `X-Larder-Forwarded` (any case).
