@@ -4,96 +4,25 @@
 //! concurrent connection away with 503 + Retry-After.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::Duration;
 
 use larder_control::proto::v1 as pb;
 use larder_control::CtlClient;
+use process::{wait_for, Process};
 
 /// A bounded wait: `condition` is tried every 20 ms for at most 30 s.
-const WAIT_ATTEMPTS_MAX: u32 = 1500;
-const WAIT_PAUSE: Duration = Duration::from_millis(20);
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..WAIT_ATTEMPTS_MAX {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(WAIT_PAUSE);
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// A child process killed (SIGKILL) if the test fails before it is stopped.
-struct Process {
-    child: Option<Child>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Process {
-    fn spawn(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("larder starts");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Process {
-            child: Some(child),
-            stdout,
-        }
-    }
-
-    /// The text after `prefix` on the next stdout line that has it (at most 10 lines read).
-    fn line_after(&mut self, prefix: &str) -> String {
-        for _ in 0..10 {
-            let mut line = String::new();
-            let read = self.stdout.read_line(&mut line).expect("read stdout");
-            assert!(read > 0, "larder exited before printing {prefix:?}");
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_string();
-            }
-        }
-        panic!("no line with {prefix:?}");
-    }
-
-    /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> i32 {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(result, 0, "kill");
-        child.wait().expect("wait").code().expect("exit code")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn serve(root: &std::path::Path, control_args: &[&str]) -> (Process, String) {
     let root = root.to_str().expect("utf-8 path");
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--cores", "2"];
     args.extend_from_slice(control_args);
     args.push(root);
     let mut node = Process::spawn(&args);
-    let served = node.line_after("serving on http://");
-    let http = served
-        .split_whitespace()
-        .next()
-        .expect("address")
-        .to_string();
+    let http = node.word_after("serving on http://");
     (node, http)
 }
 
@@ -152,7 +81,7 @@ fn get_keep_alive(stream: &mut TcpStream, path: &str) -> String {
 fn embedded_control_plane_lists_its_node_and_stops_with_it() {
     let root = root_with_a_file();
     let (mut node, http) = serve(root.path(), &["--control", "127.0.0.1:0"]);
-    let control = node.line_after("control plane on ");
+    let control = node.word_after("control plane on ");
     wait_for("ListNodes shows the node with its HTTP address", || {
         lists(&control, &http)
     });
@@ -168,7 +97,7 @@ fn embedded_control_plane_lists_its_node_and_stops_with_it() {
 fn join_registers_with_a_standalone_control_plane() {
     let root = root_with_a_file();
     let mut plane = Process::spawn(&["control", "--listen", "127.0.0.1:0"]);
-    let control = plane.line_after("listening on ");
+    let control = plane.word_after("listening on ");
     let (node, http) = serve(root.path(), &["--join", &control]);
     wait_for("the joined node is listed", || lists(&control, &http));
     get_ok(&http, "/a.txt");
@@ -188,7 +117,7 @@ fn list_targets_shows_the_hot_paths_and_the_shards_serving_them() {
         root.path(),
         &["--control", "127.0.0.1:0", "--config", config],
     );
-    let control = node.line_after("control plane on ");
+    let control = node.word_after("control plane on ");
     let mut ctl = CtlClient::connect(&control, None).expect("ctl connects");
     // The shards each path was served by, from the X-Larder-Shard header.
     let mut served: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
@@ -239,7 +168,7 @@ fn set_container_connections_max_1_answers_a_second_connection_503_with_retry_af
         root.path(),
         &["--control", "127.0.0.1:0", "--policy", "hash"],
     );
-    let control = node.line_after("control plane on ");
+    let control = node.word_after("control plane on ");
     wait_for("ListNodes shows the node", || lists(&control, &http));
     let mut ctl = CtlClient::connect(&control, None).expect("ctl connects");
     let mut first = TcpStream::connect(&http).expect("connect");
