@@ -242,6 +242,17 @@ fn the_pending_cap_answers_503_with_retry_after() {
     for request in held {
         assert_eq!(request.join().unwrap().expect("held response").status, 200);
     }
+    // A client can read its whole response before the dispatcher's shard finishes the exchange and frees the
+    // pending slot: wait (bounded) for the slots to be freed, then the cap must let the next request through.
+    let handle = dispatcher.handle();
+    let freed = (0..1_000).any(|_| {
+        let idle = handle.backends()[0].in_flight == 0;
+        if !idle {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        idle
+    });
+    assert!(freed, "pending slots not freed: {:?}", handle.backends());
     assert_eq!(
         client.get("/over").expect("after the cap freed").status,
         200
