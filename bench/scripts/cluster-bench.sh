@@ -44,10 +44,9 @@ WORK=${WORK:-$(mktemp -d /tmp/larder-cluster.XXXXXX)}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$WORK"
 
-command -v haproxy >/dev/null || [[ " $FRONTENDS " != *" haproxy "* ]] || {
-    echo "installing haproxy" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-}
+# shellcheck source=bench/scripts/lib.sh
+. "$REPO/bench/scripts/lib.sh"
+[[ " $FRONTENDS " != *" haproxy "* ]] || ensure_tools haproxy:haproxy
 if [[ -z "${LARDER:-}" || -z "${LARDER_BENCH:-}" ]]; then
     (cd "$REPO" && cargo build --release -q -p larder -p larder-loadgen)
     LARDER=${CARGO_TARGET_DIR:-$REPO/target}/release/larder

@@ -32,15 +32,9 @@ LARDER_PORT=${LARDER_PORT:-18580}
 NGINX_PORT=${NGINX_PORT:-18581}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
-need=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-    echo "installing ${need[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/scripts/lib.sh
+. "$REPO/bench/scripts/lib.sh"
+ensure_tools /usr/sbin/nginx:nginx-light wrk:wrk taskset:util-linux curl:curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z "${LARDER:-}" ]]; then

@@ -29,16 +29,9 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 DRIVER=${DRIVER:-epoll}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v jq >/dev/null || need+=(jq)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-    echo "installing ${need[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/scripts/lib.sh
+. "$REPO/bench/scripts/lib.sh"
+ensure_tools /usr/sbin/nginx:nginx-light wrk:wrk jq:jq taskset:util-linux curl:curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z "${LARDER_BENCH:-}" ]]; then
