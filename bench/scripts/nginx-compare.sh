@@ -4,6 +4,8 @@
 # Servers: `larder serve --cores $SERVER_CORES` and nginx with worker_processes = number of larder shards, pinned
 # to the same CPUs (worker_cpu_affinity), sendfile on, open_file_cache on, access_log off. Both serve $WORK/www.
 # Load: wrk pinned (taskset) to $CLIENT_CPUS, `--latency`; rounds alternate the order (nginx first in odd rounds).
+# CLIENT=larder-bench drives the same rounds with larder-bench (`--cores $CLIENT_CPUS --driver epoll --json`; zipf
+# uses its --files list with --zipf $ZIPF_ALPHA and a fixed seed) instead of wrk; everything else is the same.
 # Workloads:
 #   4k    GET /4k.html, keep-alive, $CONNECTIONS connections             → req/s, p50, p99
 #   1m    GET /1m.bin, keep-alive, 16 connections                        → bytes/s, p50, p99
@@ -16,6 +18,7 @@
 # Usage: bench/scripts/nginx-compare.sh                     (ROUNDS=3 DURATION=10 SERVER_CORES=0 CLIENT_CPUS=1)
 #        ROUNDS=5 DURATION=20 IO_DRIVER=uring WORKLOADS="4k 1m" bench/scripts/nginx-compare.sh
 #        LARDER=/path/to/larder bench/scripts/nginx-compare.sh   (skip the cargo build)
+#        CLIENT=larder-bench bench/scripts/nginx-compare.sh       (LARDER_BENCH=/path skips its build)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -24,6 +27,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 SERVER_CORES=${SERVER_CORES:-0}        # CPU list for both servers, e.g. "0" or "0-1"
 CLIENT_CPUS=${CLIENT_CPUS:-1}          # CPU list for wrk
 WRK_THREADS=${WRK_THREADS:-1}
+CLIENT=${CLIENT:-wrk}                  # wrk or larder-bench
 IO_DRIVER=${IO_DRIVER:-auto}
 WORKLOADS=${WORKLOADS:-"4k 1m zipf"}
 ZIPF_ALPHA=${ZIPF_ALPHA:-1.0}
@@ -34,7 +38,17 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
 # shellcheck source=bench/scripts/lib.sh
 . "$REPO/bench/scripts/lib.sh"
-ensure_tools /usr/sbin/nginx:nginx-light wrk:wrk taskset:util-linux curl:curl
+ensure_tools /usr/sbin/nginx:nginx-light wrk:wrk taskset:util-linux curl:curl jq:jq
+case $CLIENT in
+    wrk) ;;
+    larder-bench)
+        if [[ -z "${LARDER_BENCH:-}" ]]; then
+            (cd "$REPO" && cargo build --release -q -p larder-loadgen)
+            LARDER_BENCH=${CARGO_TARGET_DIR:-$REPO/target}/release/larder-bench
+        fi
+        ;;
+    *) echo "nginx-compare: CLIENT must be wrk or larder-bench, not '$CLIENT'" >&2; exit 2 ;;
+esac
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z "${LARDER:-}" ]]; then
@@ -67,6 +81,8 @@ head -c $((1 << 20)) /dev/urandom >"$WORK/www/1m.bin"
 if [[ " $WORKLOADS " == *" zipf "* ]]; then
     block=$(head -c 12288 /dev/urandom | base64 -w 0)
     for ((i = 0; i < 10000; i++)); do printf '%s' "$block" >"$WORK/www/z/$i.html"; done
+    # the same paths for larder-bench's --files, most popular first (rank i+1 = /z/i.html, as in zipf.lua)
+    for ((i = 0; i < 10000; i++)); do echo "/z/$i.html"; done >"$WORK/zipf-files.txt"
 fi
 chmod -R a+rX "$WORK/www"
 
@@ -161,6 +177,25 @@ run_wrk() { # $1 server, $2 port, $3 workload, $4 round ("warm-up" or a number)
     parse_wrk <<<"$output"
 }
 
+# Runs larder-bench; same contract and output as run_wrk.
+run_larder_bench() { # $1 server, $2 port, $3 workload, $4 round
+    local server=$1 port=$2 workload=$3 round=$4 args=() output
+    case $workload in
+        4k) args=(-c "$CONNECTIONS" "http://127.0.0.1:$port/4k.html") ;;
+        1m) args=(-c 16 "http://127.0.0.1:$port/1m.bin") ;;
+        zipf) args=(-c "$CONNECTIONS" --files "$WORK/zipf-files.txt" --zipf "$ZIPF_ALPHA" --seed 42
+            "http://127.0.0.1:$port/") ;;
+    esac
+    fail() { echo "nginx-compare: $server, workload $workload, round $round: $1" >&2; echo "$output" >&2; exit 1; }
+    output=$(taskset -c "$CLIENT_CPUS" "$LARDER_BENCH" --cores "$CLIENT_CPUS" --driver epoll -d "${DURATION}s" \
+        --quiet --json "${args[@]}" 2>&1) || fail "larder-bench exited with status $?"
+    jq -e '.errors == 0 and .requests_per_sec > 0' <<<"$output" >/dev/null ||
+        fail "larder-bench reported errors or measured no requests"
+    jq -r '"\(.requests_per_sec) \(.bytes_per_sec) \(.latency_ms.p50 * 1000) \(.latency_ms.p99 * 1000)"' <<<"$output" |
+        awk '{ printf "%.0f %.0f %.0f %.0f\n", $1, $2, $3, $4 }'
+}
+run_client() { if [[ $CLIENT == wrk ]]; then run_wrk "$@"; else run_larder_bench "$@"; fi; }
+
 # CPU time (utime + stime, clock ticks) of a process and its children (nginx workers), all threads.
 cpu_ticks() {
     local total=0 pid
@@ -174,7 +209,7 @@ TICKS_PER_S=$(getconf CLK_TCK)
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "larder $("$LARDER" --version 2>/dev/null | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')) vs $("$NGINX" -v 2>&1 | sed 's/.*: //')"
-echo "server CPUs $SERVER_CORES ($SHARDS shards/workers), wrk on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
+echo "server CPUs $SERVER_CORES ($SHARDS shards/workers), $CLIENT on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
 printf '\n%-6s %-7s %14s %14s %10s %10s %12s\n' workload server "req/s" "bytes/s" "p50 µs" "p99 µs" "cpu µs/req"
 for workload in $WORKLOADS; do
     cache_mb=256
@@ -183,8 +218,8 @@ for workload in $WORKLOADS; do
     : >"$WORK/larder.$workload"
     : >"$WORK/nginx.$workload"
     # Warm both (first reads, caches), untimed.
-    DURATION=2 run_wrk larder "$LARDER_PORT" "$workload" warm-up >/dev/null
-    DURATION=2 run_wrk nginx "$NGINX_PORT" "$workload" warm-up >/dev/null
+    DURATION=2 run_client larder "$LARDER_PORT" "$workload" warm-up >/dev/null
+    DURATION=2 run_client nginx "$NGINX_PORT" "$workload" warm-up >/dev/null
     for ((round = 1; round <= ROUNDS; round++)); do
         if ((round % 2)); then order="nginx larder"; else order="larder nginx"; fi
         for server in $order; do
@@ -193,7 +228,7 @@ for workload in $WORKLOADS; do
             pid=$NGINX_PID
             [[ $server == larder ]] && pid=$LARDER_PID
             ticks_before=$(cpu_ticks "$pid")
-            result=$(run_wrk "$server" "$port" "$workload" "$round")
+            result=$(run_client "$server" "$port" "$workload" "$round")
             ticks=$(($(cpu_ticks "$pid") - ticks_before))
             # Server CPU µs per request: robust to other load on the machine (timing columns are not).
             echo "$result $(awk -v t="$ticks" -v hz="$TICKS_PER_S" -v r="${result%% *}" -v d="$DURATION" \
