@@ -20,7 +20,7 @@
 //! the dispatcher as it was when refused (a typed [`DispatchError`]). A back-end added at run time is health
 //! checked from the next round and gets idle connection stacks on each shard at its first request, like the
 //! initial ones; it starts in slow start (a new node has a cold cache). A policy swap keeps members, weights,
-//! drain and down flags and the external load (`balancer.rs`, policy swap).
+//! drain and down flags and the external load (`balancer`, policy swap).
 
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
