@@ -1,0 +1,68 @@
+//! Resource containers (Banga, Druschel and Mogul, OSDI '99) and the per-shard container scheduler.
+//!
+//! # What this module owns
+//! A *container* is a named class of work — the resource principal, separate from the thread that happens to run
+//! the work. It has CPU `shares`, a [`LatencyClass`] and two limits: `tasks_max` (concurrent tasks) and
+//! `queued_max` (tasks waiting in its ready queue). A [`ContainerScheduler`] owns, for one shard, the containers,
+//! the tasks (futures) spawned into them, their ready queues, and the per-container accounting. It is
+//! single-threaded (`Rc`-based handle, `!Send`): each shard has its own and nothing is shared between shards.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `spec.rs` | ids, [`ContainerSpec`], [`SchedulerConfig`], the limit constants, [`ContainerError`], range checks |
+//! | `clock.rs` | [`Clock`], [`MonotonicClock`], [`ManualClock`] |
+//! | `task.rs` | task slots, atomic task states, `Arc` wakers, the inbox that wakes from any thread land in |
+//! | `queue.rs` | per-container ready queues, virtual-runtime (share) accounting, the pick |
+//! | `admission.rs` | adding containers, changing shares and limits, [`ContainerScheduler::spawn`] against the limits |
+//! | `scheduler.rs` | the [`ContainerScheduler`] handle, the poll loop, [`ContainerScheduler::run`], statistics |
+//!
+//! # Scheduling rule
+//! Among containers with ready tasks the scheduler polls the one with the least *virtual runtime*; each poll of a
+//! task is timed with the injected [`Clock`] and charged to its container as
+//! `vruntime += poll_ns × (VRUNTIME_SCALE / shares)` (`VRUNTIME_SCALE` = 2^40; the quotient is computed when the
+//! shares are set, so a poll costs a multiply, not a divide). A saturated shard therefore splits its CPU by shares:
+//! with containers A (3 shares) and B (1 share) always ready, each nanosecond of A advances A's vruntime by 1/3 of what a
+//! nanosecond of B advances B's, so the two stay level when A has run 3 ns for every 1 ns of B: A gets
+//! 3 / (3 + 1) = 75% of the CPU and B 1 / (3 + 1) = 25%. Three containers with shares 2, 1, 1 get 50%, 25%, 25%.
+//!
+//! A container that had no ready task at the moment of a pick is *asleep*; when it gets a ready task again its
+//! vruntime becomes `max(own vruntime, least vruntime among the awake containers)`, so a sleeper cannot hoard credit
+//! and then monopolise the shard. (A task that wakes itself during its own poll — a yield — does not put its
+//! container to sleep.) Ties go to [`LatencyClass::Interactive`] before [`LatencyClass::Batch`], then to the older
+//! container. Within a container tasks run in FIFO order of readiness.
+//!
+//! How it runs (turns, yields to monoio, sleeping when idle) is in `scheduler.rs`; how wakes from any thread reach
+//! it is in `task.rs`.
+//!
+//! # Invariants
+//! Each file states its own; the ones a caller sees:
+//! - Per container: `tasks_active <= tasks_max` and, at spawn, `tasks_queued <= queued_max`; over either,
+//!   [`ContainerScheduler::spawn`] returns [`ContainerError::OverLimit`] and counts a rejection — nothing queues
+//!   without bound.
+//! - `shares` is in `1..=SHARES_MAX` at all times.
+//! - A completed task is never polled again; its [`TaskId`] is generation-checked.
+//! - A panic in a task is a bug: it propagates out of the poll (the shard pool reports it and stops the node).
+//!
+//! # Limits
+//! | limit | value | why |
+//! |---|---|---|
+//! | `containers_max` | default 64, at most 4,096 per scheduler | picks scan the awake containers |
+//! | `shares` | 1..=1,000,000 ([`SHARES_MAX`]) | keeps `2^40 / shares` exact to 2^-20 |
+//! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]) | bounds the task table |
+//! | `queued_max` | 1..=1,048,576 per container | bounds a ready queue at spawn |
+//! | `polls_per_turn`, `turn_ns` | 64 polls, 1 ms | bounds how long I/O completions wait for the scheduler |
+
+mod admission;
+mod clock;
+mod queue;
+mod scheduler;
+mod spec;
+mod task;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use scheduler::{ContainerScheduler, ContainerStats, SchedulerStats};
+pub use spec::{
+    ContainerError, ContainerId, ContainerLimit, ContainerSpec, LatencyClass, SchedulerConfig,
+    TaskId, CONTAINERS_MAX_DEFAULT, CONTAINERS_MAX_LIMIT, POLLS_PER_TURN_DEFAULT, SHARES_MAX,
+    TASKS_MAX_DEFAULT, TASKS_MAX_LIMIT, TURN_NS_DEFAULT, VRUNTIME_SCALE,
+};
