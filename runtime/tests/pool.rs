@@ -65,6 +65,28 @@ fn expect<T>(rx: &Receiver<T>, pool: ShardPool<Msg>) -> (T, ShardPool<Msg>) {
     }
 }
 
+/// Starts a pool of `config(driver)` whose shard 0 runs `body` (the other shards do nothing) and returns the value
+/// `body` resolves to, received through [`expect`], with the still-running pool.
+fn on_shard_zero<T, F, Fut>(driver: IoDriver, body: F) -> (T, ShardPool<Msg>)
+where
+    T: Send + 'static,
+    F: Fn(ShardContext<Msg>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let (tx, rx) = unbounded();
+    let pool = ShardPool::<Msg>::start(config(driver), move |ctx| {
+        let tx = tx.clone();
+        let work = (ctx.shard() == ShardId(0)).then(|| body(ctx));
+        async move {
+            if let Some(work) = work {
+                tx.send(work.await).unwrap();
+            }
+        }
+    })
+    .unwrap();
+    expect(&rx, pool)
+}
+
 macro_rules! with_both_drivers {
     ($($scenario:ident),* $(,)?) => {
         $(mod $scenario {
@@ -489,33 +511,23 @@ fn non_yielding_shard_is_detached_not_awaited(driver: IoDriver) {
 }
 
 fn timers_never_fire_early(driver: IoDriver) {
-    let (tx, rx) = unbounded();
-    let pool = ShardPool::<Msg>::start(config(driver), move |ctx| {
-        let tx = tx.clone();
-        async move {
-            if ctx.shard() != ShardId(0) {
-                return;
-            }
-            let timers = ctx.timers();
-            let mut slept = Vec::new();
-            for duration_ms in [0u64, 1, 3, 12] {
-                let start = Instant::now();
-                timers
-                    .sleep(Duration::from_millis(duration_ms))
-                    .await
-                    .unwrap();
-                slept.push((duration_ms, start.elapsed()));
-            }
-            let timed_out = timers
-                .timeout(Duration::from_millis(2), std::future::pending::<()>())
-                .await;
-            let finished = timers.timeout(Duration::from_secs(60), async { 42 }).await;
-            tx.send((slept, timed_out, finished, timers.armed()))
+    let ((slept, timed_out, finished, armed), pool) = on_shard_zero(driver, |ctx| async move {
+        let timers = ctx.timers();
+        let mut slept = Vec::new();
+        for duration_ms in [0u64, 1, 3, 12] {
+            let start = Instant::now();
+            timers
+                .sleep(Duration::from_millis(duration_ms))
+                .await
                 .unwrap();
+            slept.push((duration_ms, start.elapsed()));
         }
-    })
-    .unwrap();
-    let ((slept, timed_out, finished, armed), pool) = expect(&rx, pool);
+        let timed_out = timers
+            .timeout(Duration::from_millis(2), std::future::pending::<()>())
+            .await;
+        let finished = timers.timeout(Duration::from_secs(60), async { 42 }).await;
+        (slept, timed_out, finished, timers.armed())
+    });
     for (duration_ms, elapsed) in slept {
         assert!(
             elapsed >= Duration::from_millis(duration_ms),
@@ -606,42 +618,33 @@ fn driver_names_parse() {
 /// `wake_by_ref(); Pending` starved every other task of its shard while a container had ready work.
 fn busy_container_does_not_starve_the_shard(driver: IoDriver) {
     const CONTAINER_POLLS: u64 = 200_000;
-    let (tx, rx) = unbounded();
-    let pool = ShardPool::<Msg>::start(config(driver), move |ctx| {
-        let tx = tx.clone();
-        async move {
-            if ctx.shard() != ShardId(0) {
-                return;
-            }
-            let polls = std::rc::Rc::new(std::cell::Cell::new(0u64));
-            let containers = ctx.containers();
-            let id = containers
-                .add_container(ContainerSpec::new("busy", 1))
-                .unwrap();
-            let counter = polls.clone();
-            containers
-                .spawn(id, async move {
-                    // Always ready: wakes itself on every poll until done.
-                    std::future::poll_fn(|cx| {
-                        counter.set(counter.get() + 1);
-                        if counter.get() >= CONTAINER_POLLS {
-                            return std::task::Poll::Ready(());
-                        }
-                        cx.waker().wake_by_ref();
-                        std::task::Poll::Pending
-                    })
-                    .await
+    let (polls_when_done, pool) = on_shard_zero(driver, |ctx| async move {
+        let polls = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let containers = ctx.containers();
+        let id = containers
+            .add_container(ContainerSpec::new("busy", 1))
+            .unwrap();
+        let counter = polls.clone();
+        containers
+            .spawn(id, async move {
+                // Always ready: wakes itself on every poll until done.
+                std::future::poll_fn(|cx| {
+                    counter.set(counter.get() + 1);
+                    if counter.get() >= CONTAINER_POLLS {
+                        return std::task::Poll::Ready(());
+                    }
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
                 })
-                .unwrap();
-            // Outside the container: three timer sleeps must complete while the container is still busy.
-            for _ in 0..3 {
-                ctx.timers().sleep(Duration::from_millis(1)).await.unwrap();
-            }
-            tx.send(polls.get()).unwrap();
+                .await
+            })
+            .unwrap();
+        // Outside the container: three timer sleeps must complete while the container is still busy.
+        for _ in 0..3 {
+            ctx.timers().sleep(Duration::from_millis(1)).await.unwrap();
         }
-    })
-    .unwrap();
-    let (polls_when_done, pool) = expect(&rx, pool);
+        polls.get()
+    });
     assert!(
         polls_when_done < CONTAINER_POLLS,
         "the shard's other tasks only ran after the container finished ({polls_when_done} polls)"
