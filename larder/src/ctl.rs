@@ -43,23 +43,8 @@ enum Call {
     GetPolicy,
     /// Change the policy, its parameters and/or node weights (absent flags keep their value).
     SetPolicy {
-        /// wrr, lc, ch, ch-bl, lard, lard-r.
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        t_low: Option<u32>,
-        #[arg(long)]
-        t_high: Option<u32>,
-        #[arg(long)]
-        k_ms: Option<u64>,
-        #[arg(long)]
-        balance_factor: Option<f64>,
-        #[arg(long)]
-        vnodes_per_server: Option<u32>,
-        #[arg(long)]
-        targets_max: Option<u64>,
-        #[arg(long)]
-        target_idle_ms: Option<u64>,
+        #[command(flatten)]
+        policy: PolicyFlags,
         /// NODE=WEIGHT (1..=256); repeatable.
         #[arg(long = "weight", value_name = "NODE=WEIGHT")]
         weights: Vec<String>,
@@ -77,19 +62,85 @@ enum Call {
     ListContainers,
     /// Set a container's shares and limits (replaces all of them).
     SetContainer {
-        name: String,
-        #[arg(long)]
-        shares: u32,
-        #[arg(long, default_value_t = 0)]
-        connections_max: u64,
-        #[arg(long, default_value_t = 0)]
-        queued_work_max: u64,
-        #[arg(long, default_value_t = 0)]
-        cpu_percent_max: u32,
+        #[command(flatten)]
+        container: ContainerFlags,
         /// Create the container if it does not exist.
         #[arg(long)]
         create: bool,
     },
+}
+
+// The flags of `set-policy` that become a `larder.v1.Policy` (no doc comment: clap would take it as the
+// subcommand's about text).
+#[derive(Debug, clap::Args)]
+struct PolicyFlags {
+    /// wrr, lc, ch, ch-bl, lard, lard-r.
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    t_low: Option<u32>,
+    #[arg(long)]
+    t_high: Option<u32>,
+    #[arg(long)]
+    k_ms: Option<u64>,
+    #[arg(long)]
+    balance_factor: Option<f64>,
+    #[arg(long)]
+    vnodes_per_server: Option<u32>,
+    #[arg(long)]
+    targets_max: Option<u64>,
+    #[arg(long)]
+    target_idle_ms: Option<u64>,
+}
+
+impl PolicyFlags {
+    /// The policy message; an absent kind is `Unspecified` and absent parameters stay unset (both keep their value).
+    fn to_policy(&self) -> anyhow::Result<pb::Policy> {
+        let kind = match &self.kind {
+            Some(name) => policy_kind(name)?,
+            None => pb::PolicyKind::Unspecified,
+        };
+        Ok(pb::Policy {
+            kind: kind as i32,
+            lard: Some(pb::LardParams {
+                t_low: self.t_low,
+                t_high: self.t_high,
+                k_ms: self.k_ms,
+            }),
+            balance_factor: self.balance_factor,
+            vnodes_per_server: self.vnodes_per_server,
+            targets_max: self.targets_max,
+            target_idle_ms: self.target_idle_ms,
+        })
+    }
+}
+
+// The arguments of `set-container` that become a `larder.v1.Container` (no doc comment, as above).
+#[derive(Debug, clap::Args)]
+struct ContainerFlags {
+    name: String,
+    #[arg(long)]
+    shares: u32,
+    #[arg(long, default_value_t = 0)]
+    connections_max: u64,
+    #[arg(long, default_value_t = 0)]
+    queued_work_max: u64,
+    #[arg(long, default_value_t = 0)]
+    cpu_percent_max: u32,
+}
+
+impl ContainerFlags {
+    fn to_container(&self) -> pb::Container {
+        pb::Container {
+            name: self.name.clone(),
+            shares: self.shares,
+            limits: Some(pb::ContainerLimits {
+                connections_max: self.connections_max,
+                queued_work_max: self.queued_work_max,
+                cpu_percent_max: self.cpu_percent_max,
+            }),
+        }
+    }
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -225,34 +276,9 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
             let answer = client.get_policy()?;
             show(json, "larder.v1.GetPolicyResponse", &answer, print_policy)
         }
-        Call::SetPolicy {
-            kind,
-            t_low,
-            t_high,
-            k_ms,
-            balance_factor,
-            vnodes_per_server,
-            targets_max,
-            target_idle_ms,
-            weights,
-        } => {
-            let kind = match kind {
-                Some(name) => policy_kind(&name)?,
-                None => pb::PolicyKind::Unspecified,
-            };
+        Call::SetPolicy { policy, weights } => {
             let request = pb::SetPolicyRequest {
-                policy: Some(pb::Policy {
-                    kind: kind as i32,
-                    lard: Some(pb::LardParams {
-                        t_low,
-                        t_high,
-                        k_ms,
-                    }),
-                    balance_factor,
-                    vnodes_per_server,
-                    targets_max,
-                    target_idle_ms,
-                }),
+                policy: Some(policy.to_policy()?),
                 node_weights: weights
                     .iter()
                     .map(|text| parse_weight(text))
@@ -272,24 +298,8 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
                 print_targets,
             )
         }
-        Call::Drain { node_id } => {
-            let answer = client.drain(&node_id)?;
-            show(json, "larder.v1.DrainResponse", &answer, |answer| {
-                println!(
-                    "{node_id} drained; steering version {}",
-                    answer.steering_version
-                )
-            })
-        }
-        Call::Undrain { node_id } => {
-            let answer = client.undrain(&node_id)?;
-            show(json, "larder.v1.DrainResponse", &answer, |answer| {
-                println!(
-                    "{node_id} undrained; steering version {}",
-                    answer.steering_version
-                )
-            })
-        }
+        Call::Drain { node_id } => set_drained(&mut client, json, &node_id, true),
+        Call::Undrain { node_id } => set_drained(&mut client, json, &node_id, false),
         Call::ListContainers => {
             let answer = client.list_containers()?;
             show(
@@ -299,34 +309,39 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
                 print_containers,
             )
         }
-        Call::SetContainer {
-            name,
-            shares,
-            connections_max,
-            queued_work_max,
-            cpu_percent_max,
-            create,
-        } => {
+        Call::SetContainer { container, create } => {
             let answer = client.set_container(pb::SetContainerRequest {
-                container: Some(pb::Container {
-                    name: name.clone(),
-                    shares,
-                    limits: Some(pb::ContainerLimits {
-                        connections_max,
-                        queued_work_max,
-                        cpu_percent_max,
-                    }),
-                }),
+                container: Some(container.to_container()),
                 create,
             })?;
             show(json, "larder.v1.SetContainerResponse", &answer, |answer| {
                 println!(
-                    "container {name} set; steering version {}",
-                    answer.steering_version
+                    "container {} set; steering version {}",
+                    container.name, answer.steering_version
                 )
             })
         }
     }
+}
+
+/// `drain` (`drained`) or `undrain` (not `drained`) a node and show the answer.
+fn set_drained(
+    client: &mut CtlClient,
+    json: bool,
+    node_id: &str,
+    drained: bool,
+) -> Result<(), Failure> {
+    let (answer, done) = if drained {
+        (client.drain(node_id)?, "drained")
+    } else {
+        (client.undrain(node_id)?, "undrained")
+    };
+    show(json, "larder.v1.DrainResponse", &answer, |answer| {
+        println!(
+            "{node_id} {done}; steering version {}",
+            answer.steering_version
+        )
+    })
 }
 
 fn state_name(state: i32) -> &'static str {
