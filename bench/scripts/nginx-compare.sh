@@ -19,6 +19,7 @@
 #        ROUNDS=5 DURATION=20 IO_DRIVER=uring WORKLOADS="4k 1m" bench/scripts/nginx-compare.sh
 #        LARDER=/path/to/larder bench/scripts/nginx-compare.sh   (skip the cargo build)
 #        CLIENT=larder-bench bench/scripts/nginx-compare.sh       (LARDER_BENCH=/path skips its build)
+#        LARDER_ARGS='--cache-read page-cache' WORKLOADS=zipf bench/scripts/nginx-compare.sh   (extra serve flags)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -135,8 +136,9 @@ trap cleanup EXIT
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/4k.html" && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
 
 start_larder() { # $1 = cache MiB
+    # shellcheck disable=SC2086 # LARDER_ARGS is a list of extra flags
     "$LARDER" serve --listen "127.0.0.1:$LARDER_PORT" --cores "$SERVER_CORES," --io-driver "$IO_DRIVER" \
-        --cache-mb "$1" --no-control "$WORK/www" >"$WORK/logs/larder.log" 2>&1 &
+        --cache-mb "$1" --no-control ${LARDER_ARGS:-} "$WORK/www" >"$WORK/logs/larder.log" 2>&1 &
     LARDER_PID=$!
     wait_up "$LARDER_PORT"
 }

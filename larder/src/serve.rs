@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use larder_server::config::{parse_io_driver, parse_policy};
+use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
 use crate::node_link::{self, NodeLink};
@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// Cache budget of the whole node in MiB, split across the shards [default: 256].
     #[arg(long = "cache-mb")]
     cache_mb: Option<u64>,
+    /// How a cache miss reads its file: direct (one copy: O_DIRECT or dropped from the page cache), drop-cache, or
+    /// page-cache (the kernel's page cache stays a second level behind the shard caches) [default: direct].
+    #[arg(long = "cache-read")]
+    cache_read: Option<String>,
     /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
     #[arg(long)]
     policy: Option<String>,
@@ -71,6 +75,9 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     }
     if let Some(cache_mb) = args.cache_mb {
         config.cache_mb = cache_mb;
+    }
+    if let Some(read) = &args.cache_read {
+        config.cache_read = parse_cache_read(read).context("--cache-read")?;
     }
     if let Some(policy) = &args.policy {
         config.policy = parse_policy(policy).context("--policy")?;

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::cache::ReadMode;
 use larder_lard::PolicyKind;
 pub use larder_runtime::pool::IoDriver;
 use larder_runtime::topology::ShardSelection;
@@ -134,6 +135,11 @@ pub struct ServeConfig {
     pub io_driver: IoDriver,
     /// Cache budget for the whole node in MiB, split evenly across shards.
     pub cache_mb: u64,
+    /// How a miss reads its file (`cache_read`): `direct` (O_DIRECT from 64 KiB, else buffered and dropped from the
+    /// page cache: one copy, the default), `drop-cache` (buffered, dropped), or `page-cache` (buffered, kept: the
+    /// kernel's page cache becomes a second level behind the shard caches, at the price of a second copy; for a
+    /// cache budget far below the free memory and a working set larger than the budget).
+    pub cache_read: ReadMode,
     pub policy: PolicyKind,
     pub root: PathBuf,
     pub keepalive_timeout_ms: u64,
@@ -167,6 +173,7 @@ impl Default for ServeConfig {
             cores: ShardSelection::All,
             io_driver: IoDriver::Auto,
             cache_mb: 256,
+            cache_read: ReadMode::DirectOrDropCache,
             policy: PolicyKind::Lard,
             root: PathBuf::from("."),
             keepalive_timeout_ms: 75_000,
@@ -224,6 +231,20 @@ pub fn parse_io_driver(name: &str) -> Result<IoDriver, ConfigError> {
         .map_err(|_| invalid("io_driver", name, "must be auto, uring or epoll"))
 }
 
+/// Parses `direct`, `drop-cache` or `page-cache` (the `cache_read` setting).
+pub fn parse_cache_read(name: &str) -> Result<ReadMode, ConfigError> {
+    match name {
+        "direct" => Ok(ReadMode::DirectOrDropCache),
+        "drop-cache" => Ok(ReadMode::DropCache),
+        "page-cache" => Ok(ReadMode::PageCache),
+        _ => Err(invalid(
+            "cache_read",
+            name,
+            "must be direct, drop-cache or page-cache",
+        )),
+    }
+}
+
 /// Parses the CLI policy names: `lard`, `lard-r`, `wrr`, `hash` (= consistent hashing), and lard's own names.
 pub fn parse_policy(name: &str) -> Result<PolicyKind, ConfigError> {
     match name {
@@ -241,6 +262,7 @@ struct RawConfig {
     cores: Option<String>,
     io_driver: Option<String>,
     cache_mb: Option<u64>,
+    cache_read: Option<String>,
     policy: Option<String>,
     root: Option<PathBuf>,
     keepalive_timeout_ms: Option<u64>,
@@ -311,6 +333,9 @@ impl ServeConfig {
         }
         if let Some(policy) = raw.policy {
             config.policy = parse_policy(&policy)?;
+        }
+        if let Some(read) = raw.cache_read {
+            config.cache_read = parse_cache_read(&read)?;
         }
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(value) = raw.$field { config.$field = value; } )* };
@@ -566,6 +591,7 @@ mod tests {
             policy = "hash"
             io_driver = "epoll"
             cache_mb = 64
+            cache_read = "page-cache"
             keepalive_timeout_ms = 5000
             access_log = { path = "/tmp/access.log", format = "common" }
             [[containers]]
@@ -584,6 +610,7 @@ mod tests {
         assert_eq!(config.policy, PolicyKind::ConsistentHash);
         assert_eq!(config.io_driver, IoDriver::Epoll);
         assert_eq!(config.cache_mb, 64);
+        assert_eq!(config.cache_read, ReadMode::PageCache);
         assert_eq!(
             config.access_log.as_ref().unwrap().format,
             LogFormat::Common
@@ -609,6 +636,7 @@ mod tests {
             ("cache_mb = 0", "cache_mb"),
             ("policy = \"random\"", "policy"),
             ("io_driver = \"kqueue\"", "io_driver"),
+            ("cache_read = \"mmap\"", "cache_read"),
             ("listen = \"nowhere\"", "listen"),
             ("cores = \"x\"", "cores"),
             ("header_bytes_max = 1000000", "header_bytes_max"),

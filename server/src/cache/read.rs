@@ -24,7 +24,8 @@
 //!
 //! Trade-off: keeping one copy means every miss goes to the device. That is IO-Lite's bet when the cache budget is
 //! most of the memory; when the budget is far below the free memory, [`ReadMode::PageCache`] lets the kernel's
-//! page cache act as a second level behind the shard caches (at the price of double buffering).
+//! page cache act as a second level behind the shard caches (at the price of double buffering). `larder serve`
+//! chooses with its `cache_read` setting (`--cache-read direct|drop-cache|page-cache`).
 
 use std::fs::File;
 use std::io;

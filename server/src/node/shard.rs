@@ -121,6 +121,7 @@ fn build(
     let budget_bytes = (config.cache_mb << 20) / node.shards as u64;
     let mut cache_config = CacheConfig::with_budget(budget_bytes.max(1 << 20));
     cache_config.revalidate_interval_ms = config.revalidate_interval_ms;
+    cache_config.read_mode = config.cache_read;
     let cache = ShardCache::new(cache_config).map_err(|error| error.to_string())?;
     let log = match &config.access_log {
         Some(log) => Some(RefCell::new(
