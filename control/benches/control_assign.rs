@@ -16,13 +16,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use larder_control::convert;
-use larder_control::state::{ClusterState, LoadReport, StateConfig};
-use larder_control::{
-    Container, ControlConfig, ControlPlane, NodeId, NodeInfo, ShardId, ShardLoad,
-};
+use larder_control::state::LoadReport;
+use larder_control::{NodeId, NodeInfo, ShardId, ShardLoad};
 use larder_proto::v1 as pb;
 use larder_proto::v1::node_service_client::NodeServiceClient;
+
+mod common;
 
 /// Files of the simulated site.
 const SITE_FILES: u64 = 10_000;
@@ -78,19 +77,9 @@ fn load_report(node: usize) -> LoadReport {
 }
 
 fn state_assign(nodes: usize, batch: usize, assignments: usize) -> Duration {
-    let mut state = ClusterState::new(StateConfig {
-        epoch: SEED,
-        report_interval: Duration::from_secs(60),
-        down_after_intervals: 5,
-        policy: Default::default(),
-        containers: vec![Container::default_container()],
-    })
-    .expect("state");
     let now = Instant::now();
+    let mut state = common::state_with_nodes(SEED, now, (0..nodes).map(node_info));
     for node in 0..nodes {
-        state
-            .register(now, node_info(node), vec![])
-            .expect("register");
         state.report(now, load_report(node)).expect("report");
     }
     let asking = node_info(0).node_id;
@@ -131,27 +120,14 @@ async fn caller(address: SocketAddr, node: usize, batches: Vec<Vec<String>>) -> 
 }
 
 fn grpc_assign(nodes: usize, batch: usize, assignments: usize) -> Duration {
-    let mut config = ControlConfig::new("127.0.0.1:0".parse().expect("address"));
-    config.report_interval = Duration::from_secs(60); // no node goes down mid-run
-    config.epoch = Some(SEED);
-    let plane = ControlPlane::spawn(config).expect("control plane");
+    let (plane, runtime) = common::control_plane(Some(SEED));
     let address = plane.local_addr();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
     runtime.block_on(async {
         let mut client = NodeServiceClient::connect(format!("http://{address}"))
             .await
             .expect("connect");
         for node in 0..nodes {
-            client
-                .register(pb::RegisterRequest {
-                    node: Some(convert::node_info_to_pb(&node_info(node))),
-                    containers: vec![],
-                })
-                .await
-                .expect("register");
+            common::register(&mut client, &node_info(node)).await;
         }
         for warm_up in every_path() {
             caller(address, 0, vec![warm_up]).await;
@@ -163,18 +139,12 @@ fn grpc_assign(nodes: usize, batch: usize, assignments: usize) -> Duration {
         .map(|_| (0..per_client).map(|_| paths.batch(batch)).collect())
         .collect();
     let start = Instant::now();
-    let answered: usize = runtime.block_on(async {
-        let tasks: Vec<_> = work
-            .into_iter()
+    let answered = common::run_clients(
+        &runtime,
+        work.into_iter()
             .enumerate()
-            .map(|(client, batches)| tokio::spawn(caller(address, client % nodes, batches)))
-            .collect();
-        let mut answered = 0;
-        for task in tasks {
-            answered += task.await.expect("caller");
-        }
-        answered
-    });
+            .map(|(client, batches)| caller(address, client % nodes, batches)),
+    );
     let elapsed = start.elapsed();
     plane.shutdown().expect("shutdown");
     assert_eq!(

@@ -14,13 +14,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use larder_control::convert;
-use larder_control::state::{ClusterState, StateConfig};
-use larder_control::{
-    Container, ContainerLoad, ContainerName, ControlConfig, ControlPlane, NodeId, NodeInfo,
-    ShardId, ShardLoad,
-};
+use larder_control::{ContainerLoad, ContainerName, NodeId, NodeInfo, ShardId, ShardLoad};
 use larder_proto::v1 as pb;
 use larder_proto::v1::node_service_client::NodeServiceClient;
+
+mod common;
 
 const SHARDS: u32 = 8;
 
@@ -69,13 +67,7 @@ async fn simulate_node(address: SocketAddr, node: usize, reports: u64) -> u64 {
     let mut client = NodeServiceClient::connect(format!("http://{address}"))
         .await
         .expect("connect");
-    client
-        .register(pb::RegisterRequest {
-            node: Some(convert::node_info_to_pb(&node_info(node))),
-            containers: vec![],
-        })
-        .await
-        .expect("register");
+    common::register(&mut client, &node_info(node)).await;
     let stream = tokio_stream::iter((1..=reports).map(move |sequence| report(node, sequence)));
     client
         .report_load(stream)
@@ -86,25 +78,13 @@ async fn simulate_node(address: SocketAddr, node: usize, reports: u64) -> u64 {
 }
 
 fn grpc_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
-    let mut config = ControlConfig::new("127.0.0.1:0".parse().expect("address"));
-    config.report_interval = Duration::from_secs(60); // no node goes down mid-run
-    let plane = ControlPlane::spawn(config).expect("control plane");
+    let (plane, runtime) = common::control_plane(None);
     let address = plane.local_addr();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
     let start = Instant::now();
-    let accepted: u64 = runtime.block_on(async {
-        let tasks: Vec<_> = (0..nodes)
-            .map(|node| tokio::spawn(simulate_node(address, node, reports_per_node)))
-            .collect();
-        let mut accepted = 0;
-        for task in tasks {
-            accepted += task.await.expect("node task");
-        }
-        accepted
-    });
+    let accepted = common::run_clients(
+        &runtime,
+        (0..nodes).map(|node| simulate_node(address, node, reports_per_node)),
+    );
     let elapsed = start.elapsed();
     plane.shutdown().expect("shutdown");
     assert_eq!(
@@ -116,20 +96,8 @@ fn grpc_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
 }
 
 fn state_ingest(nodes: usize, reports_per_node: u64) -> (u64, Duration) {
-    let mut state = ClusterState::new(StateConfig {
-        epoch: 1,
-        report_interval: Duration::from_secs(60),
-        down_after_intervals: 5,
-        policy: Default::default(),
-        containers: vec![Container::default_container()],
-    })
-    .expect("state");
     let now = Instant::now();
-    for node in 0..nodes {
-        state
-            .register(now, node_info(node), vec![])
-            .expect("register");
-    }
+    let mut state = common::state_with_nodes(1, now, (0..nodes).map(node_info));
     let reports: Vec<pb::LoadReport> = (0..nodes).map(|node| report(node, 1)).collect();
     let start = Instant::now();
     for _ in 0..reports_per_node {
