@@ -96,9 +96,16 @@ async fn reflect(
 /// Services listed by reflection v1.
 async fn list_services_v1(channel: Channel) -> BTreeSet<String> {
     use reflection_v1::server_reflection_request::MessageRequest;
-    use reflection_v1::server_reflection_response::MessageResponse;
     let mut client = reflection_v1::server_reflection_client::ServerReflectionClient::new(channel);
-    match reflect(&mut client, MessageRequest::ListServices(String::new())).await {
+    service_names(reflect(&mut client, MessageRequest::ListServices(String::new())).await)
+}
+
+/// The service names of a v1 ListServices answer.
+fn service_names(
+    answer: reflection_v1::server_reflection_response::MessageResponse,
+) -> BTreeSet<String> {
+    use reflection_v1::server_reflection_response::MessageResponse;
+    match answer {
         MessageResponse::ListServicesResponse(list) => list
             .service
             .into_iter()
@@ -111,7 +118,6 @@ async fn list_services_v1(channel: Channel) -> BTreeSet<String> {
 /// Services listed by reflection v1alpha (older grpcurl versions use it).
 async fn list_services_v1alpha(channel: Channel) -> BTreeSet<String> {
     use reflection_v1alpha::server_reflection_request::MessageRequest;
-    use reflection_v1alpha::server_reflection_response::MessageResponse;
     let mut client =
         reflection_v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
     let request = reflection_v1alpha::ServerReflectionRequest {
@@ -128,14 +134,10 @@ async fn list_services_v1alpha(channel: Channel) -> BTreeSet<String> {
         .await
         .expect("answer")
         .expect("one answer");
-    match answer.message_response.expect("body") {
-        MessageResponse::ListServicesResponse(list) => list
-            .service
-            .into_iter()
-            .map(|service| service.name)
-            .collect(),
-        other => panic!("expected a service list, got {other:?}"),
-    }
+    // v1alpha's messages are v1's on the wire (same fields, same numbers): read the answer as v1.
+    let answer = reflection_v1::ServerReflectionResponse::decode(answer.encode_to_vec().as_slice())
+        .expect("a v1alpha answer decodes as v1");
+    service_names(answer.message_response.expect("body"))
 }
 
 /// Fetches the file defining `symbol` and, by name, every file it depends on;
