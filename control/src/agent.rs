@@ -25,7 +25,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use larder_proto::v1 as pb;
@@ -38,6 +37,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::background::Worker;
 use crate::convert;
 use crate::server::stop_requested;
 use crate::state::{Container, LoadReport, NodeId, NodeInfo, ShardLoad, Steering, TargetLoad};
@@ -139,8 +139,7 @@ pub enum AgentError {
 #[derive(Debug)]
 pub struct NodeAgent {
     counters: Arc<Counters>,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl NodeAgent {
@@ -162,29 +161,21 @@ impl NodeAgent {
             ),
             None => None,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(AgentError::Runtime)?;
         let counters = Arc::new(Counters::default());
-        let (stop, stopped) = watch::channel(false);
-        let agent = Agent {
-            config,
-            authorization,
-            hooks,
-            counters: Arc::clone(&counters),
-            stopped,
-            applied: None,
-        };
-        let thread = std::thread::Builder::new()
-            .name("larder-agent".to_string())
-            .spawn(move || runtime.block_on(agent.run()))
-            .map_err(AgentError::Runtime)?;
-        Ok(NodeAgent {
-            counters,
-            stop,
-            thread: Some(thread),
+        let agent_counters = Arc::clone(&counters);
+        let worker = Worker::spawn("larder-agent", move |stopped| {
+            Agent {
+                config,
+                authorization,
+                hooks,
+                counters: agent_counters,
+                stopped,
+                applied: None,
+            }
+            .run()
         })
+        .map_err(AgentError::Runtime)?;
+        Ok(NodeAgent { counters, worker })
     }
 
     pub fn stats(&self) -> AgentStats {
@@ -199,23 +190,10 @@ impl NodeAgent {
         }
     }
 
-    /// Stops the agent and waits for its thread.
+    /// Stops the agent and waits for its thread. (A panic in the hooks is the
+    /// server's bug; it already printed.)
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            // A panic in the hooks is the server's bug; it already printed.
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for NodeAgent {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.worker.stop_and_join();
     }
 }
 

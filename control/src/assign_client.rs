@@ -42,7 +42,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use larder_proto::v1 as pb;
@@ -58,6 +57,7 @@ use crate::agent::{
     KEEPALIVE_TIMEOUT,
 };
 use crate::assign::ASSIGN_TARGETS_MAX;
+use crate::background::Worker;
 use crate::server::stop_requested;
 use crate::state::{NodeId, TARGET_BYTES_MAX};
 
@@ -148,8 +148,7 @@ pub struct AssignFeeder;
 #[derive(Debug)]
 pub struct AssignFeederHandle {
     counters: Arc<Counters>,
-    /// The stop flag and the thread; `None` once stopped.
-    worker: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    worker: Worker,
 }
 
 /// `(target, node ids)` pairs as the sink receives them.
@@ -183,28 +182,21 @@ impl AssignFeeder {
             )?),
             None => None,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(AssignFeederError::Runtime)?;
         let counters = Arc::new(Counters::default());
-        let (stop, stopped) = watch::channel(false);
-        let feeder = Feeder {
-            config,
-            bearer: Bearer(authorization),
-            source,
-            sink,
-            counters: Arc::clone(&counters),
-            stopped,
-        };
-        let thread = std::thread::Builder::new()
-            .name("larder-assign".to_string())
-            .spawn(move || runtime.block_on(feeder.run()))
-            .map_err(AssignFeederError::Runtime)?;
-        Ok(AssignFeederHandle {
-            counters,
-            worker: Some((stop, thread)),
+        let feeder_counters = Arc::clone(&counters);
+        let worker = Worker::spawn("larder-assign", move |stopped| {
+            Feeder {
+                config,
+                bearer: Bearer(authorization),
+                source,
+                sink,
+                counters: feeder_counters,
+                stopped,
+            }
+            .run()
         })
+        .map_err(AssignFeederError::Runtime)?;
+        Ok(AssignFeederHandle { counters, worker })
     }
 }
 
@@ -221,24 +213,11 @@ impl AssignFeederHandle {
         }
     }
 
-    /// Stops the feeder and waits for its thread (at most one call's timeout).
+    /// Stops the feeder and waits for its thread (at most one call's timeout). The
+    /// thread may have ended already (a panic in source or sink: the node's bug,
+    /// printed by then); join reports nothing more.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some((stop, thread)) = self.worker.take() {
-            // The thread may have ended already (a panic in source or sink: the
-            // node's bug, printed by then); join reports nothing more.
-            let _ = stop.send(true);
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for AssignFeederHandle {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.worker.stop_and_join();
     }
 }
 

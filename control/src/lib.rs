@@ -18,6 +18,8 @@
 //! - [`assign`]: the cluster dispatcher of distributed mode (one lard policy over
 //!   the nodes) behind `NodeService.Assign`; [`assign_client`]: [`AssignFeeder`],
 //!   the node side that fetches assignments in batches.
+//! - `background` (internal): the worker thread with a current-thread tokio
+//!   runtime and a stop flag that [`agent`] and [`assign_client`] each run on.
 //!
 //! # Why this shape
 //! The data plane runs one pinned thread per core with its own I/O runtime; tokio
@@ -32,6 +34,7 @@ pub mod agent;
 pub mod assign;
 pub mod assign_client;
 pub mod auth;
+mod background;
 pub mod client;
 pub mod convert;
 pub mod server;
