@@ -4,6 +4,7 @@
 //! the wire edge); [`to_json`] renders any of them in the canonical protobuf JSON
 //! mapping, as grpcurl prints it.
 
+use std::future::Future;
 use std::time::Duration;
 
 /// Re-exported so callers of [`to_json`] need no prost dependency of their own.
@@ -137,24 +138,19 @@ impl CtlClient {
 
     pub fn list_nodes(&mut self) -> Result<pb::ListNodesResponse, CtlError> {
         let request = self.request(pb::ListNodesRequest {});
-        let answer = self.runtime.block_on(self.client.list_nodes(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.list_nodes(request))
     }
 
     pub fn get_node(&mut self, node_id: &str) -> Result<pb::GetNodeResponse, CtlError> {
         let request = self.request(pb::GetNodeRequest {
             node_id: node_id.to_string(),
         });
-        let answer = self.runtime.block_on(self.client.get_node(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.get_node(request))
     }
 
     pub fn get_cluster_load(&mut self) -> Result<pb::ClusterLoad, CtlError> {
         let request = self.request(pb::GetClusterLoadRequest {});
-        let answer = self
-            .runtime
-            .block_on(self.client.get_cluster_load(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.get_cluster_load(request))
     }
 
     /// Calls `each` for every message of the stream (`count` 0 = until interrupted).
@@ -177,8 +173,7 @@ impl CtlClient {
 
     pub fn get_policy(&mut self) -> Result<pb::GetPolicyResponse, CtlError> {
         let request = self.request(pb::GetPolicyRequest {});
-        let answer = self.runtime.block_on(self.client.get_policy(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.get_policy(request))
     }
 
     pub fn set_policy(
@@ -186,38 +181,31 @@ impl CtlClient {
         message: pb::SetPolicyRequest,
     ) -> Result<pb::SetPolicyResponse, CtlError> {
         let request = self.request(message);
-        let answer = self.runtime.block_on(self.client.set_policy(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.set_policy(request))
     }
 
     pub fn list_targets(&mut self, limit: u32) -> Result<pb::ListTargetsResponse, CtlError> {
         let request = self.request(pb::ListTargetsRequest { limit });
-        let answer = self.runtime.block_on(self.client.list_targets(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.list_targets(request))
     }
 
     pub fn drain(&mut self, node_id: &str) -> Result<pb::DrainResponse, CtlError> {
         let request = self.request(pb::DrainRequest {
             node_id: node_id.to_string(),
         });
-        let answer = self.runtime.block_on(self.client.drain(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.drain(request))
     }
 
     pub fn undrain(&mut self, node_id: &str) -> Result<pb::DrainResponse, CtlError> {
         let request = self.request(pb::UndrainRequest {
             node_id: node_id.to_string(),
         });
-        let answer = self.runtime.block_on(self.client.undrain(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.undrain(request))
     }
 
     pub fn list_containers(&mut self) -> Result<pb::ListContainersResponse, CtlError> {
         let request = self.request(pb::ListContainersRequest {});
-        let answer = self
-            .runtime
-            .block_on(self.client.list_containers(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.list_containers(request))
     }
 
     pub fn set_container(
@@ -225,9 +213,16 @@ impl CtlClient {
         message: pb::SetContainerRequest,
     ) -> Result<pb::SetContainerResponse, CtlError> {
         let request = self.request(message);
-        let answer = self.runtime.block_on(self.client.set_container(request))?;
-        Ok(answer.into_inner())
+        unary(&self.runtime, self.client.set_container(request))
     }
+}
+
+/// Runs one unary call on the client's runtime and unwraps its answer.
+fn unary<T>(
+    runtime: &tokio::runtime::Runtime,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, CtlError> {
+    Ok(runtime.block_on(call)?.into_inner())
 }
 
 /// Renders `message` (whose full protobuf name is `message_name`, e.g.
