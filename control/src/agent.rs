@@ -154,13 +154,8 @@ impl NodeAgent {
 
     /// Starts an agent.
     pub fn spawn_with(config: AgentConfig, hooks: impl NodeHooks) -> Result<NodeAgent, AgentError> {
-        let authorization = match &config.token {
-            Some(token) => Some(
-                MetadataValue::try_from(format!("Bearer {token}"))
-                    .map_err(|error| AgentError::Token(error.to_string()))?,
-            ),
-            None => None,
-        };
+        let authorization =
+            authorization_header(config.token.as_deref()).map_err(AgentError::Token)?;
         let counters = Arc::new(Counters::default());
         let agent_counters = Arc::clone(&counters);
         let worker = Worker::spawn("larder-agent", move |stopped| {
@@ -200,6 +195,18 @@ impl NodeAgent {
 enum SessionEnd {
     Stopped,
     Failed { registered: bool, error: Status },
+}
+
+/// The `authorization` header value `Bearer <token>` for `token`, or why it cannot
+/// be a header value.
+pub(crate) fn authorization_header(
+    token: Option<&str>,
+) -> Result<Option<MetadataValue<Ascii>>, String> {
+    token
+        .map(|token| {
+            MetadataValue::try_from(format!("Bearer {token}")).map_err(|error| error.to_string())
+        })
+        .transpose()
 }
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.

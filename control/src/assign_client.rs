@@ -47,14 +47,13 @@ use std::time::Duration;
 use larder_proto::v1 as pb;
 use larder_proto::v1::node_service_client::NodeServiceClient;
 use tokio::sync::watch;
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::agent::{
-    Bearer, BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL,
-    KEEPALIVE_TIMEOUT,
+    authorization_header, Bearer, BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, CONNECT_TIMEOUT,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
 };
 use crate::assign::ASSIGN_TARGETS_MAX;
 use crate::background::Worker;
@@ -173,15 +172,12 @@ impl AssignFeeder {
                 reason: "must be at least 1".to_string(),
             });
         }
-        let authorization = match &config.token {
-            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
-                |error| AssignFeederError::Config {
-                    field: "token",
-                    reason: error.to_string(),
-                },
-            )?),
-            None => None,
-        };
+        let authorization = authorization_header(config.token.as_deref()).map_err(|reason| {
+            AssignFeederError::Config {
+                field: "token",
+                reason,
+            }
+        })?;
         let counters = Arc::new(Counters::default());
         let feeder_counters = Arc::clone(&counters);
         let worker = Worker::spawn("larder-assign", move |stopped| {

@@ -17,6 +17,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::agent::authorization_header;
+
 /// Longest wait for the TCP connection to the control plane.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for one unary call.
@@ -112,13 +114,7 @@ impl CtlClient {
         let channel = runtime
             .block_on(endpoint.connect())
             .map_err(|error| connect_error(format!("{error}: is `larder control` running?")))?;
-        let authorization = match token {
-            Some(token) => Some(
-                MetadataValue::try_from(format!("Bearer {token}"))
-                    .map_err(|error| CtlError::Token(error.to_string()))?,
-            ),
-            None => None,
-        };
+        let authorization = authorization_header(token).map_err(CtlError::Token)?;
         Ok(CtlClient {
             runtime,
             client: ControlClient::new(channel),
