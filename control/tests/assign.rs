@@ -534,27 +534,15 @@ async fn reflection_describes_assign() {
     let mut client = reflection::server_reflection_client::ServerReflectionClient::new(
         channel(plane.local_addr()).await,
     );
-    let request = reflection::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            reflection::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "larder.v1.NodeService".into(),
-            ),
+    let response = reflect(
+        &mut client,
+        reflection::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "larder.v1.NodeService".into(),
         ),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("ServerReflectionInfo")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("reflection answer")
-        .expect("one message");
-    let Some(reflection::server_reflection_response::MessageResponse::FileDescriptorResponse(
-        files,
-    )) = response.message_response
+    )
+    .await;
+    let reflection::server_reflection_response::MessageResponse::FileDescriptorResponse(files) =
+        response
     else {
         panic!("expected file descriptors, got {response:?}");
     };

@@ -421,6 +421,20 @@ async fn each_invalid_request_gets_its_code_and_changes_nothing() {
     plane.shutdown().expect("clean shutdown");
 }
 
+/// The policy's LARD `t_low`, read without a token (reads need none).
+async fn t_low(control: &mut ControlClient<Channel>) -> Option<u32> {
+    control
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .expect("GetPolicy (reads need no token)")
+        .into_inner()
+        .policy
+        .expect("policy")
+        .lard
+        .expect("lard")
+        .t_low
+}
+
 #[tokio::test]
 async fn with_a_token_mutations_need_the_right_bearer() {
     let mut config = ControlConfig::new(loopback_any_port());
@@ -447,25 +461,9 @@ async fn with_a_token_mutations_need_the_right_bearer() {
         assert_eq!(status.code(), Code::Unauthenticated, "{what} token");
     }
     let mut control = ControlClient::new(channel.clone());
-    let policy = control
-        .get_policy(pb::GetPolicyRequest {})
-        .await
-        .expect("reads need no token")
-        .into_inner();
-    assert_eq!(
-        policy.policy.expect("policy").lard.expect("lard").t_low,
-        Some(25)
-    );
+    assert_eq!(t_low(&mut control).await, Some(25));
     set(Some("Bearer s3cret")).await.expect("right token");
-    let policy = control
-        .get_policy(pb::GetPolicyRequest {})
-        .await
-        .expect("GetPolicy")
-        .into_inner();
-    assert_eq!(
-        policy.policy.expect("policy").lard.expect("lard").t_low,
-        Some(3)
-    );
+    assert_eq!(t_low(&mut control).await, Some(3));
 
     // Node calls need the token too; an agent with it registers.
     let status = NodeServiceClient::new(channel.clone())

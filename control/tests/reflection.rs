@@ -70,29 +70,6 @@ impl Codec for DynamicCodec {
     }
 }
 
-/// One reflection exchange over v1.
-async fn reflect(
-    client: &mut reflection_v1::server_reflection_client::ServerReflectionClient<Channel>,
-    request: reflection_v1::server_reflection_request::MessageRequest,
-) -> reflection_v1::server_reflection_response::MessageResponse {
-    let request = reflection_v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    };
-    let mut answers = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection call")
-        .into_inner();
-    answers
-        .message()
-        .await
-        .expect("reflection answer")
-        .expect("one answer")
-        .message_response
-        .expect("answer has a body")
-}
-
 /// Services listed by reflection v1.
 async fn list_services_v1(channel: Channel) -> BTreeSet<String> {
     use reflection_v1::server_reflection_request::MessageRequest;

@@ -13,6 +13,7 @@ use larder_control::{
 };
 use larder_proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
+use tonic_reflection::pb::v1 as reflection_v1;
 
 /// Longest wait for any asynchronous condition in these tests.
 pub const WAIT_MAX: Duration = Duration::from_secs(20);
@@ -176,4 +177,27 @@ impl NodeHooks for RecordingHooks {
             .connection_changes
             .push(connected);
     }
+}
+
+/// One reflection exchange over v1.
+pub async fn reflect(
+    client: &mut reflection_v1::server_reflection_client::ServerReflectionClient<Channel>,
+    request: reflection_v1::server_reflection_request::MessageRequest,
+) -> reflection_v1::server_reflection_response::MessageResponse {
+    let request = reflection_v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one answer")
+        .message_response
+        .expect("answer has a body")
 }
