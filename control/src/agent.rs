@@ -224,7 +224,29 @@ impl Interceptor for Bearer {
     }
 }
 
-type Client = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects a `NodeService` client to the control plane at `control_addr` (at most
+/// [`CONNECT_TIMEOUT`]) with HTTP/2 keepalive pings every [`KEEPALIVE_INTERVAL`]
+/// (answer within [`KEEPALIVE_TIMEOUT`]); `ping_while_idle` pings with no call open
+/// too (the agent, whose steering stream may stay quiet for long).
+pub(crate) async fn connect(
+    control_addr: SocketAddr,
+    bearer: Bearer,
+    ping_while_idle: bool,
+) -> Result<Client, Status> {
+    let channel = Endpoint::from_shared(format!("http://{control_addr}"))
+        .map_err(|error| Status::invalid_argument(error.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(ping_while_idle)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
+    Ok(NodeServiceClient::with_interceptor(channel, bearer))
+}
 
 struct Agent<H> {
     config: AgentConfig,
@@ -281,31 +303,10 @@ impl<H: NodeHooks> Agent<H> {
         }
     }
 
-    async fn connect(
-        control_addr: SocketAddr,
-        authorization: Option<MetadataValue<Ascii>>,
-    ) -> Result<Client, Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{control_addr}"))
-            .map_err(|error| Status::invalid_argument(error.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        Ok(NodeServiceClient::with_interceptor(
-            channel,
-            Bearer(authorization),
-        ))
-    }
-
     async fn session(&mut self) -> SessionEnd {
         let failed = |registered, error| SessionEnd::Failed { registered, error };
         let mut client = tokio::select! {
-            client = Self::connect(self.config.control_addr, self.authorization.clone()) => match client {
+            client = connect(self.config.control_addr, Bearer(self.authorization.clone()), true) => match client {
                 Ok(client) => client,
                 Err(error) => return failed(false, error),
             },

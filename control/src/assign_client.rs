@@ -17,9 +17,9 @@
 //!   the next time it sees them.
 //!
 //! # One session
-//! 1. Connect (at most [`CONNECT_TIMEOUT`]). On failure wait `backoff` (from
-//!    [`BACKOFF_INITIAL_DEFAULT`] doubling to [`BACKOFF_MAX_DEFAULT`]; reset by every
-//!    answered call) and try again.
+//! 1. Connect (at most [`CONNECT_TIMEOUT`](crate::agent::CONNECT_TIMEOUT)). On
+//!    failure wait `backoff` (from [`BACKOFF_INITIAL_DEFAULT`] doubling to
+//!    [`BACKOFF_MAX_DEFAULT`]; reset by every answered call) and try again.
 //! 2. Every `interval_ms`: `source(batch_max)`, drop targets the control plane
 //!    would reject (empty or over 1024 bytes, counted), `Assign` (at most
 //!    [`ASSIGN_CALL_TIMEOUT`]), `sink`.
@@ -45,15 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_proto::v1 as pb;
-use larder_proto::v1::node_service_client::NodeServiceClient;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::agent::{
-    authorization_header, Bearer, BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, CONNECT_TIMEOUT,
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    authorization_header, connect, Bearer, BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT,
 };
 use crate::assign::ASSIGN_TARGETS_MAX;
 use crate::background::Worker;
@@ -217,8 +213,6 @@ impl AssignFeederHandle {
     }
 }
 
-type Client = NodeServiceClient<InterceptedService<Channel, Bearer>>;
-
 /// How a session ended.
 enum SessionEnd {
     Stopped,
@@ -272,22 +266,9 @@ where
         self.counters.connected.store(false, Ordering::Relaxed);
     }
 
-    async fn connect(control: SocketAddr, bearer: Bearer) -> Result<Client, Status> {
-        let channel = Endpoint::from_shared(format!("http://{control}"))
-            .map_err(|error| Status::invalid_argument(error.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        Ok(NodeServiceClient::with_interceptor(channel, bearer))
-    }
-
     async fn session(&mut self) -> SessionEnd {
         let connected = tokio::select! {
-            client = Self::connect(self.config.control, self.bearer.clone()) => client,
+            client = connect(self.config.control, self.bearer.clone(), false) => client,
             () = stop_requested(&mut self.stopped) => return SessionEnd::Stopped,
         };
         let mut client = match connected {
