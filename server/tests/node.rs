@@ -391,6 +391,44 @@ fn traversal_plain_and_encoded_never_leaves_root() {
 }
 
 #[test]
+fn relative_symlinks_resolve_inside_root_and_never_out() {
+    let served = Served::start(|_| {});
+    // A sibling of ROOT, reachable from it by a relative `..` link.
+    let outside = tempfile::tempdir_in(served.path("..")).unwrap();
+    std::fs::write(outside.path().join("secret.txt"), b"outside").unwrap();
+    let sibling = outside.path().file_name().unwrap().to_str().unwrap();
+    let link =
+        |target: &str, name: &str| std::os::unix::fs::symlink(target, served.path(name)).unwrap();
+    link(&format!("../{sibling}/secret.txt"), "up.txt");
+    link(
+        &format!("dir/../../{sibling}/secret.txt"),
+        "down-then-up.txt",
+    );
+    link("dir/../hello.txt", "relative-inside.txt");
+    link("dir", "linked-dir");
+    link("/proc/self/environ", "magic.txt");
+    let cases: [(&str, u16, &[u8]); 6] = [
+        ("/up.txt", 404, b""),
+        ("/down-then-up.txt", 404, b""),
+        ("/linked-dir/../../etc/passwd", 400, b""),
+        ("/magic.txt", 404, b""),
+        ("/relative-inside.txt", 200, b"hello world\n"),
+        ("/linked-dir/index.html", 200, b"<p>index</p>\n"),
+    ];
+    for (path, status, body) in cases {
+        let response = served.get(&request(path));
+        assert_eq!(response.status, status, "{path}");
+        assert!(
+            !response.body.starts_with(b"outside"),
+            "{path} leaked a file outside ROOT"
+        );
+        if status == 200 {
+            assert_eq!(response.body, body, "{path}");
+        }
+    }
+}
+
+#[test]
 fn directories_redirect_and_serve_their_index() {
     let served = Served::start(|_| {});
     let redirect = served.get(&request("/dir?x=1"));

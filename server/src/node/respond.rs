@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use super::iov::ResponseBufs;
 use super::shard::Shard;
@@ -188,7 +190,34 @@ pub(crate) fn respond(
 }
 
 /// Symlinks may point anywhere inside ROOT, never outside it (checked on every cache miss or revalidation).
+///
+/// Fast path, one system call: `openat2(ROOT, path, O_PATH, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, which the
+/// kernel resolves without ever stepping outside ROOT. It refuses (`EXDEV`) a path whose resolution would leave ROOT
+/// and also one that meets an absolute symlink, even an absolute symlink into ROOT; those, a race the kernel reports
+/// (`EAGAIN`) and kernels without `openat2` (before 5.6, `ENOSYS`) take the slow path: `canonicalize` (a `readlink`
+/// per path component, 5.5% of a shard's CPU on a Zipf mix with 9% misses) and a prefix test.
 fn inside_root(shard: &Shard, path: &Path) -> Result<(), CacheError> {
+    let relative = match path.strip_prefix(&shard.root) {
+        Ok(relative) if relative.as_os_str().is_empty() => Path::new("."),
+        Ok(relative) => relative,
+        Err(_) => return inside_root_by_canonical_path(shard, path),
+    };
+    match rustix::fs::openat2(
+        &shard.root_dir,
+        relative,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(_beneath) => Ok(()),
+        Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::LOOP) => {
+            inside_root_by_canonical_path(shard, path)
+        }
+        Err(errno) => Err(CacheError::from(std::io::Error::from(errno))),
+    }
+}
+
+fn inside_root_by_canonical_path(shard: &Shard, path: &Path) -> Result<(), CacheError> {
     let real = std::fs::canonicalize(path)?;
     if real.starts_with(&shard.root) {
         Ok(())

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::rc::Rc;
@@ -19,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use larder_runtime::container::{ContainerId, ContainerSpec, LatencyClass};
 use larder_runtime::pool::ShardContext;
 use larder_runtime::Source;
+use rustix::fs::{Mode, OFlags};
 
 use super::access_log::AccessLog;
 use super::conn::{self, Conn};
@@ -44,6 +46,8 @@ pub(crate) struct Shard {
     pub containers: Vec<ContainerId>,
     pub limits: ParseLimits,
     pub root: PathBuf,
+    /// ROOT opened once (`O_PATH`), the anchor of the one-call containment check on a miss (`respond::inside_root`).
+    pub root_dir: OwnedFd,
     /// `X-Larder-Shard: <n>\r\n`, or empty.
     pub shard_field: Vec<u8>,
     /// xorshift64* state for the policy's `random` argument (seeded by the shard index: deterministic).
@@ -123,6 +127,12 @@ fn build(
     cache_config.revalidate_interval_ms = config.revalidate_interval_ms;
     cache_config.read_mode = config.cache_read;
     let cache = ShardCache::new(cache_config).map_err(|error| error.to_string())?;
+    let root_dir = rustix::fs::open(
+        &node.root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|error| format!("opening ROOT {}: {error}", node.root.display()))?;
     let log = match &config.access_log {
         Some(log) => Some(RefCell::new(
             AccessLog::open(&log.path, index as usize, log.format)
@@ -169,6 +179,7 @@ fn build(
             header_bytes_max: config.header_bytes_max,
         },
         root: node.root.clone(),
+        root_dir,
         shard_field,
         rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (u64::from(index) + 1)),
         boundaries: Cell::new(0),
