@@ -297,6 +297,18 @@ impl ShardCache {
     /// and `NotFound` if gone); otherwise opened, and loaded (one read) or returned for streaming when larger than
     /// `object_bytes_max`. Blocks the shard for the `stat`/read on those paths.
     pub fn get_or_load(&mut self, path: &Path, now_ms: u64) -> Result<Fetched, CacheError> {
+        self.get_or_load_with(path, now_ms, |path| Ok(std::fs::File::open(path)?))
+    }
+
+    /// [`ShardCache::get_or_load`] where `open` opens the file whenever it must be (re)loaded; a server passes one
+    /// that confines the open to its ROOT, so the file checked is the file read. A stale entry whose `stat` is
+    /// unchanged is the same file it loaded before and is served without calling `open`.
+    pub fn get_or_load_with(
+        &mut self,
+        path: &Path,
+        now_ms: u64,
+        open: impl FnOnce(&Path) -> Result<std::fs::File, CacheError>,
+    ) -> Result<Fetched, CacheError> {
         match self.lookup(path, now_ms) {
             Lookup::Hit(object) => return Ok(Fetched::Cached(object)),
             Lookup::Miss => self.counters.misses += 1,
@@ -322,7 +334,8 @@ impl ShardCache {
                 self.counters.stale_reloads += 1;
             }
         }
-        self.load(path, now_ms)
+        let file = open(path)?;
+        self.load(path, file, now_ms)
     }
 
     /// Drops `path` from the cache (e.g. on an operator's purge); true if it was held.
@@ -330,8 +343,12 @@ impl ShardCache {
         self.entries.remove(path).is_some()
     }
 
-    fn load(&mut self, path: &Path, now_ms: u64) -> Result<Fetched, CacheError> {
-        let file = std::fs::File::open(path)?;
+    fn load(
+        &mut self,
+        path: &Path,
+        file: std::fs::File,
+        now_ms: u64,
+    ) -> Result<Fetched, CacheError> {
         let mut attempt = 1;
         let (meta, loaded) = loop {
             let stat = file.metadata()?;

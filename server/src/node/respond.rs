@@ -3,6 +3,7 @@
 //! reused [`ResponseBufs`]. Synchronous: the cache is borrowed only inside these functions, never across an await.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -128,10 +129,9 @@ pub(crate) fn respond(
         let mut cache = shard.cache.borrow_mut();
         let fetched = match cache.lookup(path, now_ms) {
             Lookup::Hit(object) => Ok(Fetched::Cached(object)),
-            Lookup::Miss | Lookup::Stale => match inside_root(shard, path) {
-                Ok(()) => cache.get_or_load(path, now_ms),
-                Err(error) => Err(error),
-            },
+            Lookup::Miss | Lookup::Stale => {
+                cache.get_or_load_with(path, now_ms, |path| open_inside_root(shard, path))
+            }
         };
         shard.counters.set_cache(&cache.counters());
         fetched
@@ -189,38 +189,39 @@ pub(crate) fn respond(
     }
 }
 
-/// Symlinks may point anywhere inside ROOT, never outside it (checked on every cache miss or revalidation).
+/// Opens `path` for the cache, never outside ROOT: symlinks may point anywhere inside ROOT, never outside it.
 ///
-/// Fast path, one system call: `openat2(ROOT, path, O_PATH, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, which the
-/// kernel resolves without ever stepping outside ROOT. It refuses (`EXDEV`) a path whose resolution would leave ROOT
-/// and also one that meets an absolute symlink, even an absolute symlink into ROOT; those, a race the kernel reports
-/// (`EAGAIN`) and kernels without `openat2` (before 5.6, `ENOSYS`) take the slow path: `canonicalize` (a `readlink`
-/// per path component, 5.5% of a shard's CPU on a Zipf mix with 9% misses) and a prefix test.
-fn inside_root(shard: &Shard, path: &Path) -> Result<(), CacheError> {
+/// Fast path, one system call: `openat2(ROOT, path, O_RDONLY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, which the
+/// kernel resolves without ever stepping outside ROOT, so the file checked is the file read. It refuses (`EXDEV`) a
+/// path whose resolution would leave ROOT and also one that meets an absolute symlink, even an absolute symlink
+/// into ROOT; those, a race the kernel reports (`EAGAIN`) and kernels without `openat2` (before 5.6, `ENOSYS`) take
+/// the slow path: `canonicalize` (a `readlink` per path component, 5.5% of a shard's CPU on a Zipf mix with 9%
+/// misses), a prefix test, then an open by name.
+fn open_inside_root(shard: &Shard, path: &Path) -> Result<File, CacheError> {
     let relative = match path.strip_prefix(&shard.root) {
         Ok(relative) if relative.as_os_str().is_empty() => Path::new("."),
         Ok(relative) => relative,
-        Err(_) => return inside_root_by_canonical_path(shard, path),
+        Err(_) => return open_by_canonical_path(shard, path),
     };
     match rustix::fs::openat2(
         &shard.root_dir,
         relative,
-        OFlags::PATH | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     ) {
-        Ok(_beneath) => Ok(()),
+        Ok(fd) => Ok(File::from(fd)),
         Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::LOOP) => {
-            inside_root_by_canonical_path(shard, path)
+            open_by_canonical_path(shard, path)
         }
         Err(errno) => Err(CacheError::from(std::io::Error::from(errno))),
     }
 }
 
-fn inside_root_by_canonical_path(shard: &Shard, path: &Path) -> Result<(), CacheError> {
+fn open_by_canonical_path(shard: &Shard, path: &Path) -> Result<File, CacheError> {
     let real = std::fs::canonicalize(path)?;
     if real.starts_with(&shard.root) {
-        Ok(())
+        Ok(File::open(real)?)
     } else {
         Err(CacheError::NotFound)
     }

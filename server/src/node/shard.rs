@@ -46,7 +46,7 @@ pub(crate) struct Shard {
     pub containers: Vec<ContainerId>,
     pub limits: ParseLimits,
     pub root: PathBuf,
-    /// ROOT opened once (`O_PATH`), the anchor of the one-call containment check on a miss (`respond::inside_root`).
+    /// ROOT opened once (`O_PATH`), the anchor of the one-call confined open on a miss (`respond::open_inside_root`).
     pub root_dir: OwnedFd,
     /// `X-Larder-Shard: <n>\r\n`, or empty.
     pub shard_field: Vec<u8>,
