@@ -117,10 +117,19 @@ pub fn read_whole(file: &File, size_bytes: u64, mode: ReadMode) -> io::Result<Lo
     let body = if mapped {
         read_buffered_mapped(file, size)?
     } else {
-        let mut buffer = vec![0u8; size];
-        let length = read_at_most(file, &mut buffer, 0, size)?;
-        buffer.truncate(length);
-        // A Vec whose length equals its capacity becomes a Bytes without copying (a shorter one keeps its buffer).
+        // Read into the spare capacity: no zeroing of a buffer the read overwrites (memset was 1% of a shard's CPU
+        // on a 16 KiB Zipf mix). A Vec whose length equals its capacity becomes a Bytes without copying (a shorter
+        // one keeps its buffer).
+        let mut buffer = Vec::with_capacity(size);
+        while buffer.len() < size {
+            let offset = buffer.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), offset) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
         Bytes::from(buffer)
     };
     if mode != ReadMode::PageCache {
