@@ -26,6 +26,36 @@ fn serve(root: &std::path::Path, control_args: &[&str]) -> (Process, String) {
     (node, http)
 }
 
+#[test]
+fn a_clean_shutdown_is_not_reported_as_a_lost_control_plane() {
+    let root = root_with_a_file();
+    let served = root.path().to_str().expect("utf-8 path");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--control",
+        "127.0.0.1:0",
+        served,
+    ];
+    let mut node = Process::spawn_with_log_level(&args, "info");
+    let http = node.word_after("serving on http://");
+    node.wait_for_line("registered with the control plane");
+    get_ok(&http, "/a.txt");
+    let (code, log) = node.terminate_with_output();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("left the control plane (shutting down)"),
+        "the shutdown names itself: {log}"
+    );
+    assert!(
+        !log.contains("lost the control plane"),
+        "a deliberate shutdown is not a lost control plane: {log}"
+    );
+}
+
 fn get_ok(http: &str, path: &str) {
     let (answer, _) = common::get(http, path);
     assert!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");

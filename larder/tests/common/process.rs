@@ -29,10 +29,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts `larder ARGS` with its log at `warn` (the log goes to stdout, with the start-up lines).
     pub fn spawn(args: &[&str]) -> Process {
+        Process::spawn_with_log_level(args, "warn")
+    }
+
+    pub fn spawn_with_log_level(args: &[&str], log_level: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -58,13 +64,35 @@ impl Process {
         panic!("no line with {prefix:?}");
     }
 
+    /// Reads stdout until a line contains `needle` (at most 1,000 lines); panics if the process ends first.
+    pub fn wait_for_line(&mut self, needle: &str) {
+        for _ in 0..1000 {
+            let mut line = String::new();
+            let read = self.stdout.read_line(&mut line).expect("read stdout");
+            assert!(read > 0, "larder exited before printing {needle:?}");
+            if line.contains(needle) {
+                return;
+            }
+        }
+        panic!("no line with {needle:?} in 1,000 lines");
+    }
+
     /// SIGTERM, then the exit code.
-    pub fn terminate(mut self) -> i32 {
+    pub fn terminate(self) -> i32 {
+        self.terminate_with_output().0
+    }
+
+    /// SIGTERM, then the exit code and everything it printed on stdout after what was already read.
+    pub fn terminate_with_output(mut self) -> (i32, String) {
+        use std::io::Read;
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(result, 0, "kill");
-        child.wait().expect("wait").code().expect("exit code")
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).expect("read stdout");
+        let code = child.wait().expect("wait").code().expect("exit code");
+        (code, rest)
     }
 }
 
