@@ -32,6 +32,7 @@ pub struct ControlArgs {
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging();
     let kind = PolicyKind::from_str(&args.policy).context("--policy")?;
     let mut config = ControlConfig::new(args.listen);
     config.token = args.token;

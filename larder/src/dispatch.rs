@@ -109,9 +109,7 @@ fn config_from(args: &DispatchArgs) -> anyhow::Result<DispatchConfig> {
 }
 
 pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    crate::init_logging();
     let link_config = link_config(&args)?;
     let config = config_from(&args)?;
     if link_config.is_none() {

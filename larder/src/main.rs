@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod control;
 mod cluster_link;
+mod control;
 mod ctl;
 mod dispatch;
 mod dispatch_link;
@@ -36,6 +36,17 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a content-aware front-end dispatcher.
     Dispatch(dispatch::DispatchArgs),
+}
+
+/// The log of the long-running commands (`serve`, `control`, `dispatch`): to stderr, so stdout keeps only what
+/// the command prints on purpose (its addresses); level from `RUST_LOG`, `info` by default. `ctl` logs nothing.
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {

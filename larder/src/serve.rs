@@ -91,12 +91,7 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::init_logging();
     let config = config_from(&args)?;
     let control = node_link::control_mode(
         args.no_control,

@@ -42,9 +42,9 @@ fn a_clean_shutdown_is_not_reported_as_a_lost_control_plane() {
     ];
     let mut node = Process::spawn_with_log_level(&args, "info");
     let http = node.word_after("serving on http://");
-    node.wait_for_line("registered with the control plane");
+    node.wait_for_log_line("registered with the control plane");
     get_ok(&http, "/a.txt");
-    let (code, log) = node.terminate_with_output();
+    let (code, log) = node.terminate_with_log();
     assert_eq!(code, 0, "{log}");
     assert!(
         log.contains("left the control plane (shutting down)"),

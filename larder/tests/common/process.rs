@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 /// A bounded wait: `condition` is tried every 20 ms for at most 30 s.
@@ -26,27 +26,41 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 pub struct Process {
     child: Option<Child>,
     stdout: BufReader<ChildStdout>,
+    /// The log, when started with [`Process::spawn_with_log_level`] (else it goes to the test's stderr).
+    log: Option<BufReader<ChildStderr>>,
 }
 
 impl Process {
-    /// Starts `larder ARGS` with its log at `warn` (the log goes to stdout, with the start-up lines).
+    /// Starts `larder ARGS` with its log (stderr) at `warn`, passed through to the test's stderr.
     pub fn spawn(args: &[&str]) -> Process {
-        Process::spawn_with_log_level(args, "warn")
+        Process::start(args, "warn", false)
     }
 
+    /// Starts `larder ARGS` with its log at `log_level`, kept for [`Process::wait_for_log_line`] and
+    /// [`Process::terminate_with_log`] (the test must read it: an unread pipe fills at 64 KiB).
     pub fn spawn_with_log_level(args: &[&str], log_level: &str) -> Process {
+        Process::start(args, log_level, true)
+    }
+
+    fn start(args: &[&str], log_level: &str, keep_log: bool) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
             .args(args)
             .env("RUST_LOG", log_level)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("larder starts");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let log = child.stderr.take().map(BufReader::new);
         Process {
             child: Some(child),
             stdout,
+            log,
         }
     }
 
@@ -64,11 +78,15 @@ impl Process {
         panic!("no line with {prefix:?}");
     }
 
-    /// Reads stdout until a line contains `needle` (at most 1,000 lines); panics if the process ends first.
-    pub fn wait_for_line(&mut self, needle: &str) {
+    /// Reads the kept log until a line contains `needle` (at most 1,000 lines); panics if the process ends first.
+    pub fn wait_for_log_line(&mut self, needle: &str) {
+        let log = self
+            .log
+            .as_mut()
+            .expect("started with spawn_with_log_level");
         for _ in 0..1000 {
             let mut line = String::new();
-            let read = self.stdout.read_line(&mut line).expect("read stdout");
+            let read = log.read_line(&mut line).expect("read the log");
             assert!(read > 0, "larder exited before printing {needle:?}");
             if line.contains(needle) {
                 return;
@@ -79,18 +97,20 @@ impl Process {
 
     /// SIGTERM, then the exit code.
     pub fn terminate(self) -> i32 {
-        self.terminate_with_output().0
+        self.terminate_with_log().0
     }
 
-    /// SIGTERM, then the exit code and everything it printed on stdout after what was already read.
-    pub fn terminate_with_output(mut self) -> (i32, String) {
+    /// SIGTERM, then the exit code and the kept log's lines not read yet (empty without a kept log).
+    pub fn terminate_with_log(mut self) -> (i32, String) {
         use std::io::Read;
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(result, 0, "kill");
         let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).expect("read stdout");
+        if let Some(log) = self.log.as_mut() {
+            log.read_to_string(&mut rest).expect("read the log");
+        }
         let code = child.wait().expect("wait").code().expect("exit code");
         (code, rest)
     }
