@@ -39,13 +39,15 @@ enum Command {
 }
 
 /// The log of the long-running commands (`serve`, `control`, `dispatch`): to stderr, so stdout keeps only what
-/// the command prints on purpose (its addresses); level from `RUST_LOG`, `info` by default. `ctl` logs nothing.
+/// the command prints on purpose (its addresses); level from `RUST_LOG`, `info` by default; colours only on a
+/// terminal (a file or journald gets plain text). `ctl` logs nothing.
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
