@@ -194,9 +194,9 @@ pub(crate) fn respond(
 /// Fast path, one system call: `openat2(ROOT, path, O_RDONLY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, which the
 /// kernel resolves without ever stepping outside ROOT, so the file checked is the file read. It refuses (`EXDEV`) a
 /// path whose resolution would leave ROOT and also one that meets an absolute symlink, even an absolute symlink
-/// into ROOT; those, a race the kernel reports (`EAGAIN`) and kernels without `openat2` (before 5.6, `ENOSYS`) take
-/// the slow path: `canonicalize` (a `readlink` per path component, 5.5% of a shard's CPU on a Zipf mix with 9%
-/// misses), a prefix test, then an open by name.
+/// into ROOT. Those, a race the kernel reports (`EAGAIN`), kernels without `openat2` (before 5.6, `ENOSYS`) and
+/// sandboxes that refuse it (`EPERM`) take the slow path: `canonicalize` (a `readlink` per path component, 5.5% of
+/// a shard's CPU on a Zipf mix with 9% misses), a prefix test, then an open by name.
 fn open_inside_root(shard: &Shard, path: &Path) -> Result<File, CacheError> {
     let relative = match path.strip_prefix(&shard.root) {
         Ok(relative) if relative.as_os_str().is_empty() => Path::new("."),
@@ -211,7 +211,9 @@ fn open_inside_root(shard: &Shard, path: &Path) -> Result<File, CacheError> {
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     ) {
         Ok(fd) => Ok(File::from(fd)),
-        Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::LOOP) => {
+        // EPERM: a seccomp filter that refuses openat2 (older container runtimes); the slow path reports a real
+        // permission error from its own open.
+        Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::PERM | Errno::LOOP) => {
             open_by_canonical_path(shard, path)
         }
         Err(errno) => Err(CacheError::from(std::io::Error::from(errno))),
