@@ -288,6 +288,7 @@ impl ControlService {
             .check_request(CallClass::OperatorMutation, &request)?;
         let id = node_id("node_id", node_id_of(request.into_inner()))?;
         let version = self.0.mutate(|state, _| state.set_drained(&id, drained))?;
+        tracing::info!(node = %id, drained, steering_version = version, "drain changed");
         Ok(Response::new(pb::DrainResponse {
             steering_version: version,
         }))
@@ -387,6 +388,7 @@ impl Control for ControlService {
         let version = self
             .0
             .mutate(|state, _| state.set_policy(update, weights))?;
+        tracing::info!(steering_version = version, "policy changed");
         Ok(Response::new(pb::SetPolicyResponse {
             steering_version: version,
         }))
@@ -439,9 +441,11 @@ impl Control for ControlService {
             .check_request(CallClass::OperatorMutation, &request)?;
         let request = request.into_inner();
         let container = convert::container("container", request.container)?;
+        let name = container.name.0.clone();
         let version = self
             .0
             .mutate(|state, _| state.set_container(container, request.create))?;
+        tracing::info!(container = %name, steering_version = version, "container changed");
         Ok(Response::new(pb::SetContainerResponse {
             steering_version: version,
         }))
@@ -457,6 +461,8 @@ impl NodeService for NodeServiceImpl {
         self.0.auth.check_request(CallClass::Node, &request)?;
         let request = request.into_inner();
         let info = convert::node_info(request.node)?;
+        let (node, http_address, cores) =
+            (info.node_id.clone(), info.http_address.clone(), info.cores);
         let mut containers = Vec::with_capacity(request.containers.len());
         for item in request.containers {
             containers.push(convert::container("containers", Some(item))?);
@@ -465,6 +471,7 @@ impl NodeService for NodeServiceImpl {
             let steering = state.register(now, info, containers)?;
             Ok((steering, state.report_interval()))
         })?;
+        tracing::info!(%node, %http_address, cores, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             report_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             steering: Some(convert::steering_to_pb(&steering)),

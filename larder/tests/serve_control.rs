@@ -136,6 +136,20 @@ fn join_registers_with_a_standalone_control_plane() {
 }
 
 #[test]
+fn the_control_plane_logs_a_node_joining_and_going_silent() {
+    let root = root_with_a_file();
+    let mut plane = Process::spawn_with_log_level(&["control", "--listen", "127.0.0.1:0"], "info");
+    let control = plane.word_after("listening on ");
+    let (node, http) = serve(root.path(), &["--join", &control]);
+    plane.wait_for_log_line(&format!("node registered node={http}"));
+    // SIGKILL: no goodbye; the control plane notices the missing load reports (5 intervals of 100 ms).
+    node.kill();
+    plane.wait_for_log_line(&format!("node marked down: no load report node={http}"));
+    let (code, _) = plane.terminate_with_log();
+    assert_eq!(code, 0);
+}
+
+#[test]
 fn list_targets_shows_the_hot_paths_and_the_shards_serving_them() {
     const PATHS: [&str; 2] = ["/a.txt", "/b.txt"];
     let root = root_with_files(&["a.txt", "b.txt", "c.txt"]);

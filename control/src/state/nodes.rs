@@ -169,6 +169,7 @@ impl ClusterState {
         entry.down = false;
         if came_back {
             self.version += 1;
+            tracing::info!(node = %entry.info.node_id, "node is up again: its load reports resumed");
         }
         Ok(came_back)
     }
@@ -182,6 +183,11 @@ impl ClusterState {
             if !entry.down && silent > self.down_after {
                 entry.down = true;
                 changed = true;
+                tracing::warn!(
+                    node = %entry.info.node_id,
+                    silent_ms = silent.as_millis() as u64,
+                    "node marked down: no load report"
+                );
             }
         }
         if changed {

@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// A bounded wait: `condition` is tried every 20 ms for at most 30 s.
@@ -26,8 +27,9 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 pub struct Process {
     child: Option<Child>,
     stdout: BufReader<ChildStdout>,
-    /// The log, when started with [`Process::spawn_with_log_level`] (else it goes to the test's stderr).
-    log: Option<BufReader<ChildStderr>>,
+    /// The log's lines, read by a thread, when started with [`Process::spawn_with_log_level`] (else the log goes
+    /// to the test's stderr). The thread ends at the process's end (EOF).
+    log: Option<mpsc::Receiver<String>>,
 }
 
 impl Process {
@@ -37,7 +39,7 @@ impl Process {
     }
 
     /// Starts `larder ARGS` with its log at `log_level`, kept for [`Process::wait_for_log_line`] and
-    /// [`Process::terminate_with_log`] (the test must read it: an unread pipe fills at 64 KiB).
+    /// [`Process::terminate_with_log`].
     pub fn spawn_with_log_level(args: &[&str], log_level: &str) -> Process {
         Process::start(args, log_level, true)
     }
@@ -56,7 +58,18 @@ impl Process {
             .spawn()
             .expect("larder starts");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let log = child.stderr.take().map(BufReader::new);
+        let log = child.stderr.take().map(|stderr| {
+            let (lines_tx, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if lines_tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            lines
+        });
         Process {
             child: Some(child),
             stdout,
@@ -78,21 +91,26 @@ impl Process {
         panic!("no line with {prefix:?}");
     }
 
-    /// Reads the kept log until a line contains `needle` (at most 1,000 lines); panics if the process ends first.
+    /// Reads the kept log until a line contains `needle`; panics after 30 s or if the process ends first.
     pub fn wait_for_log_line(&mut self, needle: &str) {
         let log = self
             .log
-            .as_mut()
+            .as_ref()
             .expect("started with spawn_with_log_level");
-        for _ in 0..1000 {
-            let mut line = String::new();
-            let read = log.read_line(&mut line).expect("read the log");
-            assert!(read > 0, "larder exited before printing {needle:?}");
-            if line.contains(needle) {
-                return;
+        let deadline = std::time::Instant::now() + WAIT_PAUSE * WAIT_ATTEMPTS_MAX;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for a log line with {needle:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("larder exited before logging {needle:?}")
+                }
             }
         }
-        panic!("no line with {needle:?} in 1,000 lines");
     }
 
     /// SIGTERM, then the exit code.
@@ -102,17 +120,25 @@ impl Process {
 
     /// SIGTERM, then the exit code and the kept log's lines not read yet (empty without a kept log).
     pub fn terminate_with_log(mut self) -> (i32, String) {
-        use std::io::Read;
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(result, 0, "kill");
-        let mut rest = String::new();
-        if let Some(log) = self.log.as_mut() {
-            log.read_to_string(&mut rest).expect("read the log");
-        }
         let code = child.wait().expect("wait").code().expect("exit code");
-        (code, rest)
+        // The process has exited: the reader thread reaches EOF and hangs up after the last line.
+        let rest: Vec<String> = self
+            .log
+            .take()
+            .map(|log| log.iter().collect())
+            .unwrap_or_default();
+        (code, rest.join("\n"))
+    }
+
+    /// SIGKILL (no shutdown at all), then wait for the process to be gone.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 }
 
