@@ -74,31 +74,19 @@ pub fn container_to_pb(container: &Container) -> pb::Container {
     }
 }
 
-/// Builds a `$shard_load` (the domain or the wire type: their counters have the
-/// same names and types) from `$load`'s counters plus the fields given, so the ten
-/// counters are listed once for both directions. A macro because the two types
-/// share names, not a trait.
-macro_rules! shard_load_with_counters {
-    ($($shard_load:ident)::+, $load:ident, { $($field:ident: $value:expr),* $(,)? }) => {
-        $($shard_load)::+ {
-            active_connections: $load.active_connections,
-            queued_work: $load.queued_work,
-            requests_per_second: $load.requests_per_second,
-            bytes_per_second: $load.bytes_per_second,
-            cache_bytes: $load.cache_bytes,
-            cache_hits: $load.cache_hits,
-            cache_misses: $load.cache_misses,
-            cache_evictions: $load.cache_evictions,
-            handoffs: $load.handoffs,
-            cpu_time_us: $load.cpu_time_us,
-            $($field: $value),*
-        }
-    };
-}
-
 pub fn shard_load(load: pb::ShardLoad) -> ShardLoad {
-    shard_load_with_counters!(ShardLoad, load, {
+    ShardLoad {
         shard: ShardId(load.shard),
+        active_connections: load.active_connections,
+        queued_work: load.queued_work,
+        requests_per_second: load.requests_per_second,
+        bytes_per_second: load.bytes_per_second,
+        cache_bytes: load.cache_bytes,
+        cache_hits: load.cache_hits,
+        cache_misses: load.cache_misses,
+        cache_evictions: load.cache_evictions,
+        handoffs: load.handoffs,
+        cpu_time_us: load.cpu_time_us,
         containers: load
             .containers
             .into_iter()
@@ -108,12 +96,22 @@ pub fn shard_load(load: pb::ShardLoad) -> ShardLoad {
                 rejections: container.rejections,
             })
             .collect(),
-    })
+    }
 }
 
 pub fn shard_load_to_pb(load: &ShardLoad) -> pb::ShardLoad {
-    shard_load_with_counters!(pb::ShardLoad, load, {
+    pb::ShardLoad {
         shard: load.shard.0,
+        active_connections: load.active_connections,
+        queued_work: load.queued_work,
+        requests_per_second: load.requests_per_second,
+        bytes_per_second: load.bytes_per_second,
+        cache_bytes: load.cache_bytes,
+        cache_hits: load.cache_hits,
+        cache_misses: load.cache_misses,
+        cache_evictions: load.cache_evictions,
+        handoffs: load.handoffs,
+        cpu_time_us: load.cpu_time_us,
         containers: load
             .containers
             .iter()
@@ -123,7 +121,7 @@ pub fn shard_load_to_pb(load: &ShardLoad) -> pb::ShardLoad {
                 rejections: container.rejections,
             })
             .collect(),
-    })
+    }
 }
 
 pub fn load_report(report: pb::LoadReport) -> LoadReport {
