@@ -72,7 +72,8 @@ pub trait NodeHooks: Send + 'static {
     fn load_report(&mut self) -> NodeLoad;
     /// Apply new settings (called once per new steering, in order).
     fn apply(&mut self, steering: &Steering);
-    /// The session with the control plane started (`true`) or ended (`false`).
+    /// The session with the control plane started (`true`) or was lost (`false`). Not called when the agent's
+    /// owner stops it: that end is the owner's own doing.
     fn connection_changed(&mut self, connected: bool) {
         let _ = connected;
     }
@@ -283,9 +284,8 @@ impl<H: NodeHooks> Agent<H> {
                 }
             }
         }
-        if self.counters.connected.swap(false, Ordering::Relaxed) {
-            self.hooks.connection_changed(false);
-        }
+        // Stopped by the owner: no loss to report.
+        self.counters.connected.store(false, Ordering::Relaxed);
     }
 
     fn apply(&mut self, steering: pb::Steering) {

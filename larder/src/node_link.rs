@@ -49,8 +49,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -106,8 +104,6 @@ pub fn control_mode(
 pub struct NodeLink {
     plane: Option<ControlHandle>,
     agent: Option<NodeAgent>,
-    /// Set by [`NodeLink::shutdown`] before the agent stops, so the session's end is not reported as a loss.
-    stopping: Arc<AtomicBool>,
 }
 
 impl NodeLink {
@@ -119,7 +115,6 @@ impl NodeLink {
                 return Ok(NodeLink {
                     plane: None,
                     agent: None,
-                    stopping: Arc::default(),
                 })
             }
             ControlMode::Join(addr) => (None, addr),
@@ -137,7 +132,6 @@ impl NodeLink {
                         return Ok(NodeLink {
                             plane: None,
                             agent: None,
-                            stopping: Arc::default(),
                         });
                     }
                     Err(error) => {
@@ -155,14 +149,11 @@ impl NodeLink {
         };
         let mut agent_config = AgentConfig::new(control_addr, info);
         agent_config.containers = containers;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let hooks = ServeHooks::new(node, config, Arc::clone(&stopping));
-        let agent =
-            NodeAgent::spawn_with(agent_config, hooks).context("starting the node agent")?;
+        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config))
+            .context("starting the node agent")?;
         Ok(NodeLink {
             plane,
             agent: Some(agent),
-            stopping,
         })
     }
 
@@ -173,9 +164,9 @@ impl NodeLink {
 
     /// Shutdown steps 1-2 (module docs).
     pub fn shutdown(self) -> anyhow::Result<()> {
-        self.stopping.store(true, Ordering::Relaxed);
         if let Some(agent) = self.agent {
             agent.shutdown();
+            tracing::info!("left the control plane (shutting down)");
         }
         if let Some(plane) = self.plane {
             plane.shutdown().context("stopping the control plane")?;
@@ -224,12 +215,10 @@ pub struct ServeHooks {
     applied: HashMap<String, Applied>,
     /// The previous report's counters, for rates.
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
-    /// The node is shutting down: the session's end is ours, not a lost control plane.
-    stopping: Arc<AtomicBool>,
 }
 
 impl ServeHooks {
-    pub fn new(node: &Node, config: &ServeConfig, stopping: Arc<AtomicBool>) -> ServeHooks {
+    pub fn new(node: &Node, config: &ServeConfig) -> ServeHooks {
         ServeHooks {
             stats: node.stats_reader(),
             runtime: node.runtime_stats_handles(),
@@ -250,7 +239,6 @@ impl ServeHooks {
                 })
                 .collect(),
             previous: None,
-            stopping,
         }
     }
 
@@ -398,11 +386,7 @@ impl NodeHooks for ServeHooks {
         if connected {
             tracing::info!("registered with the control plane");
         } else {
-            if self.stopping.load(Ordering::Relaxed) {
-                tracing::info!("left the control plane (shutting down)");
-            } else {
-                tracing::warn!("lost the control plane; serving with the last settings");
-            }
+            tracing::warn!("lost the control plane; serving with the last settings");
         }
     }
 }
