@@ -317,7 +317,7 @@ fn run_inside_monoio_sleeps_until_woken_and_stops() {
     let finished = Rc::new(Cell::new(0u32));
     runtime.block_on(async {
         let runner = scheduler.clone();
-        let handle = monoio::spawn(async move { runner.run().await });
+        let handle = monoio::spawn(async move { runner.run(None).await });
         for round in 0..3u32 {
             let task_finished = finished.clone();
             scheduler

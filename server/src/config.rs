@@ -53,6 +53,10 @@ pub struct ContainerConfig {
     pub shares: u32,
     /// Connections served at once in this container per shard; one more gets 503 + Retry-After.
     pub tasks_max: u32,
+    /// Most of each shard's CPU the container may use, in percent (1..=100), even on an idle shard; 0 = no cap.
+    pub cpu_percent_max: u32,
+    /// Per-connection send rate cap (bytes/s, like nginx's `limit_rate`); 0 = none.
+    pub send_rate_bytes_per_second: u64,
 }
 
 /// A client network, `address/prefix_len`.
@@ -193,6 +197,8 @@ impl Default for ServeConfig {
                 name: DEFAULT_CONTAINER.to_string(),
                 shares: 100,
                 tasks_max: 65_536,
+                cpu_percent_max: 0,
+                send_rate_bytes_per_second: 0,
             }],
             classify: Vec::new(),
             cluster: false,
@@ -297,6 +303,8 @@ struct RawContainer {
     name: String,
     shares: Option<u32>,
     tasks_max: Option<u32>,
+    cpu_percent_max: Option<u32>,
+    send_rate_bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,6 +386,10 @@ impl ServeConfig {
             let spec = ContainerConfig {
                 shares: container.shares.unwrap_or(defaults.shares),
                 tasks_max: container.tasks_max.unwrap_or(defaults.tasks_max),
+                cpu_percent_max: container.cpu_percent_max.unwrap_or(defaults.cpu_percent_max),
+                send_rate_bytes_per_second: container
+                    .send_rate_bytes_per_second
+                    .unwrap_or(defaults.send_rate_bytes_per_second),
                 name: container.name,
             };
             match config
@@ -660,6 +672,8 @@ mod tests {
             name: "a".into(),
             shares: 1,
             tasks_max: 1,
+            cpu_percent_max: 0,
+            send_rate_bytes_per_second: 0,
         });
         config.classify.push(ClassifyRule {
             container: "a".into(),

@@ -598,6 +598,8 @@ fn container_over_its_limit_answers_503_with_retry_after() {
             name: "default".into(),
             shares: 100,
             tasks_max: 1,
+            cpu_percent_max: 0,
+            send_rate_bytes_per_second: 0,
         }];
     });
     let mut first = served.connect();

@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use super::clock::Clock;
-use super::queue::Container;
+use super::queue::{Cap, Container};
 use super::scheduler::ContainerScheduler;
 use super::spec::{
-    check_shares, check_spec, ContainerError, ContainerId, ContainerLimit, ContainerSpec, TaskId,
+    check_cpu_percent_max, check_send_rate, check_shares, check_spec, ContainerError, ContainerId, ContainerLimit, ContainerSpec, TaskId,
     VRUNTIME_SCALE,
 };
 use super::task::{TaskHeader, TaskKey, TaskSlot, TASK_QUEUED};
@@ -55,14 +55,23 @@ impl<C: Clock> ContainerScheduler<C> {
         }
         let id = ContainerId(state.containers.len() as u32);
         let vruntime = state.floor_vruntime;
+        let cap = Cap::new(
+            spec.cpu_percent_max,
+            self.shared.config.cap_period_ns,
+            self.shared.clock.now_ns(),
+        );
         state.containers.push(Container {
             vruntime_per_ns: VRUNTIME_SCALE / spec.shares as u64,
             spec,
             vruntime,
             awake: false,
+            fresh: false,
             ready: VecDeque::new(),
             cpu_ns: 0,
+            poll_cpu_ns: 0,
             polls: 0,
+            turn_polls: 0,
+            cap,
             tasks_spawned: 0,
             tasks_completed: 0,
             tasks_active: 0,
@@ -110,6 +119,43 @@ impl<C: Clock> ContainerScheduler<C> {
         })
     }
 
+    /// Caps a container at `percent` of the shard's CPU (0 = no cap, else 1..=100), from now on: the current
+    /// period's budget starts afresh.
+    pub fn set_cpu_percent_max(&self, id: ContainerId, percent: u32) -> Result<(), ContainerError> {
+        let period_ns = self.shared.config.cap_period_ns;
+        let now_ns = self.shared.clock.now_ns();
+        self.with_container(id, |c| {
+            check_cpu_percent_max(&c.spec.name, percent)?;
+            c.spec.cpu_percent_max = percent;
+            let throttles = c.cap.throttles;
+            c.cap = Cap::new(percent, period_ns, now_ns);
+            c.cap.throttles = throttles;
+            Ok(())
+        })
+    }
+
+    /// Sets the per-connection send rate the server paces the container's responses to (0 = none).
+    pub fn set_send_rate(
+        &self,
+        id: ContainerId,
+        bytes_per_second: u64,
+    ) -> Result<(), ContainerError> {
+        self.with_container(id, |c| {
+            check_send_rate(&c.spec.name, bytes_per_second)?;
+            c.spec.send_rate_bytes_per_second = bytes_per_second;
+            Ok(())
+        })
+    }
+
+    /// The container's per-connection send rate (bytes/s; 0 = none, also for an unknown id).
+    pub fn send_rate(&self, id: ContainerId) -> u64 {
+        let state = self.shared.state.borrow();
+        state
+            .containers
+            .get(id.index())
+            .map_or(0, |c| c.spec.send_rate_bytes_per_second)
+    }
+
     fn with_container<R>(
         &self,
         id: ContainerId,
@@ -154,8 +200,7 @@ impl<C: Clock> ContainerScheduler<C> {
                 });
             }
             c.tasks_spawned += 1;
-            c.tasks_active += 1;
-            state.tasks_active += 1;
+            state.task_started(id.0);
             let index = match state.free_tasks.pop() {
                 Some(index) => index,
                 None => {

@@ -1,7 +1,7 @@
 //! The clock container polls are timed with.
 //!
 //! # What this file owns
-//! The [`Clock`] trait and its two implementations: [`MonotonicClock`] (shards) and [`ManualClock`] (tests and
+//! The [`Clock`] trait (wall time for polls, thread CPU time for the loop around them) and its two implementations: [`MonotonicClock`] (shards) and [`ManualClock`] (tests and
 //! simulations, where the test moves time by hand so that share accounting is deterministic).
 //!
 //! # Invariants
@@ -19,6 +19,10 @@ use std::time::Instant;
 /// Source of time for poll accounting: nanoseconds since an origin of the clock's choosing, never decreasing.
 pub trait Clock {
     fn now_ns(&self) -> u64;
+
+    /// CPU time the calling thread has used (ns), never decreasing: what the scheduler apportions between turns
+    /// (the loop's work outside polls). Read once per turn that polled, on the scheduler's thread.
+    fn cpu_ns(&self) -> u64;
 }
 
 /// The real clock: monotonic time (`std::time::Instant`, `CLOCK_MONOTONIC` through libc's vDSO call) since
@@ -46,6 +50,24 @@ impl Clock for MonotonicClock {
     fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
+
+    /// `CLOCK_THREAD_CPUTIME_ID` (the kernel's own per-thread CPU time, the figure `/proc/PID/task/TID/stat`
+    /// shows; a system call, ~100-300 ns here, made once per turn).
+    fn cpu_ns(&self) -> u64 {
+        thread_cpu_ns()
+    }
+}
+
+/// CPU time of the calling thread (ns), from the kernel (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_ns() -> u64 {
+    let mut spec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `spec`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spec) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    spec.tv_sec as u64 * 1_000_000_000 + spec.tv_nsec as u64
 }
 
 /// A clock moved by hand (tests, simulations); clones share the same time.
@@ -68,6 +90,12 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now_ns(&self) -> u64 {
+        self.now_ns.get()
+    }
+
+    /// The same time as `now_ns`: a test's time advanced inside a poll is that poll's CPU, time advanced between
+    /// turns is the loop's work outside polls.
+    fn cpu_ns(&self) -> u64 {
         self.now_ns.get()
     }
 }

@@ -59,10 +59,12 @@ mod scheduler;
 mod spec;
 mod task;
 
-pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use scheduler::{ContainerScheduler, ContainerStats, SchedulerStats};
+pub use clock::{thread_cpu_ns, Clock, ManualClock, MonotonicClock};
+pub use scheduler::{ContainerScheduler, ContainerStats, SchedulerStats, Turn};
 pub use spec::{
     ContainerError, ContainerId, ContainerLimit, ContainerSpec, LatencyClass, SchedulerConfig,
-    TaskId, CONTAINERS_MAX_DEFAULT, CONTAINERS_MAX_LIMIT, POLLS_PER_TURN_DEFAULT, SHARES_MAX,
-    TASKS_MAX_DEFAULT, TASKS_MAX_LIMIT, TURN_NS_DEFAULT, VRUNTIME_SCALE,
+    TaskId, CAP_PERIOD_NS_DEFAULT, CONTAINERS_MAX_DEFAULT, CONTAINERS_MAX_LIMIT,
+    CPU_PERCENT_MAX_LIMIT, POLLS_PER_TURN_DEFAULT, SEND_RATE_BYTES_PER_SECOND_LIMIT, SHARES_MAX,
+    TASKS_MAX_DEFAULT, TASKS_MAX_LIMIT, TURN_CONTENDED_NS_DEFAULT, TURN_NS_DEFAULT,
+    VRUNTIME_SCALE,
 };

@@ -41,16 +41,85 @@ pub(super) struct Container {
     /// `VRUNTIME_SCALE / shares`.
     pub(super) vruntime_per_ns: u64,
     pub(super) awake: bool,
+    /// Woke from sleep since its last poll: its next poll ends the turn when containers contend (`scheduler.rs`).
+    pub(super) fresh: bool,
     pub(super) ready: VecDeque<TaskKey>,
+    /// CPU charged: its polls plus its part of the loop's other work (`charge_overhead`).
     pub(super) cpu_ns: u64,
+    /// CPU of its polls alone.
+    pub(super) poll_cpu_ns: u64,
     pub(super) polls: u64,
+    /// Polls in the current turn (the weights the turn's overhead is apportioned by).
+    pub(super) turn_polls: u32,
+    pub(super) cap: Cap,
     pub(super) tasks_spawned: u64,
     pub(super) tasks_completed: u64,
     pub(super) tasks_active: u32,
     pub(super) rejections: u64,
 }
 
+/// The `cpu_percent_max` budget of one container: `budget_ns` of CPU per `period_ns`, debt carried over.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Cap {
+    /// 0: no cap.
+    pub(super) budget_ns: u64,
+    pub(super) period_ns: u64,
+    pub(super) period_start_ns: u64,
+    /// CPU charged since `period_start_ns`, less the budgets of the periods that have passed (never below 0).
+    pub(super) used_ns: u64,
+    /// Picks refused because the budget was spent.
+    pub(super) throttles: u64,
+    /// Whether the last eligibility check found it throttled (counts one throttle per spent period).
+    pub(super) throttled: bool,
+}
+
+impl Cap {
+    pub(super) fn new(percent: u32, period_ns: u64, now_ns: u64) -> Cap {
+        Cap {
+            budget_ns: period_ns * u64::from(percent) / 100,
+            period_ns,
+            period_start_ns: now_ns,
+            ..Cap::default()
+        }
+    }
+
+    /// `None` if the container may run at `now_ns`, else the time its budget refills.
+    pub(super) fn throttled_until(&mut self, now_ns: u64) -> Option<u64> {
+        if self.budget_ns == 0 {
+            return None;
+        }
+        let elapsed = now_ns.saturating_sub(self.period_start_ns);
+        if elapsed >= self.period_ns {
+            let periods = elapsed / self.period_ns;
+            self.period_start_ns += periods * self.period_ns;
+            self.used_ns = self
+                .used_ns
+                .saturating_sub(periods.saturating_mul(self.budget_ns));
+        }
+        if self.used_ns < self.budget_ns {
+            self.throttled = false;
+            return None;
+        }
+        if !self.throttled {
+            self.throttled = true;
+            self.throttles += 1;
+        }
+        // Debt beyond one budget keeps it throttled for more periods.
+        let periods = self.used_ns / self.budget_ns;
+        Some(self.period_start_ns + periods * self.period_ns)
+    }
+}
+
 impl Container {
+    /// Charges `cpu_ns` of work to the container: accounting, virtual runtime and the cap's budget.
+    pub(super) fn charge(&mut self, cpu_ns: u64) {
+        self.cpu_ns += cpu_ns;
+        self.vruntime += cpu_ns as u128 * self.vruntime_per_ns as u128;
+        if self.cap.budget_ns > 0 {
+            self.cap.used_ns += cpu_ns;
+        }
+    }
+
     fn rank(&self, index: u32) -> (u128, u8, u32) {
         let class = match self.spec.latency_class {
             LatencyClass::Interactive => 0,
@@ -72,6 +141,18 @@ pub(super) struct State {
     pub(super) polls: u64,
     pub(super) stop: bool,
     pub(super) woken: Vec<TaskKey>,
+    /// Containers with at least one live task; more than one means they contend (short turns, sleeper credit).
+    pub(super) containers_live: u32,
+    /// Vruntime credit per ns of `turn_contended_ns` a waking container may start behind the least awake one.
+    pub(super) wake_credit_ns: u64,
+    /// Containers polled in the current turn (each once), for the overhead apportionment.
+    pub(super) turn_containers: Vec<u32>,
+    /// Sum of the current turn's poll times.
+    pub(super) turn_poll_ns: u64,
+    /// Thread CPU at the end of the last turn that apportioned its overhead (`None` until the first).
+    pub(super) last_cpu_ns: Option<u64>,
+    /// CPU of the loop outside polls (I/O submission and completion, other tasks, the kernel), apportioned.
+    pub(super) overhead_ns: u64,
 }
 
 impl State {
@@ -87,9 +168,18 @@ impl State {
                 .map(|c| c.vruntime)
                 .min()
                 .unwrap_or(self.floor_vruntime);
+            let contended = self.containers_live > 1;
             let c = &mut self.containers[container as usize];
-            c.vruntime = c.vruntime.max(least_awake);
+            // Sleeper credit: a container that slept may start up to one contended turn of its own CPU behind
+            // the least awake one, so it is picked next; never behind its own vruntime (no hoarding).
+            let credit = if contended {
+                self.wake_credit_ns as u128 * c.vruntime_per_ns as u128
+            } else {
+                0
+            };
+            c.vruntime = c.vruntime.max(least_awake.saturating_sub(credit));
             c.awake = true;
+            c.fresh = contended;
             self.awake.push(container);
         }
         self.containers[container as usize].ready.push_back(key);
@@ -115,17 +205,23 @@ impl State {
         self.woken = woken;
     }
 
-    /// Puts containers without ready tasks to sleep and returns the awake one with the least vruntime.
-    pub(super) fn pick(&mut self) -> Option<u32> {
+    /// Puts containers without ready tasks to sleep and returns the awake one with the least vruntime whose
+    /// `cpu_percent_max` budget is not spent at `now_ns`. `Err(Some(t))`: only throttled containers have ready
+    /// tasks, the first refills at `t`; `Err(None)`: nothing is ready.
+    pub(super) fn pick(&mut self, now_ns: u64) -> Result<u32, Option<u64>> {
         if let [only] = self.awake[..] {
             // One awake container (the common case on a shard serving one class of work): no ranking.
-            let c = &self.containers[only as usize];
+            let c = &mut self.containers[only as usize];
             if !c.ready.is_empty() {
+                if let Some(until) = c.cap.throttled_until(now_ns) {
+                    return Err(Some(until));
+                }
                 self.floor_vruntime = self.floor_vruntime.max(c.vruntime);
-                return Some(only);
+                return Ok(only);
             }
         }
         let mut best: Option<(u128, u8, u32)> = None;
+        let mut refill: Option<u64> = None;
         let mut position = 0;
         while position < self.awake.len() {
             let index = self.awake[position];
@@ -135,22 +231,32 @@ impl State {
                 self.awake.swap_remove(position);
                 continue;
             }
+            position += 1;
+            if let Some(until) = c.cap.throttled_until(now_ns) {
+                refill = Some(refill.map_or(until, |r| r.min(until)));
+                continue;
+            }
             let rank = c.rank(index);
             if best.is_none_or(|b| rank < b) {
                 best = Some(rank);
             }
-            position += 1;
         }
-        let (vruntime, _, index) = best?;
+        let Some((vruntime, _, index)) = best else {
+            return Err(refill);
+        };
         self.floor_vruntime = self.floor_vruntime.max(vruntime);
-        Some(index)
+        Ok(index)
     }
 
-    /// Takes the next task to poll out of its slot: (key, future, waker).
-    pub(super) fn next_task(&mut self, inbox: &Inbox) -> Option<(TaskKey, TaskFuture, Waker)> {
+    /// Takes the next task to poll out of its slot: (key, future, waker), or why there is none (see `pick`).
+    pub(super) fn next_task(
+        &mut self,
+        inbox: &Inbox,
+        now_ns: u64,
+    ) -> Result<(TaskKey, TaskFuture, Waker), Option<u64>> {
         self.drain_inbox(inbox);
         loop {
-            let container = self.pick()?;
+            let container = self.pick(now_ns)?;
             let c = &mut self.containers[container as usize];
             let Some(key) = c.ready.pop_front() else {
                 continue;
@@ -165,12 +271,13 @@ impl State {
                 panic!("task {} in a ready queue while being polled", key.index);
             };
             header.state.store(TASK_RUNNING, Ordering::Release);
-            return Some((key, future, waker));
+            return Ok((key, future, waker));
         }
     }
 
     /// Charges a finished poll to its container; returns the future if the task completed (to be dropped by the
-    /// caller outside the borrow).
+    /// caller outside the borrow), and whether the poll was the first of a container that woke from sleep while
+    /// containers contend (the scheduler then ends the turn so the I/O that poll started is submitted now).
     pub(super) fn finish_poll(
         &mut self,
         key: TaskKey,
@@ -178,13 +285,20 @@ impl State {
         waker: Waker,
         poll: Poll<()>,
         cpu_ns: u64,
-    ) -> Option<(TaskFuture, Waker, Arc<TaskHeader>)> {
+    ) -> (Option<(TaskFuture, Waker, Arc<TaskHeader>)>, bool) {
         self.polls += 1;
+        self.turn_poll_ns += cpu_ns;
         let slot = &mut self.tasks[key.index as usize];
-        let c = &mut self.containers[slot.container as usize];
-        c.cpu_ns += cpu_ns;
+        let container = slot.container;
+        let c = &mut self.containers[container as usize];
+        c.charge(cpu_ns);
+        c.poll_cpu_ns += cpu_ns;
         c.polls += 1;
-        c.vruntime += cpu_ns as u128 * c.vruntime_per_ns as u128;
+        if c.turn_polls == 0 {
+            self.turn_containers.push(container);
+        }
+        c.turn_polls += 1;
+        let end_turn = std::mem::take(&mut c.fresh);
         if poll.is_pending() {
             slot.future = Some(future);
             slot.waker = Some(waker);
@@ -205,10 +319,13 @@ impl State {
                     .ready
                     .push_back(key);
             }
-            return None;
+            return (None, end_turn);
         }
         c.tasks_completed += 1;
         c.tasks_active -= 1;
+        if c.tasks_active == 0 {
+            self.containers_live -= 1;
+        }
         self.tasks_active -= 1;
         slot.live = false;
         slot.generation = slot.generation.wrapping_add(1);
@@ -217,6 +334,71 @@ impl State {
         };
         header.state.store(TASK_DONE, Ordering::Release);
         self.free_tasks.push(key.index);
-        Some((future, waker, header))
+        (Some((future, waker, header)), end_turn)
+    }
+}
+
+impl State {
+    /// Ends a turn: the thread's CPU since the last apportioning (`cpu_now_ns`), less the turn's poll times, is
+    /// the loop's own work — I/O submission and completion, the kernel's part of each read and write, tasks
+    /// outside containers — and is charged to the containers polled in the turn, in proportion to their polls
+    /// (each poll is one step of a connection, which caused that step's I/O). A turn without polls charges
+    /// nothing; its CPU is apportioned with the next turn that polls.
+    pub(super) fn charge_overhead(&mut self, cpu_now_ns: u64) {
+        let Some(last) = self.last_cpu_ns.replace(cpu_now_ns) else {
+            self.clear_turn();
+            return;
+        };
+        let total_ns = cpu_now_ns.saturating_sub(last);
+        let overhead_ns = total_ns.saturating_sub(self.turn_poll_ns);
+        let turn_polls: u64 = self
+            .turn_containers
+            .iter()
+            .map(|&index| u64::from(self.containers[index as usize].turn_polls))
+            .sum();
+        if turn_polls > 0 && overhead_ns > 0 {
+            let mut left_ns = overhead_ns;
+            for (position, &index) in self.turn_containers.iter().enumerate() {
+                let c = &mut self.containers[index as usize];
+                let part_ns = if position + 1 == self.turn_containers.len() {
+                    left_ns
+                } else {
+                    (overhead_ns as u128 * u128::from(c.turn_polls) / u128::from(turn_polls)) as u64
+                };
+                left_ns -= part_ns;
+                c.charge(part_ns);
+            }
+            self.overhead_ns += overhead_ns;
+        }
+        self.clear_turn();
+    }
+
+    fn clear_turn(&mut self) {
+        for &index in &self.turn_containers {
+            self.containers[index as usize].turn_polls = 0;
+        }
+        self.turn_containers.clear();
+        self.turn_poll_ns = 0;
+    }
+
+    /// Counts a new live task of `container` (a spawn).
+    pub(super) fn task_started(&mut self, container: u32) {
+        let c = &mut self.containers[container as usize];
+        if c.tasks_active == 0 {
+            self.containers_live += 1;
+        }
+        c.tasks_active += 1;
+        self.tasks_active += 1;
+    }
+
+    /// True if a container has a ready task it may run at `now_ns` (not throttled).
+    pub(super) fn has_eligible(&mut self, now_ns: u64) -> bool {
+        let State {
+            awake, containers, ..
+        } = self;
+        awake.iter().any(|&index| {
+            let c = &mut containers[index as usize];
+            !c.ready.is_empty() && c.cap.throttled_until(now_ns).is_none()
+        })
     }
 }

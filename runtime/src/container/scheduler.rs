@@ -50,9 +50,18 @@ pub struct ContainerStats {
     pub latency_class: LatencyClass,
     pub tasks_max: u32,
     pub queued_max: u32,
-    /// CPU time charged to the container's polls (ns, by the scheduler's clock).
+    /// CPU time charged to the container (ns): its polls plus its part of the loop's work around them (I/O
+    /// submission and completion, the kernel's part of its reads and writes), apportioned by polls each turn.
     pub cpu_ns: u64,
+    /// CPU time of its polls alone (ns, by the scheduler's clock).
+    pub poll_cpu_ns: u64,
     pub polls: u64,
+    /// Most of a shard's CPU it may use (percent); 0 = no cap.
+    pub cpu_percent_max: u32,
+    /// Per-connection send rate cap (bytes/s); 0 = none.
+    pub send_rate_bytes_per_second: u64,
+    /// Times its `cpu_percent_max` budget ran out and it had to wait for the next period.
+    pub throttles: u64,
     pub tasks_spawned: u64,
     pub tasks_completed: u64,
     /// Tasks spawned and not completed.
@@ -71,6 +80,17 @@ pub struct SchedulerStats {
     pub polls: u64,
     /// Live tasks over all containers.
     pub tasks_active: usize,
+    /// CPU of the loop outside polls that was apportioned to the containers (ns).
+    pub overhead_ns: u64,
+}
+
+/// What one turn of the scheduler did (see [`ContainerScheduler::run_turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// Tasks polled.
+    pub polls: usize,
+    /// With no poll: the clock time at which a throttled container's budget refills (`None`: nothing is ready).
+    pub refill_at_ns: Option<u64>,
 }
 
 pub(super) struct Shared<C> {
@@ -110,6 +130,18 @@ impl<C: Clock> ContainerScheduler<C> {
             u32::MAX as u64,
         )?;
         check_range("turn_ns", config.turn_ns, 1, u64::MAX)?;
+        check_range(
+            "turn_contended_ns",
+            config.turn_contended_ns,
+            1,
+            config.turn_ns,
+        )?;
+        check_range(
+            "cap_period_ns",
+            config.cap_period_ns,
+            100_000,
+            1_000_000_000,
+        )?;
         Ok(ContainerScheduler {
             shared: Rc::new(Shared {
                 clock,
@@ -125,6 +157,12 @@ impl<C: Clock> ContainerScheduler<C> {
                     polls: 0,
                     stop: false,
                     woken: Vec::new(),
+                    containers_live: 0,
+                    wake_credit_ns: config.turn_contended_ns,
+                    turn_containers: Vec::new(),
+                    turn_poll_ns: 0,
+                    last_cpu_ns: None,
+                    overhead_ns: 0,
                 }),
             }),
         })
@@ -135,59 +173,97 @@ impl<C: Clock> ContainerScheduler<C> {
         &self.shared.clock
     }
 
-    /// Polls one ready task (of the container with the least vruntime). Returns false if no task was ready.
+    /// Polls one ready task (of the container with the least vruntime that is not throttled). Returns false if
+    /// no task was ready. Charges nothing but the poll (no turn ends; see [`run_turn`](Self::run_turn)).
     pub fn poll_once(&self) -> bool {
         let start_ns = self.shared.clock.now_ns();
-        self.poll_next(start_ns).is_some()
+        self.poll_next(start_ns).is_ok()
     }
 
-    /// Polls ready tasks until none is ready or `polls_max` polls were made; returns the number of polls.
+    /// Runs turns until no task is ready or about `polls_max` polls were made; returns the number of polls.
     pub fn run_until_idle(&self, polls_max: usize) -> usize {
-        self.run_polls(polls_max, u64::MAX)
-    }
-
-    /// Polls up to `polls_max` tasks or until `budget_ns` of clock time passed; returns the number of polls.
-    fn run_polls(&self, polls_max: usize, budget_ns: u64) -> usize {
-        let start_ns = self.shared.clock.now_ns();
-        let mut now_ns = start_ns;
         let mut polls = 0;
         while polls < polls_max {
-            match self.poll_next(now_ns) {
-                Some(end_ns) => now_ns = end_ns,
-                None => break,
-            }
-            polls += 1;
-            if now_ns.saturating_sub(start_ns) >= budget_ns {
+            let turn = self.turn(polls_max - polls, u64::MAX);
+            if turn.polls == 0 {
                 break;
             }
+            polls += turn.polls;
         }
         polls
     }
 
-    /// Polls the next task; `start_ns` is the clock reading taken when the previous poll ended. Returns the clock
-    /// reading after this poll.
-    fn poll_next(&self, start_ns: u64) -> Option<u64> {
+    /// One turn of [`run`](Self::run): polls up to `polls_per_turn` tasks within the turn's work budget
+    /// (`turn_ns`, or `turn_contended_ns` while two or more containers have live tasks), ending early after the
+    /// first poll of a container that woke from sleep meanwhile; then charges the thread's CPU outside the polls
+    /// since the last turn to the containers polled (module docs, "Accounting").
+    pub fn run_turn(&self) -> Turn {
+        let config = &self.shared.config;
+        self.turn(config.polls_per_turn as usize, config.turn_ns)
+    }
+
+    fn turn(&self, polls_max: usize, turn_ns: u64) -> Turn {
         let shared = &*self.shared;
-        let (key, mut future, waker) = shared.state.borrow_mut().next_task(&shared.inbox)?;
+        let budget_ns = if shared.state.borrow().containers_live > 1 {
+            shared.config.turn_contended_ns.min(turn_ns)
+        } else {
+            turn_ns
+        };
+        let start_ns = shared.clock.now_ns();
+        let mut now_ns = start_ns;
+        let mut polls = 0;
+        let mut refill_at_ns = None;
+        while polls < polls_max {
+            match self.poll_next(now_ns) {
+                Ok((end_ns, end_turn)) => {
+                    now_ns = end_ns;
+                    polls += 1;
+                    if end_turn || now_ns.saturating_sub(start_ns) >= budget_ns {
+                        break;
+                    }
+                }
+                Err(refill) => {
+                    refill_at_ns = refill;
+                    break;
+                }
+            }
+        }
+        if polls > 0 {
+            let cpu_ns = shared.clock.cpu_ns();
+            shared.state.borrow_mut().charge_overhead(cpu_ns);
+        }
+        Turn {
+            polls,
+            refill_at_ns: if polls == 0 { refill_at_ns } else { None },
+        }
+    }
+
+    /// Polls the next task; `start_ns` is the clock reading taken when the previous poll ended. Returns the clock
+    /// reading after this poll and whether the turn should end now, or why no task could be polled.
+    fn poll_next(&self, start_ns: u64) -> Result<(u64, bool), Option<u64>> {
+        let shared = &*self.shared;
+        let (key, mut future, waker) = shared
+            .state
+            .borrow_mut()
+            .next_task(&shared.inbox, start_ns)?;
         let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
         let end_ns = shared.clock.now_ns();
         let cpu_ns = end_ns.saturating_sub(start_ns);
-        let finished = shared
+        let (finished, end_turn) = shared
             .state
             .borrow_mut()
             .finish_poll(key, future, waker, poll, cpu_ns);
         drop(finished);
-        Some(end_ns)
+        Ok((end_ns, end_turn))
     }
 
-    /// True if some task is ready (including wakes not yet drained).
+    /// True if some task is ready to be polled now (including wakes not yet drained; a throttled container's
+    /// tasks do not count until its budget refills).
     pub fn has_ready(&self) -> bool {
+        let now_ns = self.shared.clock.now_ns();
         let mut state = self.shared.state.borrow_mut();
         state.drain_inbox(&self.shared.inbox);
-        state
-            .awake
-            .iter()
-            .any(|&index| !state.containers[index as usize].ready.is_empty())
+        state.has_eligible(now_ns)
     }
 
     /// Live tasks over all containers.
@@ -201,21 +277,44 @@ impl<C: Clock> ContainerScheduler<C> {
         self.shared.inbox.wake_outer();
     }
 
-    /// Runs the scheduler as one task of the shard's monoio runtime until [`stop`](Self::stop): turns of at most
-    /// `polls_per_turn` polls or `turn_ns`, a yield to monoio after each turn, a sleep (no spinning) when idle.
-    pub async fn run(&self) {
+    /// Runs the scheduler as one task of the shard's monoio runtime until [`stop`](Self::stop): turns
+    /// ([`run_turn`](Self::run_turn)), a yield to monoio after each turn, a sleep (no spinning) when idle.
+    ///
+    /// With `timers` (the shard's), every turn first fires the wheel's due timers (soft timers: a busy shard
+    /// checks its deadlines at each loop turn, with no timer interrupt), and a shard whose only ready work is
+    /// throttled sleeps on the wheel until the first budget refills. Without `timers` (tests) that sleep is
+    /// monoio's own timer; both clocks must then be the same monotonic clock's.
+    pub async fn run(&self, timers: Option<&crate::sleep::ShardTimers>) {
         loop {
             if self.shared.state.borrow().stop {
                 return;
             }
-            let polls = self.run_polls(
-                self.shared.config.polls_per_turn as usize,
-                self.shared.config.turn_ns,
-            );
-            if polls == 0 {
-                WaitForWork { scheduler: self }.await;
-            } else {
+            if let Some(timers) = timers {
+                timers.fire_due();
+            }
+            let turn = self.run_turn();
+            if turn.polls > 0 {
                 YieldNow { yielded: false }.await;
+                continue;
+            }
+            let Some(refill_ns) = turn.refill_at_ns else {
+                WaitForWork { scheduler: self }.await;
+                continue;
+            };
+            let wait_ns = refill_ns.saturating_sub(self.shared.clock.now_ns());
+            let work = WaitForWork { scheduler: self };
+            match timers {
+                Some(timers) => {
+                    let refill = timers.sleep(std::time::Duration::from_nanos(wait_ns));
+                    race_unit(work, async {
+                        let _ = refill.await;
+                    })
+                    .await
+                }
+                None => {
+                    let refill = monoio::time::sleep(std::time::Duration::from_nanos(wait_ns));
+                    race_unit(work, refill).await
+                }
             }
         }
     }
@@ -238,8 +337,23 @@ impl<C: Clock> ContainerScheduler<C> {
                 .collect(),
             polls: state.polls,
             tasks_active: state.tasks_active,
+            overhead_ns: state.overhead_ns,
         }
     }
+}
+
+/// Resolves when either future does.
+async fn race_unit(first: impl Future<Output = ()>, second: impl Future<Output = ()>) {
+    let mut first = std::pin::pin!(first);
+    let mut second = std::pin::pin!(second);
+    std::future::poll_fn(|cx| {
+        if first.as_mut().poll(cx).is_ready() || second.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 fn stats_of(id: ContainerId, c: &Container) -> ContainerStats {
@@ -251,7 +365,11 @@ fn stats_of(id: ContainerId, c: &Container) -> ContainerStats {
         tasks_max: c.spec.tasks_max,
         queued_max: c.spec.queued_max,
         cpu_ns: c.cpu_ns,
+        poll_cpu_ns: c.poll_cpu_ns,
         polls: c.polls,
+        cpu_percent_max: c.spec.cpu_percent_max,
+        send_rate_bytes_per_second: c.spec.send_rate_bytes_per_second,
+        throttles: c.cap.throttles,
         tasks_spawned: c.tasks_spawned,
         tasks_completed: c.tasks_completed,
         tasks_active: c.tasks_active,

@@ -22,6 +22,9 @@
 //! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]), default 65,536 ([`TASKS_MAX_DEFAULT`]) | bounds the task table |
 //! | `queued_max` | 1..=1,048,576 per container, default 65,536 | bounds a ready queue at spawn |
 //! | `polls_per_turn`, `turn_ns` | 64 polls ([`POLLS_PER_TURN_DEFAULT`]), 1 ms ([`TURN_NS_DEFAULT`]) | bounds how long I/O completions wait for the scheduler |
+//! | `turn_contended_ns` | 50 µs ([`TURN_CONTENDED_NS_DEFAULT`]) while two or more containers have live tasks | bounds how long one container's completions wait behind another's polls |
+//! | `cpu_percent_max` | 0 (none) or 1..=100 per container, over `cap_period_ns` (10 ms, [`CAP_PERIOD_NS_DEFAULT`]) | a hard cap, enforced even on an idle shard |
+//! | `send_rate_bytes_per_second` | 0 (none) or up to 10 GB/s per connection | stored for the server's pacing |
 
 use thiserror::Error;
 
@@ -39,6 +42,16 @@ pub const CONTAINERS_MAX_LIMIT: usize = 4_096;
 pub const POLLS_PER_TURN_DEFAULT: u32 = 64;
 /// Default time per turn before [`ContainerScheduler::run`](super::ContainerScheduler::run) yields to monoio: 1 ms.
 pub const TURN_NS_DEFAULT: u64 = 1_000_000;
+/// Default time per turn while more than one container has live tasks: 50 µs, so that the I/O completions of a
+/// container waiting behind a busy one are seen (and its writes submitted) within about that long.
+pub const TURN_CONTENDED_NS_DEFAULT: u64 = 50_000;
+/// Default period over which `cpu_percent_max` is enforced: 10 ms (a container capped at 25% runs at most 2.5 ms of
+/// every 10 ms, debt carried over).
+pub const CAP_PERIOD_NS_DEFAULT: u64 = 10_000_000;
+/// Largest `cpu_percent_max`; 0 means no cap.
+pub const CPU_PERCENT_MAX_LIMIT: u32 = 100;
+/// Largest per-connection send rate a container may set: 10 GB/s (0 means no cap).
+pub const SEND_RATE_BYTES_PER_SECOND_LIMIT: u64 = 10_000_000_000;
 /// Virtual runtime charged per nanosecond of CPU at one share; a container with `shares` is charged
 /// `VRUNTIME_SCALE / shares` per ns (rounded down: relative error below 2^-20 at [`SHARES_MAX`]).
 pub const VRUNTIME_SCALE: u64 = 1 << 40;
@@ -85,6 +98,12 @@ pub struct ContainerSpec {
     pub tasks_max: u32,
     /// Maximum ready-but-not-yet-polled tasks at spawn time, 1..=[`TASKS_MAX_LIMIT`].
     pub queued_max: u32,
+    /// Most of the shard's CPU the container may use, in percent (1..=[`CPU_PERCENT_MAX_LIMIT`]), even when the
+    /// shard is otherwise idle; 0 = no cap.
+    pub cpu_percent_max: u32,
+    /// Per-connection send rate the server paces this container's responses to (bytes/s,
+    /// 1..=[`SEND_RATE_BYTES_PER_SECOND_LIMIT`]); 0 = no cap. The scheduler only stores it for the server.
+    pub send_rate_bytes_per_second: u64,
 }
 
 impl ContainerSpec {
@@ -96,6 +115,8 @@ impl ContainerSpec {
             latency_class: LatencyClass::Interactive,
             tasks_max: TASKS_MAX_DEFAULT,
             queued_max: TASKS_MAX_DEFAULT,
+            cpu_percent_max: 0,
+            send_rate_bytes_per_second: 0,
         }
     }
 }
@@ -127,6 +148,11 @@ pub struct SchedulerConfig {
     pub polls_per_turn: u32,
     /// Time per turn of [`ContainerScheduler::run`](super::ContainerScheduler::run) before yielding to monoio, at least 1 ns.
     pub turn_ns: u64,
+    /// Time per turn while more than one container has live tasks (the work budget that bounds how long a
+    /// container's completions wait behind another's polls), 1..=`turn_ns`.
+    pub turn_contended_ns: u64,
+    /// Period of the `cpu_percent_max` budget, 100 µs..=1 s.
+    pub cap_period_ns: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -135,6 +161,8 @@ impl Default for SchedulerConfig {
             containers_max: CONTAINERS_MAX_DEFAULT,
             polls_per_turn: POLLS_PER_TURN_DEFAULT,
             turn_ns: TURN_NS_DEFAULT,
+            turn_contended_ns: TURN_CONTENDED_NS_DEFAULT,
+            cap_period_ns: CAP_PERIOD_NS_DEFAULT,
         }
     }
 }
@@ -160,6 +188,14 @@ pub enum ContainerError {
         limit: ContainerLimit,
         value: u32,
         max: u32,
+    },
+    /// `cpu_percent_max` or `send_rate_bytes_per_second` above its maximum (0 = none is always accepted).
+    #[error("container {name:?}: {setting} {value} outside 0..={max}")]
+    SettingOutOfRange {
+        name: String,
+        setting: &'static str,
+        value: u64,
+        max: u64,
     },
     /// The scheduler already has `containers_max` containers.
     #[error("too many containers: {containers_max} already defined")]
@@ -200,6 +236,8 @@ pub(super) fn check_range(
 
 pub(super) fn check_spec(spec: &ContainerSpec) -> Result<(), ContainerError> {
     check_shares(&spec.name, spec.shares)?;
+    check_cpu_percent_max(&spec.name, spec.cpu_percent_max)?;
+    check_send_rate(&spec.name, spec.send_rate_bytes_per_second)?;
     for (limit, value) in [
         (ContainerLimit::TasksMax, spec.tasks_max),
         (ContainerLimit::QueuedMax, spec.queued_max),
@@ -224,6 +262,32 @@ pub(super) fn check_shares(name: &str, shares: u32) -> Result<(), ContainerError
             name: name.to_owned(),
             shares,
             max: SHARES_MAX,
+        })
+    }
+}
+
+pub(super) fn check_cpu_percent_max(name: &str, percent: u32) -> Result<(), ContainerError> {
+    if percent <= CPU_PERCENT_MAX_LIMIT {
+        Ok(())
+    } else {
+        Err(ContainerError::SettingOutOfRange {
+            name: name.to_owned(),
+            setting: "cpu_percent_max",
+            value: u64::from(percent),
+            max: u64::from(CPU_PERCENT_MAX_LIMIT),
+        })
+    }
+}
+
+pub(super) fn check_send_rate(name: &str, bytes_per_second: u64) -> Result<(), ContainerError> {
+    if bytes_per_second <= SEND_RATE_BYTES_PER_SECOND_LIMIT {
+        Ok(())
+    } else {
+        Err(ContainerError::SettingOutOfRange {
+            name: name.to_owned(),
+            setting: "send_rate_bytes_per_second",
+            value: bytes_per_second,
+            max: SEND_RATE_BYTES_PER_SECOND_LIMIT,
         })
     }
 }

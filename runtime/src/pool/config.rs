@@ -80,6 +80,9 @@ impl std::fmt::Display for IoDriver {
     }
 }
 
+/// Tick of each shard's timer wheel: 50 µs (pacing needs ≤ 100 µs; see `PoolConfig::default`).
+pub const SHARD_TIMER_RESOLUTION_NS: u64 = 50_000;
+
 /// Settings of a shard pool.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -112,7 +115,12 @@ impl Default for PoolConfig {
             driver: IoDriver::Auto,
             pin: true,
             mesh: MeshConfig::default(),
-            timer: TimerConfig::default(),
+            // 50 µs ticks: fine enough to pace sends (soft timers fired at every scheduler turn), and a wheel range
+            // of 2^36 ticks (about 40 days) is still far beyond any connection timeout.
+            timer: TimerConfig {
+                resolution_ns: SHARD_TIMER_RESOLUTION_NS,
+                ..TimerConfig::default()
+            },
             scheduler: SchedulerConfig::default(),
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             join_grace_ms: JOIN_GRACE_MS_DEFAULT,

@@ -40,7 +40,8 @@ mod start;
 
 pub use config::{
     IoDriver, IoDriverParseError, PoolConfig, PoolError, DRAIN_CHECK_INTERVAL_MS,
-    DRAIN_TIMEOUT_MS_DEFAULT, JOIN_GRACE_MS_DEFAULT, STARTUP_TIMEOUT_MS, URING_ENTRIES_DEFAULT,
+    DRAIN_TIMEOUT_MS_DEFAULT, JOIN_GRACE_MS_DEFAULT, SHARD_TIMER_RESOLUTION_NS, STARTUP_TIMEOUT_MS,
+    URING_ENTRIES_DEFAULT,
 };
 pub use context::ShardContext;
 pub use shard::uring_available;

@@ -215,8 +215,8 @@ where
     {
         // `fair`: the scheduler yields between turns with a self-wake, which monoio would re-queue in front of
         // every other task of the shard (starving I/O tasks while a container is busy).
-        let containers = containers.clone();
-        monoio::spawn(yielder.fair(async move { containers.run().await }));
+        let (containers, timers) = (containers.clone(), timers.clone());
+        monoio::spawn(yielder.fair(async move { containers.run(Some(&timers)).await }));
     }
     {
         let (timers, containers, stats, yielder) = (

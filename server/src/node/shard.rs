@@ -148,6 +148,8 @@ fn build(
             latency_class: LatencyClass::Interactive,
             tasks_max: container.tasks_max,
             queued_max: container.tasks_max,
+            cpu_percent_max: container.cpu_percent_max,
+            send_rate_bytes_per_second: container.send_rate_bytes_per_second,
         };
         let id = match context.containers().lookup(&container.name) {
             Some(id) => id,
