@@ -569,7 +569,8 @@ impl ServeConfig {
         }
     }
 
-    fn default_container_index(&self) -> usize {
+    /// The index of the default container (where connections start when no network rule matches).
+    pub fn default_container_index(&self) -> usize {
         // The defaults put "default" first and the file replaces it in place; a hand-built config may not.
         match self.containers.first() {
             Some(first) if first.name == DEFAULT_CONTAINER => 0,

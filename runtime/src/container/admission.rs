@@ -174,12 +174,36 @@ impl<C: Clock> ContainerScheduler<C> {
     where
         F: Future<Output = ()> + 'static,
     {
+        self.spawn_checked(id, future, true)
+    }
+
+    /// Spawns a task into a container without checking its limits (it still counts as live): for a shard's own
+    /// long-lived work charged to a container, such as the accept loop of the container new connections start
+    /// in, which must never be refused.
+    pub fn spawn_unlimited<F>(&self, id: ContainerId, future: F) -> Result<TaskId, ContainerError>
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.spawn_checked(id, future, false)
+    }
+
+    fn spawn_checked<F>(
+        &self,
+        id: ContainerId,
+        future: F,
+        check_limits: bool,
+    ) -> Result<TaskId, ContainerError>
+    where
+        F: Future<Output = ()> + 'static,
+    {
         let key = {
             let mut state = self.shared.state.borrow_mut();
             let Some(c) = state.containers.get_mut(id.index()) else {
                 return Err(ContainerError::UnknownContainer { container: id });
             };
-            let over = if c.tasks_active >= c.spec.tasks_max {
+            let over = if !check_limits {
+                None
+            } else if c.tasks_active >= c.spec.tasks_max {
                 Some((ContainerLimit::TasksMax, c.spec.tasks_max, c.tasks_active))
             } else if c.ready.len() as u32 >= c.spec.queued_max {
                 Some((

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use larder_lard::{ServerId, TargetId};
 use larder_runtime::Handoff;
 use monoio::buf::IoBufMut;
@@ -26,6 +27,7 @@ use monoio::net::TcpStream;
 
 use super::access_log::LogEntry;
 use super::iov::ResponseBufs;
+use super::pace::Pacer;
 use super::respond::{self, Answer, Request};
 use super::shard::{place, race, Shard};
 use super::splice::{self, SendError, SplicePipe};
@@ -303,14 +305,22 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     let status = answer.status;
     let body_bytes = answer.body_bytes;
     let keep = answer.keep_alive;
-    let sent = write_answer(
-        shard,
-        &mut conn.stream,
-        &mut conn.out,
-        &mut conn.pipe,
-        answer,
-    )
-    .await;
+    let send_rate = shard
+        .context
+        .containers()
+        .send_rate(shard.containers[conn.container]);
+    let sent = if send_rate > 0 {
+        write_paced_answer(shard, &mut conn.stream, &mut conn.out, answer, send_rate).await
+    } else {
+        write_answer(
+            shard,
+            &mut conn.stream,
+            &mut conn.out,
+            &mut conn.pipe,
+            answer,
+        )
+        .await
+    };
     ShardCounters::sub(&shard.counters.requests_active, 1);
     if let (Some(policy), Some(target)) = (&shard.node.policy, routed_target) {
         if let Ok(mut policy) = policy.lock() {
@@ -422,6 +432,7 @@ async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: Target
         peer,
         mut read,
         start,
+        container,
         ..
     } = conn;
     read.drain(..start);
@@ -434,7 +445,11 @@ async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: Target
             return Step::Moved;
         }
     };
-    let message = ShardMessage::Handoff { handoff, target };
+    let message = ShardMessage::Handoff {
+        handoff,
+        target,
+        container,
+    };
     match shard
         .context
         .mesh()
@@ -633,6 +648,72 @@ async fn write_answer(
         (None, None) => 0,
     };
     Ok(head + body)
+}
+
+/// Writes one answer paced to `rate_bytes_per_second` (the container's `send_rate_bytes_per_second`; see
+/// `pace`): head and body in chunks, each leaving at its time on the shard's timer wheel. No splice: a paced body
+/// is sent from the cache's buffer (or the file's chunks) in slices.
+async fn write_paced_answer(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    out: &mut ResponseBufs,
+    answer: Answer,
+    rate_bytes_per_second: u64,
+) -> Result<u64, ()> {
+    let mut pacer = Pacer::new(rate_bytes_per_second, shard.context.timers().now_ns());
+    if let Some(body) = answer.spliced {
+        out.push_body(body.into_bytes());
+    }
+    out.seal();
+    let mut sent = 0;
+    for segment in out.segment_bytes() {
+        sent += write_paced(shard, stream, &mut pacer, segment).await?;
+    }
+    if let Some(mut file) = answer.stream {
+        loop {
+            match file.next_chunk() {
+                Ok(Some(chunk)) => {
+                    sent += write_paced(shard, stream, &mut pacer, Bytes::from(chunk)).await?
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(shard = shard.index, %error, "streaming a file failed");
+                    return Err(());
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends `data` in the pacer's chunks, each when it is due (`write_timeout_ms` per write).
+async fn write_paced(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    pacer: &mut Pacer,
+    data: Bytes,
+) -> Result<u64, ()> {
+    let timers = shard.context.timers();
+    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let mut offset = 0;
+    while offset < data.len() {
+        let due_ns = pacer.due_ns();
+        if due_ns > timers.now_ns() && timers.sleep_until_ns(due_ns).await.is_err() {
+            return Err(()); // the wheel is full: end the connection rather than send unpaced
+        }
+        let end = (offset + pacer.chunk_bytes()).min(data.len());
+        match timers
+            .timeout(timeout, stream.write_all(data.slice(offset..end)))
+            .await
+        {
+            Ok((Ok(_), _)) => {
+                pacer.sent(end - offset);
+                offset = end;
+            }
+            _ => return Err(()),
+        }
+    }
+    Ok(data.len() as u64)
 }
 
 /// Opens the connection's pipe if it has none and the shard's budget allows; false means "use writev".

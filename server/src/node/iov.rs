@@ -103,6 +103,18 @@ impl ResponseBufs {
         }
     }
 
+    /// The sealed segments as byte slices, in order (head bytes copied; bodies shared): for a paced send, which
+    /// writes them in chunks instead of one `writev`.
+    pub fn segment_bytes(&self) -> Vec<Bytes> {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Head(range) => Bytes::copy_from_slice(&self.head[range.clone()]),
+                Segment::Body(index) => self.bodies[*index].clone(),
+            })
+            .collect()
+    }
+
     /// Bytes not yet written.
     pub fn remaining(&self) -> usize {
         self.iov[self.iov_start..]

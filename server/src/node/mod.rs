@@ -47,6 +47,7 @@ mod access_log;
 mod conn;
 pub mod hot;
 pub mod iov;
+mod pace;
 mod respond;
 mod shard;
 mod splice;
@@ -80,7 +81,12 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 pub enum ShardMessage {
     /// Serve the next request of this connection (protocol step 3). The sender already routed `target` to the
     /// receiver and counted it with the policy's `on_start`.
-    Handoff { handoff: Handoff, target: TargetId },
+    Handoff {
+        handoff: Handoff,
+        target: TargetId,
+        /// The container the connection was bound to on the sending shard (its previous request's).
+        container: usize,
+    },
     /// A steering change from the control plane ([`steer`]).
     Steer(ShardSteer),
 }

@@ -112,8 +112,41 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
         .map(|mut slot| slot.take())
         .unwrap_or(None);
     if let Some(listener) = listener {
-        accept_loop(&shard, listener).await;
+        // The accept loop is a task of the default container: accepting is work for the connections it admits,
+        // charged to that container and scheduled by its share (a flood of new connections waits in the kernel's
+        // backlog while the container is over its share, instead of taking the shard from the others).
+        let id = shard.containers[node.config.default_container_index()];
+        let accepting = {
+            let shard = Rc::clone(&shard);
+            async move { accept_loop(&shard, listener).await }
+        };
+        if let Err(error) = context.containers().spawn_unlimited(id, accepting) {
+            tracing::error!(shard = index, %error, "cannot start the accept loop; stopping the node");
+            context.shutdown_handle().request();
+        }
     }
+}
+
+/// The answer to a connection over the shard's `connections_max`: sent without waiting (the socket's buffer is
+/// empty, so it fits), then the connection closes.
+const OVER_CONNECTIONS_MAX_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Answers 503 + Retry-After on a just-accepted connection without waiting, then closes it.
+fn refuse_connection(stream: monoio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    // SAFETY: a non-blocking send of a static buffer on the socket `stream` owns; then shutdown(2) on it.
+    unsafe {
+        libc::send(
+            fd,
+            OVER_CONNECTIONS_MAX_RESPONSE.as_ptr().cast(),
+            OVER_CONNECTIONS_MAX_RESPONSE.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+    drop(stream);
 }
 
 fn build(
@@ -246,7 +279,8 @@ async fn accept_loop(shard: &Rc<Shard>, listener: std::net::TcpListener) {
             .connections_active
             .load(std::sync::atomic::Ordering::Relaxed);
         if active as usize >= shard.node.config.connections_max {
-            drop(stream); // over connections_max: close at once
+            ShardCounters::add(&shard.counters.connections_refused, 1);
+            refuse_connection(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -267,8 +301,12 @@ async fn receive_handoffs(shard: Rc<Shard>) {
         let Some(envelope) = envelope.or_else(|| shard.context.mesh().try_recv()) else {
             return;
         };
-        let (handoff, target) = match envelope.message {
-            ShardMessage::Handoff { handoff, target } => (handoff, target),
+        let (handoff, target, container) = match envelope.message {
+            ShardMessage::Handoff {
+                handoff,
+                target,
+                container,
+            } => (handoff, target, container),
             ShardMessage::Steer(steer) => {
                 super::steer::apply_on_shard(shard.index, shard.context.containers(), steer);
                 continue;
@@ -281,7 +319,7 @@ async fn receive_handoffs(shard: Rc<Shard>) {
         ShardCounters::add(&shard.counters.handoffs_in, 1);
         match shard.context.adopt(handoff) {
             Ok((stream, already_read, peer)) => {
-                let container = shard.node.config.classify(None, b"", peer.ip());
+                // Bound to the container it was in on the sending shard until its next head is parsed.
                 let conn = Conn::new(stream, peer, already_read, Some(target), container);
                 place(&shard, conn);
             }
