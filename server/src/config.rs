@@ -10,7 +10,9 @@
 //!
 //! Limits (all settings, with their ranges, in [`ServeConfig::validate`]): `connections_max` per shard
 //! (default 65,536), `containers` at most [`CONTAINERS_MAX`] (64), classification rules at most
-//! [`CLASSIFY_RULES_MAX`] (256), `cache_mb` at most 1 TiB.
+//! [`CLASSIFY_RULES_MAX`] (256), `cache_mb` at most 1 TiB, a container's `cpu_percent_max` at most 100 (percent of
+//! a shard) and its `send_rate_bytes_per_second` at most 10,000,000,000 (10 GB/s): the container scheduler's own
+//! ranges, checked here so a bad file fails with the setting's name before any shard starts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use std::str::FromStr;
 
 use crate::cache::ReadMode;
 use larder_lard::PolicyKind;
+use larder_runtime::container::{CPU_PERCENT_MAX_LIMIT, SEND_RATE_BYTES_PER_SECOND_LIMIT};
 pub use larder_runtime::pool::IoDriver;
 use larder_runtime::topology::ShardSelection;
 use serde::Deserialize;
@@ -517,6 +520,20 @@ impl ServeConfig {
                 1,
                 "must be at least 1",
             )?;
+            if container.cpu_percent_max > CPU_PERCENT_MAX_LIMIT {
+                return Err(invalid(
+                    "containers.cpu_percent_max",
+                    container.cpu_percent_max,
+                    "must be at most 100 (percent of a shard; 0 = no cap)",
+                ));
+            }
+            if container.send_rate_bytes_per_second > SEND_RATE_BYTES_PER_SECOND_LIMIT {
+                return Err(invalid(
+                    "containers.send_rate_bytes_per_second",
+                    container.send_rate_bytes_per_second,
+                    "must be at most 10000000000 (10 GB/s; 0 = none)",
+                ));
+            }
         }
         if self.classify.len() > CLASSIFY_RULES_MAX {
             return Err(invalid(
@@ -659,11 +676,80 @@ mod tests {
                 "classify.network",
             ),
             ("unknown_setting = 1", "unknown_setting"),
+            (
+                "[[containers]]\nname = \"api\"\ncpu_percent_max = 101",
+                "containers.cpu_percent_max = 101",
+            ),
+            (
+                "[[containers]]\nname = \"default\"\nsend_rate_bytes_per_second = 10000000001",
+                "containers.send_rate_bytes_per_second = 10000000001",
+            ),
+            (
+                "[[containers]]\nname = \"api\"\ncpu_percent_max = -1",
+                "cpu_percent_max",
+            ),
         ];
         for (text, setting) in cases {
             let message = ServeConfig::from_toml_str(text).unwrap_err().to_string();
             assert!(message.contains(setting), "{text:?} gave {message:?}");
         }
+    }
+
+    #[test]
+    fn container_cpu_cap_and_send_rate_are_read_and_kept_in_range() {
+        let config = ServeConfig::from_toml_str(
+            r#"
+            [[containers]]
+            name = "api"
+            cpu_percent_max = 100
+            send_rate_bytes_per_second = 10000000000
+            [[containers]]
+            name = "batch"
+            cpu_percent_max = 25
+            send_rate_bytes_per_second = 1048576
+            "#,
+        )
+        .unwrap();
+        let limits: Vec<(&str, u32, u64)> = config
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.cpu_percent_max, c.send_rate_bytes_per_second))
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                ("default", 0, 0),
+                ("api", 100, 10_000_000_000),
+                ("batch", 25, 1_048_576)
+            ],
+            "absent keys: no cap, no send rate"
+        );
+
+        let mut config = ServeConfig::default();
+        config.containers[0].cpu_percent_max = CPU_PERCENT_MAX_LIMIT + 1;
+        assert_eq!(
+            config.validate(),
+            Err(invalid(
+                "containers.cpu_percent_max",
+                101,
+                "must be at most 100 (percent of a shard; 0 = no cap)"
+            ))
+        );
+        config.containers[0].cpu_percent_max = 0;
+        config.containers[0].send_rate_bytes_per_second = u64::MAX;
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    setting: "containers.send_rate_bytes_per_second",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        config.containers[0].send_rate_bytes_per_second = SEND_RATE_BYTES_PER_SECOND_LIMIT;
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]
