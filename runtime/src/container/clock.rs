@@ -74,17 +74,27 @@ pub fn thread_cpu_ns() -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {
     now_ns: Rc<Cell<u64>>,
+    /// Time passed with the thread asleep ([`ManualClock::advance_idle_ns`]): not CPU time.
+    idle_ns: Rc<Cell<u64>>,
 }
 
 impl ManualClock {
     pub fn new(start_ns: u64) -> Self {
         ManualClock {
             now_ns: Rc::new(Cell::new(start_ns)),
+            idle_ns: Rc::new(Cell::new(0)),
         }
     }
 
+    /// Time passes with the thread working (CPU time too).
     pub fn advance_ns(&self, delta_ns: u64) {
         self.now_ns.set(self.now_ns.get() + delta_ns);
+    }
+
+    /// Time passes with the thread asleep (no CPU time), as while a shard waits for a throttled budget.
+    pub fn advance_idle_ns(&self, delta_ns: u64) {
+        self.now_ns.set(self.now_ns.get() + delta_ns);
+        self.idle_ns.set(self.idle_ns.get() + delta_ns);
     }
 }
 
@@ -93,9 +103,9 @@ impl Clock for ManualClock {
         self.now_ns.get()
     }
 
-    /// The same time as `now_ns`: a test's time advanced inside a poll is that poll's CPU, time advanced between
-    /// turns is the loop's work outside polls.
+    /// `now_ns` less the idle time: a test's time advanced inside a poll is that poll's CPU, time advanced with
+    /// [`advance_ns`](ManualClock::advance_ns) between turns is the loop's work outside polls.
     fn cpu_ns(&self) -> u64 {
-        self.now_ns.get()
+        self.now_ns.get() - self.idle_ns.get()
     }
 }
