@@ -108,7 +108,7 @@ CONF
     done
     curl -sf -o /dev/null "$URL/gold/4k.html" || { cat "$WORK/serve.err" >&2; echo "server did not start" >&2; exit 1; }
     SHARD_TID=$(grep -l '^larder-shard-0$' /proc/"$SERVER_PID"/task/*/comm | head -1 | cut -d/ -f5)
-    NODE_ID=$("$LARDER" ctl --control "$CONTROL" --json list-nodes | jq -r '.nodes[0].nodeId')
+    NODE_ID=$("$LARDER" ctl --control "$CONTROL" --json list-nodes | jq -r '.nodes[0].info.nodeId')
 }
 
 stop_server() {
@@ -124,7 +124,7 @@ softirq_ticks() { awk -v cpu="cpu$SERVER_CPU" '$1 == cpu { print $8 }' /proc/sta
 # name=cpu_us lines of the shard's containers, from GetNode.
 container_cpu() {
     "$LARDER" ctl --control "$CONTROL" --json get-node "$NODE_ID" |
-        jq -r '.node.shards[0].containers[] | "\(.container)=\(.cpuTimeUs // 0)"'
+        jq -r '.shards[0].containers[] | "\(.container)=\(.cpuTimeUs // 0)"'
 }
 
 # check_run NAME FILE: every response 2xx, no error.

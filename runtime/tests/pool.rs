@@ -117,6 +117,7 @@ with_both_drivers!(
     timers_never_fire_early,
     stats_count_work,
     busy_container_does_not_starve_the_shard,
+    throttled_container_resumes_when_its_budget_refills,
     both_ways_under_back_pressure_keep_order,
 );
 
@@ -711,6 +712,61 @@ fn both_ways_with_spin(driver: IoDriver, spin_before_park_us: u64) {
     let mut got = [first, second];
     got.sort();
     assert_eq!(got, [(ShardId(0), MESSAGES), (ShardId(1), MESSAGES)]);
+    pool.shutdown();
+    pool.join().unwrap();
+}
+
+/// A container whose `cpu_percent_max` budget ran out sleeps on the shard's timer wheel until its refill, and
+/// that timer alone wakes the shard (nothing else runs here): it finishes, throttled many times on the way.
+fn throttled_container_resumes_when_its_budget_refills(driver: IoDriver) {
+    const POLLS: u32 = 40;
+    const SPIN_PER_POLL: Duration = Duration::from_micros(500);
+    let (throttles, pool) = on_shard_zero(driver, |ctx| async move {
+        let containers = ctx.containers().clone();
+        let id = containers
+            .add_container(ContainerSpec {
+                cpu_percent_max: 5,
+                ..ContainerSpec::new("capped", 100)
+            })
+            .unwrap();
+        // (done, the waiting body's waker): set by the container task, awaited by the body below.
+        let done: std::rc::Rc<std::cell::RefCell<(bool, Option<std::task::Waker>)>> = Default::default();
+        let finished = done.clone();
+        let mut polls = 0;
+        containers
+            .spawn(
+                id,
+                std::future::poll_fn(move |cx| {
+                    // 40 polls of 0.5 ms = 20 ms of CPU: at 5% of 10 ms periods (0.5 ms each) that takes ~40
+                    // budget refills; each must wake the shard by itself (nothing else runs here).
+                    let spin_start = Instant::now();
+                    while spin_start.elapsed() < SPIN_PER_POLL {}
+                    polls += 1;
+                    if polls == POLLS {
+                        let mut finished = finished.borrow_mut();
+                        finished.0 = true;
+                        if let Some(waker) = finished.1.take() {
+                            waker.wake();
+                        }
+                        return std::task::Poll::Ready(());
+                    }
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }),
+            )
+            .unwrap();
+        std::future::poll_fn(|cx| {
+            let mut done = done.borrow_mut();
+            if done.0 {
+                return std::task::Poll::Ready(());
+            }
+            done.1 = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+        containers.container_stats(id).unwrap().throttles
+    });
+    assert!(throttles >= 10, "the container was throttled {throttles} times");
     pool.shutdown();
     pool.join().unwrap();
 }

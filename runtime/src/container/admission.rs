@@ -75,6 +75,7 @@ impl<C: Clock> ContainerScheduler<C> {
             tasks_spawned: 0,
             tasks_completed: 0,
             tasks_active: 0,
+            tasks_exempt: 0,
             rejections: 0,
         });
         Ok(id)
@@ -203,8 +204,12 @@ impl<C: Clock> ContainerScheduler<C> {
             };
             let over = if !check_limits {
                 None
-            } else if c.tasks_active >= c.spec.tasks_max {
-                Some((ContainerLimit::TasksMax, c.spec.tasks_max, c.tasks_active))
+            } else if c.tasks_active - c.tasks_exempt >= c.spec.tasks_max {
+                Some((
+                    ContainerLimit::TasksMax,
+                    c.spec.tasks_max,
+                    c.tasks_active - c.tasks_exempt,
+                ))
             } else if c.ready.len() as u32 >= c.spec.queued_max {
                 Some((
                     ContainerLimit::QueuedMax,
@@ -224,7 +229,7 @@ impl<C: Clock> ContainerScheduler<C> {
                 });
             }
             c.tasks_spawned += 1;
-            state.task_started(id.0);
+            state.task_started(id.0, !check_limits);
             let index = match state.free_tasks.pop() {
                 Some(index) => index,
                 None => {
@@ -232,6 +237,7 @@ impl<C: Clock> ContainerScheduler<C> {
                         generation: 0,
                         container: 0,
                         live: false,
+                        exempt: false,
                         future: None,
                         waker: None,
                         header: None,
@@ -251,6 +257,7 @@ impl<C: Clock> ContainerScheduler<C> {
             });
             slot.container = id.0;
             slot.live = true;
+            slot.exempt = !check_limits;
             slot.future = Some(Box::pin(future));
             slot.waker = Some(Waker::from(header.clone()));
             slot.header = Some(header);

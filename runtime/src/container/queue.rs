@@ -55,6 +55,8 @@ pub(super) struct Container {
     pub(super) tasks_spawned: u64,
     pub(super) tasks_completed: u64,
     pub(super) tasks_active: u32,
+    /// Live tasks spawned with `spawn_unlimited` (counted in `tasks_active`, not against `tasks_max`).
+    pub(super) tasks_exempt: u32,
     pub(super) rejections: u64,
 }
 
@@ -323,6 +325,9 @@ impl State {
         }
         c.tasks_completed += 1;
         c.tasks_active -= 1;
+        if slot.exempt {
+            c.tasks_exempt -= 1;
+        }
         if c.tasks_active == 0 {
             self.containers_live -= 1;
         }
@@ -381,14 +386,24 @@ impl State {
         self.turn_poll_ns = 0;
     }
 
-    /// Counts a new live task of `container` (a spawn).
-    pub(super) fn task_started(&mut self, container: u32) {
+    /// Counts a new live task of `container` (a spawn; `exempt` from its `tasks_max`).
+    pub(super) fn task_started(&mut self, container: u32, exempt: bool) {
         let c = &mut self.containers[container as usize];
+        if exempt {
+            c.tasks_exempt += 1;
+        }
         if c.tasks_active == 0 {
             self.containers_live += 1;
         }
         c.tasks_active += 1;
         self.tasks_active += 1;
+    }
+
+    /// True if a container has a ready task, throttled or not.
+    pub(super) fn has_any_ready(&self) -> bool {
+        self.awake
+            .iter()
+            .any(|&index| !self.containers[index as usize].ready.is_empty())
     }
 
     /// True if a container has a ready task it may run at `now_ns` (not throttled).

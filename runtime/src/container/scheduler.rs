@@ -298,11 +298,21 @@ impl<C: Clock> ContainerScheduler<C> {
                 continue;
             }
             let Some(refill_ns) = turn.refill_at_ns else {
-                WaitForWork { scheduler: self }.await;
+                // Wakes that land between the turn and this wait may be for a throttled container: any ready
+                // task ends the wait, so the next turn finds the refill time and sleeps until it.
+                WaitForWork {
+                    scheduler: self,
+                    eligible_only: false,
+                }
+                .await;
                 continue;
             };
             let wait_ns = refill_ns.saturating_sub(self.shared.clock.now_ns());
-            let work = WaitForWork { scheduler: self };
+            // Waiting for a refill: only work that may run now (another container's) ends the wait early.
+            let work = WaitForWork {
+                scheduler: self,
+                eligible_only: true,
+            };
             match timers {
                 Some(timers) => {
                     let refill = timers.sleep(std::time::Duration::from_nanos(wait_ns));
@@ -389,9 +399,11 @@ impl<C: Clock> std::fmt::Debug for ContainerScheduler<C> {
     }
 }
 
-/// Resolves once a task is ready or `stop` was called; registers the outer waker otherwise.
+/// Resolves once a task is ready (with `eligible_only`, one of a container that is not throttled) or `stop` was
+/// called; registers the outer waker otherwise.
 struct WaitForWork<'a, C: Clock> {
     scheduler: &'a ContainerScheduler<C>,
+    eligible_only: bool,
 }
 
 impl<C: Clock> Future for WaitForWork<'_, C> {
@@ -399,7 +411,14 @@ impl<C: Clock> Future for WaitForWork<'_, C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &*self.scheduler.shared;
-        if shared.state.borrow().stop || self.scheduler.has_ready() {
+        let ready = if self.eligible_only {
+            self.scheduler.has_ready()
+        } else {
+            let mut state = shared.state.borrow_mut();
+            state.drain_inbox(&shared.inbox);
+            state.has_any_ready()
+        };
+        if shared.state.borrow().stop || ready {
             return Poll::Ready(());
         }
         let mut inner = shared.inbox.lock();

@@ -144,6 +144,8 @@ pub(super) struct TaskSlot {
     pub(super) generation: u32,
     pub(super) container: u32,
     pub(super) live: bool,
+    /// Spawned with `spawn_unlimited`: not counted against the container's `tasks_max`.
+    pub(super) exempt: bool,
     pub(super) future: Option<TaskFuture>,
     pub(super) waker: Option<Waker>,
     pub(super) header: Option<Arc<TaskHeader>>,
