@@ -51,6 +51,8 @@ fn report(node: usize, sequence: u64) -> pb::LoadReport {
                     container: ContainerName(name.to_string()),
                     cpu_time_us: sequence * 50_000,
                     rejections: 0,
+                    poll_cpu_time_us: sequence * 40_000,
+                    throttles: 0,
                 })
                 .collect(),
         })

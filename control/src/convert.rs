@@ -58,6 +58,7 @@ pub fn container(field: &str, container: Option<pb::Container>) -> Result<Contai
             connections_max: limits.connections_max,
             queued_work_max: limits.queued_work_max,
             cpu_percent_max: limits.cpu_percent_max,
+            send_rate_bytes_per_second: limits.send_rate_bytes_per_second,
         },
     })
 }
@@ -70,6 +71,7 @@ pub fn container_to_pb(container: &Container) -> pb::Container {
             connections_max: container.limits.connections_max,
             queued_work_max: container.limits.queued_work_max,
             cpu_percent_max: container.limits.cpu_percent_max,
+            send_rate_bytes_per_second: container.limits.send_rate_bytes_per_second,
         }),
     }
 }
@@ -94,6 +96,8 @@ pub fn shard_load(load: pb::ShardLoad) -> ShardLoad {
                 container: ContainerName(container.container),
                 cpu_time_us: container.cpu_time_us,
                 rejections: container.rejections,
+                poll_cpu_time_us: container.poll_cpu_time_us,
+                throttles: container.throttles,
             })
             .collect(),
     }
@@ -119,6 +123,8 @@ pub fn shard_load_to_pb(load: &ShardLoad) -> pb::ShardLoad {
                 container: container.container.0.clone(),
                 cpu_time_us: container.cpu_time_us,
                 rejections: container.rejections,
+                poll_cpu_time_us: container.poll_cpu_time_us,
+                throttles: container.throttles,
             })
             .collect(),
     }
@@ -360,6 +366,8 @@ pub fn container_view_to_pb(view: &ContainerView) -> pb::ContainerStatus {
         container: Some(container_to_pb(&view.container)),
         cpu_time_us: view.cpu_time_us,
         rejections: view.rejections,
+        poll_cpu_time_us: view.poll_cpu_time_us,
+        throttles: view.throttles,
     }
 }
 
@@ -373,6 +381,28 @@ mod tests {
         config.lard.t_low = 3;
         config.balance_factor = 1.5;
         assert_eq!(policy_config(Some(policy_to_pb(&config))), config);
+    }
+
+    #[test]
+    fn container_limits_round_trip_through_the_wire() {
+        let container = Container {
+            name: ContainerName("batch".into()),
+            shares: 2,
+            limits: ContainerLimits {
+                connections_max: 10,
+                queued_work_max: 20,
+                cpu_percent_max: 25,
+                send_rate_bytes_per_second: 1_000_000,
+            },
+        };
+        let wire = container_to_pb(&container);
+        assert_eq!(
+            wire.limits.expect("limits").send_rate_bytes_per_second,
+            1_000_000
+        );
+        let back = super::container("container", Some(container_to_pb(&container)))
+            .expect("a complete container");
+        assert_eq!(back, container);
     }
 
     #[test]

@@ -55,7 +55,17 @@ async fn registered_node_and_its_reports_appear_in_cluster_load() {
         .into_inner();
     let shards: Vec<u32> = node.shards.iter().map(|shard| shard.shard).collect();
     assert_eq!(shards, [0, 1, 2]);
-    assert_eq!(node.shards[2].containers[0].rejections, 2);
+    let container = &node.shards[2].containers[0];
+    assert_eq!(
+        (
+            container.cpu_time_us,
+            container.rejections,
+            container.poll_cpu_time_us,
+            container.throttles
+        ),
+        (500, 2, 400, 1),
+        "GetNode shows each shard's container counters as reported"
+    );
     assert!(
         !hooks.applied().is_empty(),
         "registration applies the first steering"
@@ -204,15 +214,28 @@ fn weight(node_id: &str, weight: u32) -> pb::NodeWeight {
 }
 
 fn container(name: &str, shares: u32, cpu_percent_max: u32) -> Option<pb::Container> {
+    container_sending(name, shares, cpu_percent_max, 0)
+}
+
+fn container_sending(
+    name: &str,
+    shares: u32,
+    cpu_percent_max: u32,
+    send_rate_bytes_per_second: u64,
+) -> Option<pb::Container> {
     Some(pb::Container {
         name: name.into(),
         shares,
         limits: Some(pb::ContainerLimits {
             cpu_percent_max,
+            send_rate_bytes_per_second,
             ..pb::ContainerLimits::default()
         }),
     })
 }
+
+/// 10 GB/s: the highest send rate nodes pace to.
+const SEND_RATE_BYTES_PER_SECOND_LIMIT: u64 = 10_000_000_000;
 
 /// One operator call, for table-driven tests.
 enum Call {
@@ -376,10 +399,25 @@ async fn each_invalid_request_gets_its_code_and_changes_nothing() {
             "container.shares",
         ),
         (
-            "cpu limit (nodes have no CPU cap)",
-            set_container(container("batch", 1, 50), true),
+            "cpu cap above 100 percent",
+            set_container(container("default", 1, 101), false),
             Code::InvalidArgument,
             "container.limits.cpu_percent_max",
+        ),
+        (
+            "cpu cap above 100 percent on a new container",
+            set_container(container("batch", 1, 101), true),
+            Code::InvalidArgument,
+            "container.limits.cpu_percent_max",
+        ),
+        (
+            "send rate above 10 GB/s",
+            set_container(
+                container_sending("default", 1, 0, SEND_RATE_BYTES_PER_SECOND_LIMIT + 1),
+                false,
+            ),
+            Code::InvalidArgument,
+            "container.limits.send_rate_bytes_per_second",
         ),
         (
             "missing container",
@@ -412,12 +450,19 @@ async fn each_invalid_request_gets_its_code_and_changes_nothing() {
     let after = snapshot(&mut control).await;
     assert_eq!(before, after, "rejected calls changed nothing");
 
-    // And a valid change does change it (the comparison above could fail).
-    set_container(container("default", 5, 0), false)
+    // And a valid change does change it (the comparison above could fail): both limits at their maximum.
+    let most = container_sending("default", 5, 100, SEND_RATE_BYTES_PER_SECOND_LIMIT);
+    set_container(most.clone(), false)
         .invoke(&mut control)
         .await
-        .expect("valid SetContainer");
-    assert_ne!(snapshot(&mut control).await.1, before.1);
+        .expect("cpu_percent_max 100 and a 10 GB/s send rate are accepted");
+    let listed = snapshot(&mut control).await.1;
+    assert_ne!(listed, before.1);
+    let default = listed
+        .containers
+        .iter()
+        .find_map(|status| status.container.clone().filter(|c| c.name == "default"));
+    assert_eq!(default, most, "ListContainers shows what was set");
     plane.shutdown().expect("clean shutdown");
 }
 

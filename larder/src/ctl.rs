@@ -125,8 +125,12 @@ struct ContainerFlags {
     connections_max: u64,
     #[arg(long, default_value_t = 0)]
     queued_work_max: u64,
+    /// Percent of each shard's CPU the container may use, busy or idle (0..=100).
     #[arg(long, default_value_t = 0)]
     cpu_percent_max: u32,
+    /// Send rate of each of its connections, bytes per second (0..=10000000000).
+    #[arg(long, default_value_t = 0)]
+    send_rate_bytes_per_second: u64,
 }
 
 impl ContainerFlags {
@@ -138,6 +142,7 @@ impl ContainerFlags {
                 connections_max: self.connections_max,
                 queued_work_max: self.queued_work_max,
                 cpu_percent_max: self.cpu_percent_max,
+                send_rate_bytes_per_second: self.send_rate_bytes_per_second,
             }),
         }
     }
@@ -417,8 +422,12 @@ fn print_shards(shards: &[pb::ShardLoad]) {
         );
         for container in &shard.containers {
             println!(
-                "      container {:<16} cpu_us {:>12} rejections {:>8}",
-                container.container, container.cpu_time_us, container.rejections
+                "      container {:<16} cpu_us {:>12} poll_cpu_us {:>12} rejections {:>8} throttles {:>8}",
+                container.container,
+                container.cpu_time_us,
+                container.poll_cpu_time_us,
+                container.rejections,
+                container.throttles
             );
         }
     }
@@ -489,21 +498,85 @@ fn print_targets(answer: &pb::ListTargetsResponse) {
 
 fn print_containers(answer: &pb::ListContainersResponse) {
     println!(
-        "{:<16} {:>6} {:>10} {:>10} {:>8} {:>14} {:>10}",
-        "CONTAINER", "SHARES", "CONNS_MAX", "QUEUE_MAX", "CPU_%MAX", "CPU_US", "REJECTED"
+        "{:<16} {:>6} {:>10} {:>10} {:>8} {:>12} {:>14} {:>10} {:>10}",
+        "CONTAINER",
+        "SHARES",
+        "CONNS_MAX",
+        "QUEUE_MAX",
+        "CPU_%MAX",
+        "SEND_B/S",
+        "CPU_US",
+        "REJECTED",
+        "THROTTLED"
     );
     for status in &answer.containers {
         let container = status.container.clone().unwrap_or_default();
         let limits = container.limits.unwrap_or_default();
         println!(
-            "{:<16} {:>6} {:>10} {:>10} {:>8} {:>14} {:>10}",
+            "{:<16} {:>6} {:>10} {:>10} {:>8} {:>12} {:>14} {:>10} {:>10}",
             container.name,
             container.shares,
             limits.connections_max,
             limits.queued_work_max,
             limits.cpu_percent_max,
+            limits.send_rate_bytes_per_second,
             status.cpu_time_us,
-            status.rejections
+            status.rejections,
+            status.throttles
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+
+    fn set_container(flags: &[&str]) -> pb::Container {
+        let cli =
+            Cli::try_parse_from(["ctl", "set-container"].iter().chain(flags)).expect("valid flags");
+        match cli.ctl.call {
+            Call::SetContainer { container, .. } => container.to_container(),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_container_flags_become_the_container_message() {
+        let container = set_container(&[
+            "web",
+            "--shares",
+            "2",
+            "--cpu-percent-max",
+            "25",
+            "--send-rate-bytes-per-second",
+            "1048576",
+        ]);
+        assert_eq!(
+            container,
+            pb::Container {
+                name: "web".to_string(),
+                shares: 2,
+                limits: Some(pb::ContainerLimits {
+                    connections_max: 0,
+                    queued_work_max: 0,
+                    cpu_percent_max: 25,
+                    send_rate_bytes_per_second: 1_048_576,
+                }),
+            }
+        );
+        let bare = set_container(&["web", "--shares", "1"]);
+        assert_eq!(
+            bare.limits,
+            Some(pb::ContainerLimits::default()),
+            "absent flags: 0, none set"
         );
     }
 }

@@ -39,7 +39,8 @@
 //! # Load reports
 //! Per shard: active connections, requests in progress as queued work, requests/s and bytes/s over the last
 //! interval (the first report has no interval: rates 0), cache bytes/hits/misses/evictions, handoffs sent,
-//! thread CPU time, and per-container CPU time and rejections (sampled by the shard every 100 ms).
+//! thread CPU time, and per-container CPU time (its polls plus its part of the loop's work around them; and its
+//! polls alone), rejections and cap throttles (sampled by the shard every 100 ms).
 //!
 //! Hot targets: every shard counts the paths it serves in a 64-counter sketch and publishes its last 100 ms
 //! window (`larder_server::node::hot`); a report merges the shards' windows by path into
@@ -76,6 +77,16 @@ pub enum ControlMode {
     /// Join the control plane at this address (`--join`).
     Join(SocketAddr),
 }
+
+// The control plane refuses what nodes would refuse: its copies of the scheduler's ranges must stay equal.
+const _: () = assert!(
+    larder_control::state::CPU_PERCENT_MAX_LIMIT
+        == larder_runtime::container::CPU_PERCENT_MAX_LIMIT
+);
+const _: () = assert!(
+    larder_control::state::SEND_RATE_BYTES_PER_SECOND_LIMIT
+        == larder_runtime::container::SEND_RATE_BYTES_PER_SECOND_LIMIT
+);
 
 /// Default address of the embedded control plane.
 pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
@@ -363,6 +374,8 @@ impl NodeHooks for ServeHooks {
                                     container: ContainerName(container.name.clone()),
                                     cpu_time_us: container.cpu_ns / 1000,
                                     rejections: container.rejections,
+                                    poll_cpu_time_us: container.poll_cpu_ns / 1000,
+                                    throttles: container.throttles,
                                 })
                                 .collect()
                         })

@@ -223,6 +223,7 @@ fn set_container_connections_max_1_answers_a_second_connection_503_with_retry_af
         connections_max: 1,
         queued_work_max: 0,
         cpu_percent_max: 0,
+        send_rate_bytes_per_second: 0,
     };
     ctl.set_container(pb::SetContainerRequest {
         container: Some(pb::Container {

@@ -269,3 +269,48 @@ fn cap_and_send_rate_settings_are_checked_and_change_live() {
         Err(ContainerError::SettingOutOfRange { .. })
     ));
 }
+
+/// A task whose every poll takes `wall_ns` of clock time of which only `cpu_ns` is the thread's CPU.
+struct Preempted {
+    clock: ManualClock,
+    cpu_ns: u64,
+    idle_ns: u64,
+}
+
+impl Future for Preempted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.clock.advance_ns(self.cpu_ns);
+        self.clock.advance_idle_ns(self.idle_ns);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[test]
+fn poll_time_the_thread_did_not_run_is_refunded() {
+    let scheduler = scheduler();
+    let id = add(&scheduler, "web", 100);
+    scheduler
+        .spawn(
+            id,
+            Preempted {
+                clock: scheduler.clock().clone(),
+                cpu_ns: 6_000,
+                idle_ns: 4_000,
+            },
+        )
+        .expect("below limits");
+    scheduler.run_turn(); // the first turn only starts the thread-CPU reading
+    let before = scheduler.container_stats(id).unwrap();
+    for _ in 0..100 {
+        scheduler.run_turn();
+    }
+    let after = scheduler.container_stats(id).unwrap();
+    let polls = after.polls - before.polls;
+    // Each poll took 10 µs of wall time but 6 µs of the thread's CPU: 6 µs a poll is charged.
+    assert_eq!(after.cpu_ns - before.cpu_ns, polls * 6_000);
+    assert_eq!(after.poll_cpu_ns - before.poll_cpu_ns, polls * 6_000);
+    assert!(scheduler.stats().refunded_ns >= polls * 4_000);
+}

@@ -4,8 +4,10 @@
 //! - At most 256 containers ([`CONTAINERS_MAX`]): every steering message carries all
 //!   of them. A container is never removed; `set_container` replaces its shares and
 //!   limits, and adds a new one only when asked to (`create`).
-//! - Shares are at least 1; `cpu_percent_max` must be 0 (nodes enforce no CPU cap).
-//! - Usage (CPU time, rejections) is summed over the shards of the nodes that are up;
+//! - Shares are at least 1; `cpu_percent_max` is at most [`super::CPU_PERCENT_MAX_LIMIT`] (100) and
+//!   `send_rate_bytes_per_second` at most [`super::SEND_RATE_BYTES_PER_SECOND_LIMIT`] (10 GB/s), the ranges nodes
+//!   enforce, so a container listed here is one every node accepts.
+//! - Usage (CPU time, rejections, throttles) is summed over the shards of the nodes that are up;
 //!   entries for containers the table does not hold are ignored.
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ impl ClusterState {
         Ok(self.version)
     }
 
-    /// Every container with its CPU time and rejections summed over the nodes that are up.
+    /// Every container with its usage (CPU time, rejections, throttles) summed over the nodes that are up.
     pub fn containers(&self) -> Vec<ContainerView> {
         let mut views: BTreeMap<&ContainerName, ContainerView> = self
             .containers
@@ -47,6 +49,8 @@ impl ClusterState {
                         container: container.clone(),
                         cpu_time_us: 0,
                         rejections: 0,
+                        poll_cpu_time_us: 0,
+                        throttles: 0,
                     },
                 )
             })
@@ -61,6 +65,8 @@ impl ClusterState {
             if let Some(view) = views.get_mut(&load.container) {
                 view.cpu_time_us += load.cpu_time_us;
                 view.rejections += load.rejections;
+                view.poll_cpu_time_us += load.poll_cpu_time_us;
+                view.throttles += load.throttles;
             }
         }
         views.into_values().collect()
@@ -70,6 +76,7 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::super::tests::state;
+    use super::super::{ContainerLimits, CPU_PERCENT_MAX_LIMIT, SEND_RATE_BYTES_PER_SECOND_LIMIT};
     use super::*;
 
     #[test]
@@ -90,5 +97,41 @@ mod tests {
         web.shares = 3;
         state.set_container(web, true).unwrap();
         assert_eq!(state.containers().len(), 2);
+    }
+
+    #[test]
+    fn cpu_cap_and_send_rate_take_the_nodes_ranges() {
+        let mut state = state();
+        let mut web = Container::default_container();
+        web.limits.cpu_percent_max = CPU_PERCENT_MAX_LIMIT;
+        web.limits.send_rate_bytes_per_second = SEND_RATE_BYTES_PER_SECOND_LIMIT;
+        let version = state
+            .set_container(web.clone(), false)
+            .expect("both at their maximum");
+        let listed = |state: &ClusterState| state.containers()[0].container.clone();
+        let before = listed(&state);
+        assert_eq!(before, web);
+
+        let mut over = web.clone();
+        over.limits.cpu_percent_max = CPU_PERCENT_MAX_LIMIT + 1;
+        assert!(matches!(
+            state.set_container(over, false),
+            Err(StateError::Invalid { field, .. }) if field == "container.limits.cpu_percent_max"
+        ));
+        let mut over = web.clone();
+        over.limits.send_rate_bytes_per_second = SEND_RATE_BYTES_PER_SECOND_LIMIT + 1;
+        assert!(matches!(
+            state.set_container(over, false),
+            Err(StateError::Invalid { field, .. })
+                if field == "container.limits.send_rate_bytes_per_second"
+        ));
+        assert_eq!(listed(&state), before, "refused calls changed nothing");
+
+        web.limits = ContainerLimits::default();
+        assert_eq!(
+            state.set_container(web, false),
+            Ok(version + 1),
+            "0 = none set"
+        );
     }
 }

@@ -34,6 +34,8 @@
 //! | [`CONTAINERS_PER_SHARD_MAX`] | 64 | per-container load entries kept per shard report |
 //! | [`HOT_TARGETS_PER_NODE_MAX`] | 64 | hot targets kept per node (ListTargets merges them) |
 //! | [`TARGETS_LIST_MAX`] | 1000 | largest ListTargets answer |
+//! | [`CPU_PERCENT_MAX_LIMIT`] | 100 | a container's `cpu_percent_max`: a whole shard, as nodes enforce it |
+//! | [`SEND_RATE_BYTES_PER_SECOND_LIMIT`] | 10,000,000,000 | a container's send rate (10 GB/s), as nodes pace it |
 //! | [`NAME_BYTES_MAX`] | 128 | node ids and container names |
 //! | [`TARGET_BYTES_MAX`] | 1024 | a target path |
 
@@ -71,6 +73,10 @@ pub const HOT_TARGETS_PER_NODE_MAX: usize = 64;
 pub const TARGETS_LIST_MAX: usize = 1000;
 /// Default `limit` of a targets listing.
 pub const TARGETS_LIST_DEFAULT: usize = 20;
+/// Highest `cpu_percent_max` of a container (a whole shard; the nodes' scheduler allows no more).
+pub const CPU_PERCENT_MAX_LIMIT: u32 = 100;
+/// Highest `send_rate_bytes_per_second` of a container: 10 GB/s, as the nodes' scheduler allows.
+pub const SEND_RATE_BYTES_PER_SECOND_LIMIT: u64 = 10_000_000_000;
 /// Longest node id or container name, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;
 /// Longest target path, in bytes.
@@ -144,14 +150,23 @@ fn validate_container(field: &str, container: &Container) -> Result<(), StateErr
     if container.shares == 0 {
         return Err(invalid(format!("{field}.shares"), "must be at least 1"));
     }
-    // Nodes have no CPU cap yet (their scheduler shares CPU but cannot idle a container), so a non-zero cap
-    // would be listed here and then refused by every node: refuse it at the edge instead.
-    if container.limits.cpu_percent_max != 0 {
+    // The nodes' own ranges: a value out of them would be listed here and then refused by every node.
+    let limits = &container.limits;
+    if limits.cpu_percent_max > CPU_PERCENT_MAX_LIMIT {
         return Err(invalid(
             format!("{field}.limits.cpu_percent_max"),
             format!(
-                "{} is not supported: nodes do not enforce a CPU cap yet; use 0 (no cap) and shares",
-                container.limits.cpu_percent_max
+                "{} is outside 0..={CPU_PERCENT_MAX_LIMIT} (percent of a shard; 0 = no cap)",
+                limits.cpu_percent_max
+            ),
+        ));
+    }
+    if limits.send_rate_bytes_per_second > SEND_RATE_BYTES_PER_SECOND_LIMIT {
+        return Err(invalid(
+            format!("{field}.limits.send_rate_bytes_per_second"),
+            format!(
+                "{} is outside 0..={SEND_RATE_BYTES_PER_SECOND_LIMIT} (10 GB/s; 0 = none)",
+                limits.send_rate_bytes_per_second
             ),
         ));
     }
@@ -386,6 +401,8 @@ mod tests {
                     container: ContainerName("default".into()),
                     cpu_time_us: 10,
                     rejections: 1,
+                    poll_cpu_time_us: 8,
+                    throttles: 3,
                 }],
                 ..ShardLoad::default()
             }],

@@ -312,6 +312,9 @@ mod tests {
         assert_eq!(load.reports_received, 3);
         let containers = state.containers();
         assert_eq!(containers[0].cpu_time_us, 30);
+        assert_eq!(containers[0].poll_cpu_time_us, 3 * 8);
+        assert_eq!(containers[0].throttles, 3 * 3);
+        assert_eq!(containers[0].rejections, 3);
         let targets = state.targets(0).unwrap();
         assert_eq!(targets[0].target, "/a");
         assert_eq!(

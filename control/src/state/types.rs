@@ -47,12 +47,17 @@ pub struct NodeInfo {
     pub cache_bytes_budget: u64,
 }
 
-/// Cumulative CPU time and rejections of one container on one shard.
+/// Cumulative CPU time, rejections and throttles of one container on one shard.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerLoad {
     pub container: ContainerName,
+    /// Its polls plus its part of the shard loop's work around them.
     pub cpu_time_us: u64,
     pub rejections: u64,
+    /// Its polls alone.
+    pub poll_cpu_time_us: u64,
+    /// Periods in which its `cpu_percent_max` budget ran out and it was held back.
+    pub throttles: u64,
 }
 
 /// The load of one shard. Counters are cumulative; rates cover the last interval.
@@ -88,12 +93,15 @@ pub struct LoadReport {
     pub hot_targets: Vec<TargetLoad>,
 }
 
-/// Per-shard limits of a container; 0 means no limit.
+/// Per-shard limits of a container; 0 means none set here (a node keeps its own configured value).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerLimits {
     pub connections_max: u64,
     pub queued_work_max: u64,
+    /// Hard cap on the share of each shard's CPU, in percent, 0..=[`super::CPU_PERCENT_MAX_LIMIT`] (100).
     pub cpu_percent_max: u32,
+    /// Send rate of each connection, 0..=[`super::SEND_RATE_BYTES_PER_SECOND_LIMIT`] (10 GB/s).
+    pub send_rate_bytes_per_second: u64,
 }
 
 /// A resource container: a class of work with a CPU share and limits.
@@ -192,12 +200,14 @@ pub struct TargetView {
     /// Assign answers given for this target (ranks targets no node reports as hot).
     pub assignments: u64,
 }
-/// A container with its cluster-wide CPU time and rejections (nodes that are up).
+/// A container with its cluster-wide usage ([`ContainerLoad`]'s counters summed over the nodes that are up).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerView {
     pub container: Container,
     pub cpu_time_us: u64,
     pub rejections: u64,
+    pub poll_cpu_time_us: u64,
+    pub throttles: u64,
 }
 
 /// The policy, the node weights and the steering version.

@@ -114,6 +114,8 @@ pub fn fixed_load(cores: u32) -> NodeLoad {
                     container: ContainerName("default".into()),
                     cpu_time_us: 500,
                     rejections: 2,
+                    poll_cpu_time_us: 400,
+                    throttles: 1,
                 }],
                 ..ShardLoad::default()
             })

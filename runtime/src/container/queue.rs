@@ -46,11 +46,15 @@ pub(super) struct Container {
     pub(super) ready: VecDeque<TaskKey>,
     /// CPU charged: its polls plus its part of the loop's other work (`charge_overhead`).
     pub(super) cpu_ns: u64,
-    /// CPU of its polls alone.
+    /// CPU of its polls alone (wall time of the polls, less refunds for time the thread did not run).
     pub(super) poll_cpu_ns: u64,
     pub(super) polls: u64,
-    /// Polls in the current turn (the weights the turn's overhead is apportioned by).
-    pub(super) turn_polls: u32,
+    /// Operations since the loop's work was last apportioned — its polls (each starts the I/O of one step of a
+    /// connection) and its wakes from the inbox (each an I/O completion or a message): the weights that work is
+    /// apportioned by.
+    pub(super) turn_ops: u32,
+    /// Wall time of its polls since then (what a refund is divided by; see `charge_overhead`).
+    pub(super) turn_poll_ns: u64,
     pub(super) cap: Cap,
     pub(super) tasks_spawned: u64,
     pub(super) tasks_completed: u64,
@@ -122,6 +126,17 @@ impl Container {
         }
     }
 
+    /// Takes back `cpu_ns` charged for polls whose wall time the thread did not spend running (preempted, or in
+    /// interrupts the kernel accounts elsewhere).
+    fn refund(&mut self, cpu_ns: u64) {
+        self.cpu_ns = self.cpu_ns.saturating_sub(cpu_ns);
+        self.poll_cpu_ns = self.poll_cpu_ns.saturating_sub(cpu_ns);
+        self.vruntime = self
+            .vruntime
+            .saturating_sub(cpu_ns as u128 * self.vruntime_per_ns as u128);
+        self.cap.used_ns = self.cap.used_ns.saturating_sub(cpu_ns);
+    }
+
     fn rank(&self, index: u32) -> (u128, u8, u32) {
         let class = match self.spec.latency_class {
             LatencyClass::Interactive => 0,
@@ -147,7 +162,7 @@ pub(super) struct State {
     pub(super) containers_live: u32,
     /// Vruntime credit per ns of `turn_contended_ns` a waking container may start behind the least awake one.
     pub(super) wake_credit_ns: u64,
-    /// Containers polled in the current turn (each once), for the overhead apportionment.
+    /// Containers with operations since the loop's work was last apportioned (each once).
     pub(super) turn_containers: Vec<u32>,
     /// Sum of the current turn's poll times.
     pub(super) turn_poll_ns: u64,
@@ -155,6 +170,8 @@ pub(super) struct State {
     pub(super) last_cpu_ns: Option<u64>,
     /// CPU of the loop outside polls (I/O submission and completion, other tasks, the kernel), apportioned.
     pub(super) overhead_ns: u64,
+    /// Poll wall time taken back because the thread did not run for it.
+    pub(super) refunded_ns: u64,
 }
 
 impl State {
@@ -201,6 +218,8 @@ impl State {
         for key in woken.drain(..) {
             let slot = &self.tasks[key.index as usize];
             if slot.live && slot.generation == key.generation {
+                let container = slot.container;
+                self.note_op(container);
                 self.enqueue(key);
             }
         }
@@ -296,11 +315,11 @@ impl State {
         c.charge(cpu_ns);
         c.poll_cpu_ns += cpu_ns;
         c.polls += 1;
-        if c.turn_polls == 0 {
-            self.turn_containers.push(container);
-        }
-        c.turn_polls += 1;
+        c.turn_poll_ns += cpu_ns;
         let end_turn = std::mem::take(&mut c.fresh);
+        self.note_op(container);
+        let slot = &mut self.tasks[key.index as usize];
+        let c = &mut self.containers[container as usize];
         if poll.is_pending() {
             slot.future = Some(future);
             slot.waker = Some(waker);
@@ -344,43 +363,75 @@ impl State {
 }
 
 impl State {
-    /// Ends a turn: the thread's CPU since the last apportioning (`cpu_now_ns`), less the turn's poll times, is
-    /// the loop's own work — I/O submission and completion, the kernel's part of each read and write, tasks
-    /// outside containers — and is charged to the containers polled in the turn, in proportion to their polls
-    /// (each poll is one step of a connection, which caused that step's I/O). A turn without polls charges
-    /// nothing; its CPU is apportioned with the next turn that polls.
+    /// Counts one operation of `container` (a poll, or a wake from the inbox) for the apportioning.
+    fn note_op(&mut self, container: u32) {
+        let c = &mut self.containers[container as usize];
+        if c.turn_ops == 0 {
+            self.turn_containers.push(container);
+        }
+        c.turn_ops += 1;
+    }
+
+    /// Ends a turn that polled: the thread's CPU since the last apportioning (`cpu_now_ns`, from the kernel), less
+    /// the wall time of the polls in between, is the loop's own work — I/O submission and completion, the
+    /// kernel's part of each read and write, tasks outside containers — and is charged to the containers by
+    /// their operations since then (polls and inbox wakes: each poll starts a step's I/O, each wake is a
+    /// completion). If the polls' wall time exceeds the thread's CPU (the thread was preempted, or interrupted by
+    /// work the kernel accounts elsewhere), the excess is refunded in proportion to each container's poll time,
+    /// so what is charged never exceeds what the thread used.
     pub(super) fn charge_overhead(&mut self, cpu_now_ns: u64) {
         let Some(last) = self.last_cpu_ns.replace(cpu_now_ns) else {
             self.clear_turn();
             return;
         };
         let total_ns = cpu_now_ns.saturating_sub(last);
-        let overhead_ns = total_ns.saturating_sub(self.turn_poll_ns);
-        let turn_polls: u64 = self
-            .turn_containers
-            .iter()
-            .map(|&index| u64::from(self.containers[index as usize].turn_polls))
-            .sum();
-        if turn_polls > 0 && overhead_ns > 0 {
-            let mut left_ns = overhead_ns;
+        let polls_ns = self.turn_poll_ns;
+        let (amount_ns, weight_total, refund) = if total_ns >= polls_ns {
+            let ops: u64 = self
+                .turn_containers
+                .iter()
+                .map(|&index| u64::from(self.containers[index as usize].turn_ops))
+                .sum();
+            (total_ns - polls_ns, ops, false)
+        } else {
+            (polls_ns - total_ns, polls_ns, true)
+        };
+        if amount_ns > 0 && weight_total > 0 {
+            let mut left_ns = amount_ns;
+            let last_position = self.turn_containers.len() - 1;
             for (position, &index) in self.turn_containers.iter().enumerate() {
                 let c = &mut self.containers[index as usize];
-                let part_ns = if position + 1 == self.turn_containers.len() {
+                let weight = if refund {
+                    c.turn_poll_ns
+                } else {
+                    u64::from(c.turn_ops)
+                };
+                let part_ns = if position == last_position {
                     left_ns
                 } else {
-                    (overhead_ns as u128 * u128::from(c.turn_polls) / u128::from(turn_polls)) as u64
+                    (u128::from(amount_ns) * u128::from(weight) / u128::from(weight_total)) as u64
                 };
                 left_ns -= part_ns;
-                c.charge(part_ns);
+                if refund {
+                    c.refund(part_ns);
+                } else {
+                    c.charge(part_ns);
+                }
             }
-            self.overhead_ns += overhead_ns;
+            if refund {
+                self.refunded_ns += amount_ns;
+            } else {
+                self.overhead_ns += amount_ns;
+            }
         }
         self.clear_turn();
     }
 
     fn clear_turn(&mut self) {
         for &index in &self.turn_containers {
-            self.containers[index as usize].turn_polls = 0;
+            let c = &mut self.containers[index as usize];
+            c.turn_ops = 0;
+            c.turn_poll_ns = 0;
         }
         self.turn_containers.clear();
         self.turn_poll_ns = 0;

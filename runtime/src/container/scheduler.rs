@@ -82,6 +82,8 @@ pub struct SchedulerStats {
     pub tasks_active: usize,
     /// CPU of the loop outside polls that was apportioned to the containers (ns).
     pub overhead_ns: u64,
+    /// Poll wall time taken back because the thread did not run for it (preempted or in interrupts) (ns).
+    pub refunded_ns: u64,
 }
 
 /// What one turn of the scheduler did (see [`ContainerScheduler::run_turn`]).
@@ -163,6 +165,7 @@ impl<C: Clock> ContainerScheduler<C> {
                     turn_poll_ns: 0,
                     last_cpu_ns: None,
                     overhead_ns: 0,
+                    refunded_ns: 0,
                 }),
             }),
         })
@@ -348,6 +351,7 @@ impl<C: Clock> ContainerScheduler<C> {
             polls: state.polls,
             tasks_active: state.tasks_active,
             overhead_ns: state.overhead_ns,
+            refunded_ns: state.refunded_ns,
         }
     }
 }
