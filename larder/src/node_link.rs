@@ -17,12 +17,15 @@
 //! - Containers the node does not have are ignored (they belong to other nodes). For one the node has:
 //!   1. its limits are validated and mapped onto the shards' scheduler limits first
 //!      ([`NodeSteer::scheduler_limits`]: `connections_max` → `tasks_max`, `queued_work_max` → `queued_max`,
-//!      0 → the node's configured `tasks_max`); a limit the node cannot enforce (`cpu_percent_max` ≠ 0: the
-//!      scheduler has no CPU cap) or out of range refuses the whole container, shares included (logged);
+//!      `cpu_percent_max` → the shard's CPU cap, `send_rate_bytes_per_second` → each connection's send rate;
+//!      0 → the node's own configuration of the container); a limit out of range (above 1,048,576
+//!      connections or queued work, 100 percent, 10 GB/s) refuses the whole container, shares included
+//!      (logged);
 //!   2. shares that differ from the last ones applied go out with [`NodeSteer::set_container_shares`];
 //!   3. scheduler limits that differ from the last ones applied go out with
 //!      [`NodeSteer::set_container_limits`]. A connection placed into a container at its `connections_max` on
-//!      that shard is answered 503 + Retry-After.
+//!      that shard is answered 503 + Retry-After; a `cpu_percent_max` of 25 holds the container to 2.5 ms of
+//!      every 10 ms of each shard, busy or idle; a send rate paces each of its connections' responses.
 //!
 //!   The first "last applied" values are the node's configuration, so a control plane that repeats them (the
 //!   embedded one, or one whose containers say 0) changes nothing.
@@ -204,7 +207,9 @@ fn node_containers(config: &ServeConfig) -> Vec<Container> {
             shares: container.shares,
             limits: ContainerLimits {
                 connections_max: u64::from(container.tasks_max),
-                ..ContainerLimits::default()
+                queued_work_max: 0,
+                cpu_percent_max: container.cpu_percent_max,
+                send_rate_bytes_per_second: container.send_rate_bytes_per_second,
             },
         })
         .collect()
@@ -244,6 +249,8 @@ impl ServeHooks {
                         limits: SchedulerLimits {
                             tasks_max: container.tasks_max,
                             queued_max: container.tasks_max,
+                            cpu_percent_max: container.cpu_percent_max,
+                            send_rate_bytes_per_second: container.send_rate_bytes_per_second,
                         },
                     };
                     (container.name.clone(), applied)
@@ -273,6 +280,7 @@ impl ServeHooks {
                 connections_max: container.limits.connections_max,
                 queued_work_max: container.limits.queued_work_max,
                 cpu_percent_max: container.limits.cpu_percent_max,
+                send_rate_bytes_per_second: container.limits.send_rate_bytes_per_second,
             };
             let limits = match self.steer.scheduler_limits(name, requested) {
                 Ok(limits) => limits,
@@ -497,6 +505,24 @@ mod tests {
     }
 
     #[test]
+    fn the_control_plane_is_told_the_configured_cap_and_send_rate() {
+        let mut config = ServeConfig::default();
+        config.containers[0].cpu_percent_max = 30;
+        config.containers[0].send_rate_bytes_per_second = 4096;
+        let told = node_containers(&config);
+        assert_eq!(
+            told[0].limits,
+            ContainerLimits {
+                connections_max: 65_536,
+                queued_work_max: 0,
+                cpu_percent_max: 30,
+                send_rate_bytes_per_second: 4096,
+            },
+            "what ListContainers shows for an embedded control plane"
+        );
+    }
+
+    #[test]
     fn control_flags_choose_the_mode() {
         let default: SocketAddr = CONTROL_ADDR_DEFAULT.parse().expect("default address");
         let other: SocketAddr = "127.0.0.1:6000".parse().expect("address");
@@ -676,6 +702,49 @@ mod tests {
         wait_for("both shards run default with 9 shares", || {
             (fixture.node.container_shares("default") == [9, 9]).then_some(())
         });
+        fixture.stop();
+    }
+
+    #[test]
+    fn set_container_cpu_cap_and_send_rate_reach_every_shard() {
+        let fixture = start(
+            2,
+            PolicyKind::Lard,
+            ControlMode::Embedded {
+                listen: loopback_port_0(),
+                required: true,
+            },
+        );
+        let mut ctl = fixture.ctl();
+        wait_for("the agent registered", || {
+            (fixture.link.agent_stats().registrations >= 1).then_some(())
+        });
+        let limits = pb::ContainerLimits {
+            connections_max: 0,
+            queued_work_max: 0,
+            cpu_percent_max: 40,
+            send_rate_bytes_per_second: 1_000_000,
+        };
+        ctl.set_container(pb::SetContainerRequest {
+            container: Some(pb::Container {
+                name: "default".to_string(),
+                shares: 100,
+                limits: Some(limits),
+            }),
+            create: false,
+        })
+        .expect("SetContainer");
+        let configured_tasks_max = 65_536;
+        let wanted = SchedulerLimits {
+            tasks_max: configured_tasks_max,
+            queued_max: configured_tasks_max,
+            cpu_percent_max: 40,
+            send_rate_bytes_per_second: 1_000_000,
+        };
+        wait_for(
+            "both shards run default with the cap and the send rate",
+            || (fixture.node.container_limits("default") == [wanted, wanted]).then_some(()),
+        );
         fixture.stop();
     }
 

@@ -389,7 +389,9 @@ impl ServeConfig {
             let spec = ContainerConfig {
                 shares: container.shares.unwrap_or(defaults.shares),
                 tasks_max: container.tasks_max.unwrap_or(defaults.tasks_max),
-                cpu_percent_max: container.cpu_percent_max.unwrap_or(defaults.cpu_percent_max),
+                cpu_percent_max: container
+                    .cpu_percent_max
+                    .unwrap_or(defaults.cpu_percent_max),
                 send_rate_bytes_per_second: container
                     .send_rate_bytes_per_second
                     .unwrap_or(defaults.send_rate_bytes_per_second),
@@ -713,7 +715,13 @@ mod tests {
         let limits: Vec<(&str, u32, u64)> = config
             .containers
             .iter()
-            .map(|c| (c.name.as_str(), c.cpu_percent_max, c.send_rate_bytes_per_second))
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.cpu_percent_max,
+                    c.send_rate_bytes_per_second,
+                )
+            })
             .collect();
         assert_eq!(
             limits,

@@ -27,33 +27,50 @@
 //!
 //! # Container limits ([`NodeSteer::set_container_limits`])
 //! [`ContainerLimits`] are per shard, as the control plane defines them (0 = no limit set there). They map onto
-//! the shard's container scheduler, whose refusals are what the node answers with 503 + Retry-After (a
-//! connection is one task of its container, from accept or handoff until it closes or moves):
+//! the shard's container scheduler ([`SchedulerLimits`]), whose refusals are what the node answers with 503 +
+//! Retry-After (a connection is one task of its container, from accept or handoff until it closes or moves):
 //! - `connections_max` → `tasks_max`: a connection placed into a container that already holds
 //!   `connections_max` connections on that shard gets 503 + Retry-After and is closed;
 //! - `queued_work_max` → `queued_max`: tasks ready but not yet polled, checked when a connection is placed;
-//! - 0 → the node's configured `tasks_max` for that container (65,536 by default), so every container keeps a
-//!   limit (and a node joining a control plane whose containers say 0 keeps its own configuration);
-//! - `cpu_percent_max` must be 0: the scheduler divides a busy core by shares and has no CPU cap (a cap needs a
-//!   timer to wake throttled containers, which the scheduler does not own), so a non-zero value is refused with
-//!   [`SteerError::Unsupported`] rather than accepted and ignored.
+//! - `cpu_percent_max` → the scheduler's hard cap: the container gets at most that share of each shard's CPU
+//!   in every 10 ms period, even when the shard is otherwise idle (25 = at most 2.5 ms of every 10 ms);
+//! - `send_rate_bytes_per_second` → the rate each of the container's connections is paced to (nginx's
+//!   `limit_rate`), read by the connection at its next response;
+//! - 0 → the node's own configuration of that container: `tasks_max` (65,536 by default) for the first two, so
+//!   every container keeps a limit, and the configured `cpu_percent_max` and `send_rate_bytes_per_second` (0 =
+//!   none by default) for the last two. A node joining a control plane whose containers say 0 keeps its own
+//!   configuration; a cap the node's file sets is lifted from the control plane with 100, not 0.
 //!
-//! 1. Validate: the container is configured, `cpu_percent_max` is 0, the other two are at most
-//!    `TASKS_MAX_LIMIT` (1,048,576). Any error returns before anything is sent.
-//! 2. Send one [`ShardSteer::SetLimits`] to every shard's control queue; each shard applies it at its next poll
-//!    (`ContainerScheduler::set_limits`). Connections already admitted stay; the limit applies to the next one.
+//! 1. Validate and map: the container is configured, `connections_max` and `queued_work_max` are at most
+//!    `TASKS_MAX_LIMIT` (1,048,576), `cpu_percent_max` at most `CPU_PERCENT_MAX_LIMIT` (100),
+//!    `send_rate_bytes_per_second` at most `SEND_RATE_BYTES_PER_SECOND_LIMIT` (10 GB/s). Any error returns
+//!    before anything is sent.
+//! 2. Send one [`ShardSteer::SetLimits`] to every shard's control queue.
+//! 3. Each shard, at its next poll of the queue, finds the container and checks the [`SchedulerLimits`] against
+//!    the scheduler's ranges once more; out of range (a bug: step 1 maps into them) is logged and nothing is
+//!    applied on that shard.
+//! 4. It applies them: `ContainerScheduler::set_limits`, then `set_cpu_percent_max` only if the cap changed
+//!    (setting it restarts the cap's period with a full budget, which a repeated value must not hand out),
+//!    then `set_send_rate`. Connections already admitted stay; the limits apply to the next one, the send rate
+//!    to each connection's next response, the cap from the shard's next turn.
 //!
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
 //! | control queue per shard | `larder_runtime::mesh::CONTROL_QUEUE_CAPACITY_DEFAULT` (256) | steering is a few messages a second |
 //! | [`DELIVERY_TIMEOUT`] | 100 ms per shard | a shard whose queue stays full that long is stuck; the caller hears of it |
+//! | `connections_max`, `queued_work_max` | 0..=1,048,576 (`TASKS_MAX_LIMIT`) | the scheduler's task table per container |
+//! | `cpu_percent_max` | 0..=100 (`CPU_PERCENT_MAX_LIMIT`) | a whole shard; 100 is as good as no cap |
+//! | `send_rate_bytes_per_second` | 0..=10,000,000,000 (`SEND_RATE_BYTES_PER_SECOND_LIMIT`) | 10 GB/s, above any one NIC |
 
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use larder_lard::{Policy, PolicyConfig};
-use larder_runtime::container::{ContainerScheduler, SHARES_MAX, TASKS_MAX_LIMIT};
+use larder_runtime::container::{
+    ContainerError, ContainerId, ContainerScheduler, CPU_PERCENT_MAX_LIMIT,
+    SEND_RATE_BYTES_PER_SECOND_LIMIT, SHARES_MAX, TASKS_MAX_LIMIT,
+};
 use larder_runtime::ControlSender;
 
 use super::{NodeShared, ShardMessage};
@@ -73,21 +90,74 @@ pub enum ShardSteer {
     },
 }
 
-/// One container's limits per shard as the control plane sets them; 0 = no limit set (module docs).
+/// One container's limits per shard as the control plane sets them; 0 = no limit set there, the node's
+/// configuration applies (module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerLimits {
     pub connections_max: u64,
     pub queued_work_max: u64,
+    /// Percent of each shard's CPU, 0..=`CPU_PERCENT_MAX_LIMIT` (100).
     pub cpu_percent_max: u32,
+    /// Per-connection send rate, 0..=`SEND_RATE_BYTES_PER_SECOND_LIMIT` (10 GB/s).
+    pub send_rate_bytes_per_second: u64,
 }
 
-/// The container scheduler's limits that [`ContainerLimits`] map onto.
+/// The container scheduler's settings that [`ContainerLimits`] map onto.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedulerLimits {
-    /// Concurrent connection tasks of the container on one shard.
+    /// Concurrent connection tasks of the container on one shard, 1..=`TASKS_MAX_LIMIT`.
     pub tasks_max: u32,
-    /// Ready tasks of the container waiting for a poll, checked when a connection is placed.
+    /// Ready tasks of the container waiting for a poll, checked when a connection is placed,
+    /// 1..=`TASKS_MAX_LIMIT`.
     pub queued_max: u32,
+    /// Hard cap on the container's share of the shard's CPU, percent; 0 = no cap.
+    pub cpu_percent_max: u32,
+    /// Send rate each of the container's connections is paced to, bytes/s; 0 = none.
+    pub send_rate_bytes_per_second: u64,
+}
+
+impl SchedulerLimits {
+    /// The scheduler's ranges (module docs, step 3): every setting is checked before any is applied.
+    fn check(&self, container: &str) -> Result<(), SteerError> {
+        let ranges: [(&'static str, u64, u64, u64); 4] = [
+            (
+                "tasks_max",
+                u64::from(self.tasks_max),
+                1,
+                u64::from(TASKS_MAX_LIMIT),
+            ),
+            (
+                "queued_max",
+                u64::from(self.queued_max),
+                1,
+                u64::from(TASKS_MAX_LIMIT),
+            ),
+            (
+                "cpu_percent_max",
+                u64::from(self.cpu_percent_max),
+                0,
+                u64::from(CPU_PERCENT_MAX_LIMIT),
+            ),
+            (
+                "send_rate_bytes_per_second",
+                self.send_rate_bytes_per_second,
+                0,
+                SEND_RATE_BYTES_PER_SECOND_LIMIT,
+            ),
+        ];
+        for (limit, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(SteerError::Limit {
+                    container: container.to_string(),
+                    limit,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a steering call was refused. A refused call changed nothing, except [`SteerError::Delivery`], which
@@ -100,18 +170,13 @@ pub enum SteerError {
     UnknownContainer(String),
     #[error("container {container:?}: shares {shares} outside 1..={SHARES_MAX}")]
     Shares { container: String, shares: u32 },
-    #[error("container {container:?}: {limit} {value} above {max}")]
+    #[error("container {container:?}: {limit} {value} outside {min}..={max}")]
     Limit {
         container: String,
         limit: &'static str,
         value: u64,
+        min: u64,
         max: u64,
-    },
-    #[error("container {container:?}: {limit} is not supported on nodes: {reason}")]
-    Unsupported {
-        container: String,
-        limit: &'static str,
-        reason: &'static str,
     },
     #[error("shard {shard}: {reason}")]
     Delivery { shard: u32, reason: String },
@@ -138,6 +203,8 @@ impl super::Node {
             .map(|stats| SchedulerLimits {
                 tasks_max: stats.tasks_max,
                 queued_max: stats.queued_max,
+                cpu_percent_max: stats.cpu_percent_max,
+                send_rate_bytes_per_second: stats.send_rate_bytes_per_second,
             })
             .collect()
     }
@@ -250,32 +317,52 @@ impl NodeSteer {
         limits: ContainerLimits,
     ) -> Result<SchedulerLimits, SteerError> {
         let configured = self.configured(container)?;
-        if limits.cpu_percent_max != 0 {
-            return Err(SteerError::Unsupported {
+        // 0: the configured value; else `value` if at most `max`.
+        let map = |limit: &'static str, value: u64, configured: u64, max: u64| match value {
+            0 => Ok(configured),
+            value if value <= max => Ok(value),
+            value => Err(SteerError::Limit {
                 container: container.to_string(),
-                limit: "cpu_percent_max",
-                reason: "the container scheduler divides CPU by shares and has no CPU cap; use 0",
-            });
-        }
-        let map = |limit: &'static str, value: u64| -> Result<u32, SteerError> {
-            match value {
-                0 => Ok(configured.tasks_max),
-                value if value <= u64::from(TASKS_MAX_LIMIT) => Ok(value as u32),
-                value => Err(SteerError::Limit {
-                    container: container.to_string(),
-                    limit,
-                    value,
-                    max: u64::from(TASKS_MAX_LIMIT),
-                }),
-            }
+                limit,
+                value,
+                min: 0,
+                max,
+            }),
         };
-        Ok(SchedulerLimits {
-            tasks_max: map("connections_max", limits.connections_max)?,
-            queued_max: map("queued_work_max", limits.queued_work_max)?,
-        })
+        let tasks_max = u64::from(configured.tasks_max);
+        let tasks_limit = u64::from(TASKS_MAX_LIMIT);
+        let mapped = SchedulerLimits {
+            tasks_max: map(
+                "connections_max",
+                limits.connections_max,
+                tasks_max,
+                tasks_limit,
+            )? as u32,
+            queued_max: map(
+                "queued_work_max",
+                limits.queued_work_max,
+                tasks_max,
+                tasks_limit,
+            )? as u32,
+            cpu_percent_max: map(
+                "cpu_percent_max",
+                u64::from(limits.cpu_percent_max),
+                u64::from(configured.cpu_percent_max),
+                u64::from(CPU_PERCENT_MAX_LIMIT),
+            )? as u32,
+            send_rate_bytes_per_second: map(
+                "send_rate_bytes_per_second",
+                limits.send_rate_bytes_per_second,
+                configured.send_rate_bytes_per_second,
+                SEND_RATE_BYTES_PER_SECOND_LIMIT,
+            )?,
+        };
+        // The node's configuration was validated at start; a file that passed it maps into the ranges too.
+        mapped.check(container)?;
+        Ok(mapped)
     }
 
-    /// The limits of `container` on every shard (module docs, steps 1-2). Returns the scheduler limits sent.
+    /// The limits of `container` on every shard (module docs, steps 1-4). Returns the scheduler limits sent.
     pub fn set_container_limits(
         &self,
         container: &str,
@@ -307,29 +394,53 @@ fn copy_members(
     Ok(())
 }
 
+/// Why a shard did not apply a [`ShardSteer`] (logged by [`apply_on_shard`]).
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("not on this shard")]
+    NotOnShard,
+    #[error(transparent)]
+    Range(#[from] SteerError),
+    #[error(transparent)]
+    Scheduler(#[from] ContainerError),
+}
+
 /// Applies `steer` on the shard that received it (called from the shard's message loop).
 pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: ShardSteer) {
-    let (container, outcome) = match &steer {
-        ShardSteer::SetShares { container, shares } => (
-            container,
-            scheduler
-                .lookup(container)
-                .map(|id| scheduler.set_shares(id, *shares)),
-        ),
-        ShardSteer::SetLimits { container, limits } => (
-            container,
-            scheduler
-                .lookup(container)
-                .map(|id| scheduler.set_limits(id, limits.tasks_max, limits.queued_max)),
-        ),
+    let outcome = match &steer {
+        ShardSteer::SetShares { container, shares } => scheduler
+            .lookup(container)
+            .ok_or(ApplyError::NotOnShard)
+            .and_then(|id| Ok(scheduler.set_shares(id, *shares)?)),
+        ShardSteer::SetLimits { container, limits } => scheduler
+            .lookup(container)
+            .ok_or(ApplyError::NotOnShard)
+            .and_then(|id| apply_limits(scheduler, id, container, limits)),
     };
     match outcome {
-        Some(Ok(())) => tracing::debug!(shard, ?steer, "container changed"),
-        Some(Err(error)) => tracing::warn!(shard, ?steer, %error, "container not changed"),
-        None => {
-            tracing::warn!(shard, %container, ?steer, "container not changed: not on this shard")
-        }
+        Ok(()) => tracing::debug!(shard, ?steer, "container changed"),
+        Err(error) => tracing::warn!(shard, ?steer, %error, "container not changed"),
     }
+}
+
+/// Module docs, container limits steps 3-4: checks every setting, then applies them all.
+fn apply_limits(
+    scheduler: &ContainerScheduler,
+    id: ContainerId,
+    container: &str,
+    limits: &SchedulerLimits,
+) -> Result<(), ApplyError> {
+    limits.check(container)?;
+    // In range, so none of these calls fails (the scheduler's checks are the ranges just checked).
+    scheduler.set_limits(id, limits.tasks_max, limits.queued_max)?;
+    let cap_now = scheduler
+        .container_stats(id)
+        .map(|stats| stats.cpu_percent_max);
+    if cap_now != Some(limits.cpu_percent_max) {
+        scheduler.set_cpu_percent_max(id, limits.cpu_percent_max)?;
+    }
+    scheduler.set_send_rate(id, limits.send_rate_bytes_per_second)?;
+    Ok(())
 }
 
 /// Used by tests: runs `f` on the node's policy (`None` with one shard).
@@ -356,14 +467,24 @@ mod tests {
     const WAIT_ATTEMPTS_MAX: u32 = 1000;
 
     fn start(shards: usize, policy: PolicyKind) -> (Node, tempfile::TempDir) {
+        start_with(shards, policy, |_| {})
+    }
+
+    fn start_with(
+        shards: usize,
+        policy: PolicyKind,
+        edit: impl FnOnce(&mut ServeConfig),
+    ) -> (Node, tempfile::TempDir) {
         let root = tempfile::tempdir().expect("tempdir");
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cores: ShardSelection::Count(shards),
             policy,
             root: root.path().to_path_buf(),
             ..ServeConfig::default()
         };
+        edit(&mut config);
+        config.validate().expect("a valid configuration");
         (Node::start(config).expect("node starts"), root)
     }
 
@@ -501,34 +622,36 @@ mod tests {
         let configured = SchedulerLimits {
             tasks_max: 65_536,
             queued_max: 65_536,
-        };
-        let limits = |connections_max, queued_work_max, cpu_percent_max| ContainerLimits {
-            connections_max,
-            queued_work_max,
-            cpu_percent_max,
+            cpu_percent_max: 0,
+            send_rate_bytes_per_second: 0,
         };
         assert!(matches!(
-            steer.set_container_limits("nope", limits(1, 0, 0)),
+            steer.set_container_limits("nope", limits(1, 0, 0, 0)),
             Err(SteerError::UnknownContainer(_))
         ));
-        let error = steer
-            .set_container_limits("default", limits(1, 0, 50))
-            .expect_err("no CPU cap on nodes");
-        assert!(
-            matches!(
-                error,
-                SteerError::Unsupported {
-                    limit: "cpu_percent_max",
-                    ..
-                }
+        let refused = [
+            (
+                limits(1, u64::from(TASKS_MAX_LIMIT) + 1, 0, 0),
+                "queued_work_max",
             ),
-            "{error}"
-        );
-        let too_many = u64::from(TASKS_MAX_LIMIT) + 1;
-        let error = steer
-            .set_container_limits("default", limits(1, too_many, 0))
-            .expect_err("above the scheduler's limit");
-        assert!(error.to_string().contains("queued_work_max"), "{error}");
+            (
+                limits(1, 0, CPU_PERCENT_MAX_LIMIT + 1, 0),
+                "cpu_percent_max",
+            ),
+            (
+                limits(1, 0, 0, SEND_RATE_BYTES_PER_SECOND_LIMIT + 1),
+                "send_rate_bytes_per_second",
+            ),
+        ];
+        for (limits, named) in refused {
+            let error = steer
+                .set_container_limits("default", limits)
+                .expect_err("above the scheduler's range");
+            assert!(
+                matches!(error, SteerError::Limit { limit, .. } if limit == named),
+                "{limits:?}: {error}"
+            );
+        }
         // A shares change travels the same FIFO queues: once it is in force, anything a refused call had sent
         // would be too.
         steer.set_container_shares("default", 2).expect("delivered");
@@ -543,18 +666,35 @@ mod tests {
         );
 
         let sent = steer
-            .set_container_limits("default", limits(3, 0, 0))
+            .set_container_limits("default", limits(3, 0, 25, 1_000_000))
             .expect("delivered");
         assert_eq!(
             sent,
             SchedulerLimits {
                 tasks_max: 3,
-                queued_max: 65_536
+                queued_max: 65_536,
+                cpu_percent_max: 25,
+                send_rate_bytes_per_second: 1_000_000,
             },
             "0 keeps the configured limit"
         );
         wait_until(
             || node.container_limits("default") == [sent, sent],
+            || format!("limits {:?}", node.container_limits("default")),
+        );
+        let most = steer
+            .set_container_limits(
+                "default",
+                limits(
+                    0,
+                    0,
+                    CPU_PERCENT_MAX_LIMIT,
+                    SEND_RATE_BYTES_PER_SECOND_LIMIT,
+                ),
+            )
+            .expect("both at their maximum");
+        wait_until(
+            || node.container_limits("default") == [most, most],
             || format!("limits {:?}", node.container_limits("default")),
         );
         steer
@@ -565,5 +705,126 @@ mod tests {
             || format!("limits {:?}", node.container_limits("default")),
         );
         stop(node);
+    }
+
+    #[test]
+    fn zero_from_the_control_plane_keeps_the_configured_cap_and_send_rate() {
+        let (node, _root) = start_with(1, PolicyKind::Wrr, |config| {
+            config.containers[0].cpu_percent_max = 30;
+            config.containers[0].send_rate_bytes_per_second = 4096;
+        });
+        let steer = node.steer();
+        let configured = SchedulerLimits {
+            tasks_max: 65_536,
+            queued_max: 65_536,
+            cpu_percent_max: 30,
+            send_rate_bytes_per_second: 4096,
+        };
+        wait_until(
+            || node.container_limits("default") == [configured],
+            || format!("as built: limits {:?}", node.container_limits("default")),
+        );
+        assert_eq!(
+            steer
+                .scheduler_limits("default", ContainerLimits::default())
+                .expect("valid"),
+            configured
+        );
+        let lifted = steer
+            .set_container_limits("default", limits(0, 0, 100, 0))
+            .expect("delivered");
+        assert_eq!(
+            (lifted.cpu_percent_max, lifted.send_rate_bytes_per_second),
+            (100, 4096)
+        );
+        wait_until(
+            || node.container_limits("default") == [lifted],
+            || format!("limits {:?}", node.container_limits("default")),
+        );
+        stop(node);
+    }
+
+    /// A shard's scheduler with one container "web" (tasks_max 10, no cap, no send rate).
+    fn scheduler_with_web() -> (ContainerScheduler, ContainerId) {
+        let scheduler = ContainerScheduler::new(
+            larder_runtime::container::SchedulerConfig::default(),
+            larder_runtime::container::MonotonicClock::new(),
+        )
+        .expect("scheduler");
+        let mut spec = larder_runtime::container::ContainerSpec::new("web", 1);
+        spec.tasks_max = 10;
+        spec.queued_max = 10;
+        let id = scheduler.add_container(spec).expect("web");
+        (scheduler, id)
+    }
+
+    fn applied(scheduler: &ContainerScheduler, id: ContainerId) -> SchedulerLimits {
+        let stats = scheduler.container_stats(id).expect("web");
+        SchedulerLimits {
+            tasks_max: stats.tasks_max,
+            queued_max: stats.queued_max,
+            cpu_percent_max: stats.cpu_percent_max,
+            send_rate_bytes_per_second: stats.send_rate_bytes_per_second,
+        }
+    }
+
+    #[test]
+    fn a_shard_applies_every_limit_or_none() {
+        let (scheduler, id) = scheduler_with_web();
+        let before = applied(&scheduler, id);
+        let wanted = SchedulerLimits {
+            tasks_max: 5,
+            queued_max: 6,
+            cpu_percent_max: 40,
+            send_rate_bytes_per_second: 8192,
+        };
+        let set = |limits| ShardSteer::SetLimits {
+            container: "web".to_string(),
+            limits,
+        };
+        // The last setting out of range: the first ones must not have been applied either.
+        apply_on_shard(
+            0,
+            &scheduler,
+            set(SchedulerLimits {
+                send_rate_bytes_per_second: SEND_RATE_BYTES_PER_SECOND_LIMIT + 1,
+                ..wanted
+            }),
+        );
+        apply_on_shard(
+            0,
+            &scheduler,
+            set(SchedulerLimits {
+                cpu_percent_max: CPU_PERCENT_MAX_LIMIT + 1,
+                ..wanted
+            }),
+        );
+        apply_on_shard(
+            0,
+            &scheduler,
+            set(SchedulerLimits {
+                tasks_max: 0,
+                ..wanted
+            }),
+        );
+        assert_eq!(applied(&scheduler, id), before, "nothing half-applied");
+
+        apply_on_shard(0, &scheduler, set(wanted));
+        assert_eq!(applied(&scheduler, id), wanted);
+        assert_eq!(scheduler.send_rate(id), 8192);
+    }
+
+    fn limits(
+        connections_max: u64,
+        queued_work_max: u64,
+        cpu_percent_max: u32,
+        send_rate_bytes_per_second: u64,
+    ) -> ContainerLimits {
+        ContainerLimits {
+            connections_max,
+            queued_work_max,
+            cpu_percent_max,
+            send_rate_bytes_per_second,
+        }
     }
 }
