@@ -66,6 +66,7 @@ impl<C: Clock> ContainerScheduler<C> {
             vruntime,
             awake: false,
             fresh: false,
+            last_poll_ns: 0,
             ready: VecDeque::new(),
             cpu_ns: 0,
             poll_cpu_ns: 0,

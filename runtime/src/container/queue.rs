@@ -35,6 +35,9 @@ use super::task::{
     TASK_QUEUED, TASK_RUNNING,
 };
 
+/// How recently a container must have run to hold back a container ahead of it (`State::active_behind`): 1 ms.
+pub(super) const ACTIVE_WINDOW_NS: u64 = 1_000_000;
+
 pub(super) struct Container {
     pub(super) spec: ContainerSpec,
     pub(super) vruntime: u128,
@@ -43,6 +46,8 @@ pub(super) struct Container {
     pub(super) awake: bool,
     /// Woke from sleep since its last poll: its next poll ends the turn when containers contend (`scheduler.rs`).
     pub(super) fresh: bool,
+    /// Clock time of its last poll (whether it is *active*: see `finish_poll`).
+    pub(super) last_poll_ns: u64,
     pub(super) ready: VecDeque<TaskKey>,
     /// CPU charged: its polls plus its part of the loop's other work (`charge_overhead`).
     pub(super) cpu_ns: u64,
@@ -172,6 +177,10 @@ pub(super) struct State {
     pub(super) overhead_ns: u64,
     /// Poll wall time taken back because the thread did not run for it.
     pub(super) refunded_ns: u64,
+    /// The loop's work per operation, a moving average (7/8 old, 1/8 new) of each apportioning: what a poll is
+    /// expected to cost beyond its own time (the submission and completion of the I/O it starts), counted against
+    /// the turn's work budget before that work happens.
+    pub(super) overhead_per_op_ns: u64,
 }
 
 impl State {
@@ -306,6 +315,7 @@ impl State {
         waker: Waker,
         poll: Poll<()>,
         cpu_ns: u64,
+        end_ns: u64,
     ) -> (Option<(TaskFuture, Waker, Arc<TaskHeader>)>, bool) {
         self.polls += 1;
         self.turn_poll_ns += cpu_ns;
@@ -316,7 +326,9 @@ impl State {
         c.poll_cpu_ns += cpu_ns;
         c.polls += 1;
         c.turn_poll_ns += cpu_ns;
-        let end_turn = std::mem::take(&mut c.fresh);
+        c.last_poll_ns = end_ns;
+        let end_turn = std::mem::take(&mut c.fresh)
+            || (self.containers_live > 1 && self.active_behind(container, end_ns));
         self.note_op(container);
         let slot = &mut self.tasks[key.index as usize];
         let c = &mut self.containers[container as usize];
@@ -363,6 +375,24 @@ impl State {
 }
 
 impl State {
+    /// True if another *active* container — one with live tasks, none ready, polled within the last
+    /// [`ACTIVE_WINDOW_NS`] — is behind the polled one by more than one contended turn of the polled one's CPU
+    /// (`slack`): its next step is most likely an I/O completion not yet reaped, so the turn ends (the loop reaps)
+    /// rather than give its time to the container ahead. A container idle for longer (say, a class with idle
+    /// keep-alive connections) holds nobody back.
+    fn active_behind(&self, polled: u32, now_ns: u64) -> bool {
+        let ahead = &self.containers[polled as usize];
+        let slack = u128::from(self.wake_credit_ns) * u128::from(ahead.vruntime_per_ns);
+        let vruntime = ahead.vruntime;
+        self.containers.iter().enumerate().any(|(index, c)| {
+            index as u32 != polled
+                && c.vruntime.saturating_add(slack) < vruntime
+                && c.ready.is_empty()
+                && c.tasks_active > c.tasks_exempt
+                && now_ns.saturating_sub(c.last_poll_ns) <= ACTIVE_WINDOW_NS
+        })
+    }
+
     /// Counts one operation of `container` (a poll, or a wake from the inbox) for the apportioning.
     fn note_op(&mut self, container: u32) {
         let c = &mut self.containers[container as usize];
@@ -392,6 +422,10 @@ impl State {
                 .iter()
                 .map(|&index| u64::from(self.containers[index as usize].turn_ops))
                 .sum();
+            if ops > 0 {
+                let sample_ns = (total_ns - polls_ns) / ops;
+                self.overhead_per_op_ns = (7 * self.overhead_per_op_ns + sample_ns) / 8;
+            }
             (total_ns - polls_ns, ops, false)
         } else {
             (polls_ns - total_ns, polls_ns, true)

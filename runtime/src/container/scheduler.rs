@@ -166,6 +166,7 @@ impl<C: Clock> ContainerScheduler<C> {
                     last_cpu_ns: None,
                     overhead_ns: 0,
                     refunded_ns: 0,
+                    overhead_per_op_ns: 0,
                 }),
             }),
         })
@@ -207,10 +208,14 @@ impl<C: Clock> ContainerScheduler<C> {
 
     fn turn(&self, polls_max: usize, turn_ns: u64) -> Turn {
         let shared = &*self.shared;
-        let budget_ns = if shared.state.borrow().containers_live > 1 {
-            shared.config.turn_contended_ns.min(turn_ns)
-        } else {
-            turn_ns
+        let (budget_ns, overhead_per_op_ns) = {
+            let state = shared.state.borrow();
+            let budget_ns = if state.containers_live > 1 {
+                shared.config.turn_contended_ns.min(turn_ns)
+            } else {
+                turn_ns
+            };
+            (budget_ns, state.overhead_per_op_ns)
         };
         let start_ns = shared.clock.now_ns();
         let mut now_ns = start_ns;
@@ -221,7 +226,10 @@ impl<C: Clock> ContainerScheduler<C> {
                 Ok((end_ns, end_turn)) => {
                     now_ns = end_ns;
                     polls += 1;
-                    if end_turn || now_ns.saturating_sub(start_ns) >= budget_ns {
+                    // The budget counts the work each poll causes after the turn (its I/O's submission and
+                    // completion), so a saturated shard leaves ready work in the queues, where shares decide.
+                    let work_ns = now_ns.saturating_sub(start_ns) + polls as u64 * overhead_per_op_ns;
+                    if end_turn || work_ns >= budget_ns {
                         break;
                     }
                 }
@@ -255,7 +263,7 @@ impl<C: Clock> ContainerScheduler<C> {
         let (finished, end_turn) = shared
             .state
             .borrow_mut()
-            .finish_poll(key, future, waker, poll, cpu_ns);
+            .finish_poll(key, future, waker, poll, cpu_ns, end_ns);
         drop(finished);
         Ok((end_ns, end_turn))
     }

@@ -22,7 +22,7 @@
 //! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]), default 65,536 ([`TASKS_MAX_DEFAULT`]) | bounds the task table |
 //! | `queued_max` | 1..=1,048,576 per container, default 65,536 | bounds a ready queue at spawn |
 //! | `polls_per_turn`, `turn_ns` | 64 polls ([`POLLS_PER_TURN_DEFAULT`]), 1 ms ([`TURN_NS_DEFAULT`]) | bounds how long I/O completions wait for the scheduler |
-//! | `turn_contended_ns` | 50 µs ([`TURN_CONTENDED_NS_DEFAULT`]) while two or more containers have live tasks | bounds how long one container's completions wait behind another's polls |
+//! | `turn_contended_ns` | 25 µs ([`TURN_CONTENDED_NS_DEFAULT`]) while two or more containers have live tasks | bounds how long one container's completions wait behind another's polls |
 //! | `cpu_percent_max` | 0 (none) or 1..=100 per container, over `cap_period_ns` (10 ms, [`CAP_PERIOD_NS_DEFAULT`]) | a hard cap, enforced even on an idle shard |
 //! | `send_rate_bytes_per_second` | 0 (none) or up to 10 GB/s per connection | stored for the server's pacing |
 
@@ -42,9 +42,10 @@ pub const CONTAINERS_MAX_LIMIT: usize = 4_096;
 pub const POLLS_PER_TURN_DEFAULT: u32 = 64;
 /// Default time per turn before [`ContainerScheduler::run`](super::ContainerScheduler::run) yields to monoio: 1 ms.
 pub const TURN_NS_DEFAULT: u64 = 1_000_000;
-/// Default time per turn while more than one container has live tasks: 50 µs, so that the I/O completions of a
+/// Default work per turn (polls plus the loop work they cause) while more than one container has live tasks:
+/// 25 µs, so that the I/O completions of a
 /// container waiting behind a busy one are seen (and its writes submitted) within about that long.
-pub const TURN_CONTENDED_NS_DEFAULT: u64 = 50_000;
+pub const TURN_CONTENDED_NS_DEFAULT: u64 = 25_000;
 /// Default period over which `cpu_percent_max` is enforced: 10 ms (a container capped at 25% runs at most 2.5 ms of
 /// every 10 ms, debt carried over).
 pub const CAP_PERIOD_NS_DEFAULT: u64 = 10_000_000;
