@@ -82,9 +82,16 @@ fn drive(scheduler: &ContainerScheduler<ManualClock>, duration_ns: u64, loop_ns_
     let clock = scheduler.clock().clone();
     let end_ns = clock.now_ns() + duration_ns;
     while clock.now_ns() < end_ns {
-        let Turn { polls, refill_at_ns } = scheduler.run_turn();
+        let Turn {
+            polls,
+            refill_at_ns,
+            anticipating,
+        } = scheduler.run_turn();
         if polls > 0 {
             clock.advance_ns(loop_ns_per_poll * polls as u64);
+        } else if anticipating {
+            // The loop reaps (here: nothing arrives) and turns again.
+            clock.advance_ns(loop_ns_per_poll.max(1_000));
         } else if let Some(refill_ns) = refill_at_ns {
             clock.advance_idle_ns(refill_ns.saturating_sub(clock.now_ns()).max(1));
         } else {

@@ -37,6 +37,21 @@ use super::task::{
 
 /// How recently a container must have run to hold back a container ahead of it (`State::active_behind`): 1 ms.
 pub(super) const ACTIVE_WINDOW_NS: u64 = 1_000_000;
+/// How long the scheduler keeps an emptied container's turn open, reaping I/O instead of running a container
+/// ahead of it (`State::anticipated`): 50 µs after the emptied container's last poll.
+pub(super) const ANTICIPATION_NS: u64 = 50_000;
+
+/// Why `pick` chose no container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoPick {
+    /// No task is ready.
+    Idle,
+    /// Only containers over their `cpu_percent_max` budget have ready tasks; the first refills then.
+    Throttled { refill_at_ns: u64 },
+    /// The ready containers are ahead of one that just ran out of ready tasks and is likely to get one from the
+    /// next reap: let the loop reap first.
+    Anticipate,
+}
 
 pub(super) struct Container {
     pub(super) spec: ContainerSpec,
@@ -238,15 +253,21 @@ impl State {
     /// Puts containers without ready tasks to sleep and returns the awake one with the least vruntime whose
     /// `cpu_percent_max` budget is not spent at `now_ns`. `Err(Some(t))`: only throttled containers have ready
     /// tasks, the first refills at `t`; `Err(None)`: nothing is ready.
-    pub(super) fn pick(&mut self, now_ns: u64) -> Result<u32, Option<u64>> {
+    pub(super) fn pick(&mut self, now_ns: u64) -> Result<u32, NoPick> {
         if let [only] = self.awake[..] {
             // One awake container (the common case on a shard serving one class of work): no ranking.
             let c = &mut self.containers[only as usize];
             if !c.ready.is_empty() {
                 if let Some(until) = c.cap.throttled_until(now_ns) {
-                    return Err(Some(until));
+                    return Err(NoPick::Throttled {
+                        refill_at_ns: until,
+                    });
                 }
-                self.floor_vruntime = self.floor_vruntime.max(c.vruntime);
+                let vruntime = c.vruntime;
+                if self.containers_live > 1 && self.anticipated(only, now_ns) {
+                    return Err(NoPick::Anticipate);
+                }
+                self.floor_vruntime = self.floor_vruntime.max(vruntime);
                 return Ok(only);
             }
         }
@@ -272,10 +293,31 @@ impl State {
             }
         }
         let Some((vruntime, _, index)) = best else {
-            return Err(refill);
+            return Err(refill.map_or(NoPick::Idle, |refill_at_ns| NoPick::Throttled { refill_at_ns }));
         };
+        if self.containers_live > 1 && self.anticipated(index, now_ns) {
+            return Err(NoPick::Anticipate);
+        }
         self.floor_vruntime = self.floor_vruntime.max(vruntime);
         Ok(index)
+    }
+
+    /// True if a container behind `picked` by more than a contended turn of its own CPU ran out of ready tasks
+    /// less than [`ANTICIPATION_NS`] ago while it still has live tasks: its next request is most likely a
+    /// completion the next reap brings, and running the container ahead now would give it the behind one's time
+    /// (a closed-loop class whose clients are briefly slower than the shard would never get its share). Like
+    /// BFQ's idling for a synchronous queue: a short wait buys the share; it ends at once when the behind
+    /// container gets work, and after 50 µs without any.
+    fn anticipated(&self, picked: u32, now_ns: u64) -> bool {
+        let vruntime = self.containers[picked as usize].vruntime;
+        self.containers.iter().enumerate().any(|(index, c)| {
+            let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns);
+            index as u32 != picked
+                && c.vruntime.saturating_add(slack) < vruntime
+                && c.ready.is_empty()
+                && c.tasks_active > c.tasks_exempt
+                && now_ns.saturating_sub(c.last_poll_ns) <= ANTICIPATION_NS
+        })
     }
 
     /// Takes the next task to poll out of its slot: (key, future, waker), or why there is none (see `pick`).
@@ -283,7 +325,7 @@ impl State {
         &mut self,
         inbox: &Inbox,
         now_ns: u64,
-    ) -> Result<(TaskKey, TaskFuture, Waker), Option<u64>> {
+    ) -> Result<(TaskKey, TaskFuture, Waker), NoPick> {
         self.drain_inbox(inbox);
         loop {
             let container = self.pick(now_ns)?;
@@ -376,15 +418,14 @@ impl State {
 
 impl State {
     /// True if another *active* container — one with live tasks, none ready, polled within the last
-    /// [`ACTIVE_WINDOW_NS`] — is behind the polled one by more than one contended turn of the polled one's CPU
-    /// (`slack`): its next step is most likely an I/O completion not yet reaped, so the turn ends (the loop reaps)
-    /// rather than give its time to the container ahead. A container idle for longer (say, a class with idle
-    /// keep-alive connections) holds nobody back.
+    /// [`ACTIVE_WINDOW_NS`] — is behind the polled one by more than one contended turn of its own CPU: its next
+    /// step is most likely an I/O completion not yet reaped, so the turn ends (the loop reaps) rather than give its
+    /// time to the container ahead. A container idle for longer (say, a class with idle keep-alive connections)
+    /// holds nobody back.
     fn active_behind(&self, polled: u32, now_ns: u64) -> bool {
-        let ahead = &self.containers[polled as usize];
-        let slack = u128::from(self.wake_credit_ns) * u128::from(ahead.vruntime_per_ns);
-        let vruntime = ahead.vruntime;
+        let vruntime = self.containers[polled as usize].vruntime;
         self.containers.iter().enumerate().any(|(index, c)| {
+            let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns);
             index as u32 != polled
                 && c.vruntime.saturating_add(slack) < vruntime
                 && c.ready.is_empty()

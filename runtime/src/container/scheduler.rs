@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::clock::{Clock, MonotonicClock};
-use super::queue::{Container, State};
+use super::queue::{Container, NoPick, State};
 use super::spec::{
     check_range, ContainerError, ContainerId, LatencyClass, SchedulerConfig, CONTAINERS_MAX_LIMIT,
 };
@@ -93,6 +93,9 @@ pub struct Turn {
     pub polls: usize,
     /// With no poll: the clock time at which a throttled container's budget refills (`None`: nothing is ready).
     pub refill_at_ns: Option<u64>,
+    /// With no poll: the ready work was held back for a container likely to get work from the next reap; the
+    /// run loop yields to the I/O driver and turns again.
+    pub anticipating: bool,
 }
 
 pub(super) struct Shared<C> {
@@ -184,6 +187,7 @@ impl<C: Clock> ContainerScheduler<C> {
         self.poll_next(start_ns).is_ok()
     }
 
+
     /// Runs turns until no task is ready or about `polls_max` polls were made; returns the number of polls.
     pub fn run_until_idle(&self, polls_max: usize) -> usize {
         let mut polls = 0;
@@ -221,6 +225,7 @@ impl<C: Clock> ContainerScheduler<C> {
         let mut now_ns = start_ns;
         let mut polls = 0;
         let mut refill_at_ns = None;
+        let mut anticipating = false;
         while polls < polls_max {
             match self.poll_next(now_ns) {
                 Ok((end_ns, end_turn)) => {
@@ -233,8 +238,13 @@ impl<C: Clock> ContainerScheduler<C> {
                         break;
                     }
                 }
-                Err(refill) => {
-                    refill_at_ns = refill;
+                Err(NoPick::Idle) => break,
+                Err(NoPick::Throttled { refill_at_ns: at }) => {
+                    refill_at_ns = Some(at);
+                    break;
+                }
+                Err(NoPick::Anticipate) => {
+                    anticipating = true;
                     break;
                 }
             }
@@ -246,12 +256,13 @@ impl<C: Clock> ContainerScheduler<C> {
         Turn {
             polls,
             refill_at_ns: if polls == 0 { refill_at_ns } else { None },
+            anticipating: polls == 0 && anticipating,
         }
     }
 
     /// Polls the next task; `start_ns` is the clock reading taken when the previous poll ended. Returns the clock
     /// reading after this poll and whether the turn should end now, or why no task could be polled.
-    fn poll_next(&self, start_ns: u64) -> Result<(u64, bool), Option<u64>> {
+    fn poll_next(&self, start_ns: u64) -> Result<(u64, bool), NoPick> {
         let shared = &*self.shared;
         let (key, mut future, waker) = shared
             .state
@@ -304,7 +315,7 @@ impl<C: Clock> ContainerScheduler<C> {
                 timers.fire_due();
             }
             let turn = self.run_turn();
-            if turn.polls > 0 {
+            if turn.polls > 0 || turn.anticipating {
                 YieldNow { yielded: false }.await;
                 continue;
             }
