@@ -34,6 +34,22 @@
 //! How it runs (turns, yields to monoio, sleeping when idle) is in `scheduler.rs`; how wakes from any thread reach
 //! it is in `task.rs`.
 //!
+//! # Accounting: all of the work, not only the polls
+//! Polls are a quarter of a busy shard's CPU; the rest is the loop around them (I/O submission and completion, the
+//! kernel's part of each read and write). At the end of each turn that polled, the thread's CPU from the kernel
+//! ([`Clock::cpu_ns`], `CLOCK_THREAD_CPUTIME_ID`) since the last apportioning, less the polls' wall time, is
+//! charged to the containers by their operations since then (polls and inbox wakes); poll wall time the thread
+//! did not run (preemption) is refunded. The containers' CPU therefore sums to the thread's. Charges move the
+//! virtual runtime and the `cpu_percent_max` budget alike.
+//!
+//! # Control while containers contend
+//! While two or more containers have live tasks: a turn's work budget is `turn_contended_ns` (25 µs) counting each
+//! poll's expected loop work, so ready work waits in the queues where shares decide; a container that wakes from
+//! sleep starts at most one such turn of its own CPU behind the least awake one, and its first poll ends the turn;
+//! containers ahead of a container that is behind its share and ran out of ready tasks less than 50 µs ago wait
+//! while the loop reaps (anticipation, as BFQ idles for a synchronous queue). A container over its
+//! `cpu_percent_max` budget is not picked until its 10 ms period refills it, even on an idle shard.
+//!
 //! # Invariants
 //! Each file states its own; the ones a caller sees:
 //! - Per container: `tasks_active <= tasks_max` and, at spawn, `tasks_queued <= queued_max`; over either,
@@ -51,6 +67,9 @@
 //! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]) | bounds the task table |
 //! | `queued_max` | 1..=1,048,576 per container | bounds a ready queue at spawn |
 //! | `polls_per_turn`, `turn_ns` | 64 polls, 1 ms | bounds how long I/O completions wait for the scheduler |
+//! | `turn_contended_ns` | 25 µs of work while containers contend | bounds a container's wait behind another's polls |
+//! | anticipation | 50 µs after a behind-share container's last poll | a closed-loop class keeps its share |
+//! | `cpu_percent_max` | 0 (none) or 1..=100, over 10 ms periods | a hard cap, also on an idle shard |
 
 mod admission;
 mod clock;

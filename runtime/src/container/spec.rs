@@ -43,8 +43,8 @@ pub const POLLS_PER_TURN_DEFAULT: u32 = 64;
 /// Default time per turn before [`ContainerScheduler::run`](super::ContainerScheduler::run) yields to monoio: 1 ms.
 pub const TURN_NS_DEFAULT: u64 = 1_000_000;
 /// Default work per turn (polls plus the loop work they cause) while more than one container has live tasks:
-/// 25 µs, so that the I/O completions of a
-/// container waiting behind a busy one are seen (and its writes submitted) within about that long.
+/// 25 µs, so that the I/O completions of a container waiting behind a busy one are seen (and its writes
+/// submitted) within about that long.
 pub const TURN_CONTENDED_NS_DEFAULT: u64 = 25_000;
 /// Default period over which `cpu_percent_max` is enforced: 10 ms (a container capped at 25% runs at most 2.5 ms of
 /// every 10 ms, debt carried over).
