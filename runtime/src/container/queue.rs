@@ -463,8 +463,7 @@ impl State {
                 .iter()
                 .map(|&index| u64::from(self.containers[index as usize].turn_ops))
                 .sum();
-            if ops > 0 {
-                let sample_ns = (total_ns - polls_ns) / ops;
+            if let Some(sample_ns) = (total_ns - polls_ns).checked_div(ops) {
                 self.overhead_per_op_ns = (7 * self.overhead_per_op_ns + sample_ns) / 8;
             }
             (total_ns - polls_ns, ops, false)
