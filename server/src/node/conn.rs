@@ -310,7 +310,16 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
         .containers()
         .send_rate(shard.containers[conn.container]);
     let sent = if send_rate > 0 {
-        write_paced_answer(shard, &mut conn.stream, &mut conn.out, answer, send_rate).await
+        // Boxed: the paced path's state (pacer, segment list, file stream) would otherwise enlarge every
+        // request's future, which is built per request (measured: 3-4% of 4 KiB req/s on epoll).
+        Box::pin(write_paced_answer(
+            shard,
+            &mut conn.stream,
+            &mut conn.out,
+            answer,
+            send_rate,
+        ))
+        .await
     } else {
         write_answer(
             shard,
