@@ -167,6 +167,8 @@ before, after = parse(sys.argv[1]), parse(sys.argv[2])
 print(sum(after[k] - before.get(k, 0) for k in after))
 PY
 )
+    CPU_GOLD_US=$(python3 -c "import sys; b = dict(l.split('=') for l in sys.argv[1].split()); a = dict(l.split('=') for l in sys.argv[2].split()); print(int(a.get('gold', 0)) - int(b.get('gold', 0)))" "$before" "$after")
+    CPU_DEFAULT_US=$(python3 -c "import sys; b = dict(l.split('=') for l in sys.argv[1].split()); a = dict(l.split('=') for l in sys.argv[2].split()); print(int(a.get('default', 0)) - int(b.get('default', 0)))" "$before" "$after")
 }
 
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.3f}' if b else 'inf')" "$1" "$2"; }
@@ -194,7 +196,7 @@ for driver in $DRIVERS; do
                 "$URL/4k.html" >"$out"
             check_run "shares $pair $driver round $round" "$out"
             rows+=("$(jq '.classes.gold.requests_per_sec' "$out") $(jq '.classes.default.requests_per_sec' "$out") \
-$CPU_THREAD_NS $CPU_CONTAINERS_US $SOFTIRQ_TICKS")
+$CPU_THREAD_NS $CPU_CONTAINERS_US $SOFTIRQ_TICKS $CPU_GOLD_US $CPU_DEFAULT_US")
         done
         stop_server
         printf '%s\n' "${rows[@]}" | python3 -c "
@@ -209,6 +211,10 @@ thread_ns = sum(r[2] for r in rows); containers_us = sum(r[3] for r in rows); so
 print(f'{\"$pair\":<10} {pick[0]:10.0f} {pick[1]:10.0f} {median:8.3f} {target:8.3f} {\"ok\" if ok else \"MISSED\":>8} '
       f'{thread_ns / 1e6:12.0f} {containers_us / 1e3:12.0f} {100 * containers_us * 1e3 / thread_ns:9.1f} {softirq * 10:9.0f}')
 print(f'           ratios per round: {\" \".join(f\"{r:.2f}\" for r in ratios)}')
+cpu_ratios = sorted(r[5] / r[6] for r in rows if r[6] > 0)
+per_request = sorted((r[5] / r[0]) / (r[6] / r[1]) for r in rows if r[6] > 0 and r[1] > 0)
+print(f'           charged CPU ratio gold:default, median {statistics.median(cpu_ratios):.3f} (rounds: {\" \".join(f\"{r:.2f}\" for r in cpu_ratios)}); '
+      f'CPU per request gold/default {statistics.median(per_request):.3f}')
 "
     done
 

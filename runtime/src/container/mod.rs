@@ -46,7 +46,7 @@
 //! While two or more containers have live tasks: a turn's work budget is `turn_contended_ns` (25 µs) counting each
 //! poll's expected loop work, so ready work waits in the queues where shares decide; a container that wakes from
 //! sleep starts at most one such turn of its own CPU behind the least awake one, and its first poll ends the turn;
-//! containers ahead of a container that is behind its share and ran out of ready tasks less than 50 µs ago wait
+//! containers ahead of a container that is behind its share and ran out of ready tasks less than 25 µs ago wait
 //! while the loop reaps (anticipation, as BFQ idles for a synchronous queue). A container over its
 //! `cpu_percent_max` budget is not picked until its 10 ms period refills it, even on an idle shard.
 //!
@@ -68,7 +68,7 @@
 //! | `queued_max` | 1..=1,048,576 per container | bounds a ready queue at spawn |
 //! | `polls_per_turn`, `turn_ns` | 64 polls, 1 ms | bounds how long I/O completions wait for the scheduler |
 //! | `turn_contended_ns` | 25 µs of work while containers contend | bounds a container's wait behind another's polls |
-//! | anticipation | 50 µs after a behind-share container's last poll | a closed-loop class keeps its share |
+//! | anticipation | 25 µs after a behind-share container's last poll | a closed-loop class keeps its share |
 //! | `cpu_percent_max` | 0 (none) or 1..=100, over 10 ms periods | a hard cap, also on an idle shard |
 
 mod admission;

@@ -38,8 +38,8 @@ use super::task::{
 /// How recently a container must have run to hold back a container ahead of it (`State::active_behind`): 1 ms.
 pub(super) const ACTIVE_WINDOW_NS: u64 = 1_000_000;
 /// How long the scheduler keeps an emptied container's turn open, reaping I/O instead of running a container
-/// ahead of it (`State::anticipated`): 50 µs after the emptied container's last poll.
-pub(super) const ANTICIPATION_NS: u64 = 50_000;
+/// ahead of it (`State::anticipated`): 25 µs after the emptied container's last poll.
+pub(super) const ANTICIPATION_NS: u64 = 25_000;
 
 /// Why `pick` chose no container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +307,7 @@ impl State {
     /// completion the next reap brings, and running the container ahead now would give it the behind one's time
     /// (a closed-loop class whose clients are briefly slower than the shard would never get its share). Like
     /// BFQ's idling for a synchronous queue: a short wait buys the share; it ends at once when the behind
-    /// container gets work, and after 50 µs without any.
+    /// container gets work, and after 25 µs without any.
     fn anticipated(&self, picked: u32, now_ns: u64) -> bool {
         let vruntime = self.containers[picked as usize].vruntime;
         self.containers.iter().enumerate().any(|(index, c)| {
