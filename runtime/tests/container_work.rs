@@ -160,7 +160,7 @@ fn a_turn_is_short_while_containers_contend() {
     assert_eq!(scheduler.run_turn().polls, 64);
     let b = add(&scheduler, "b", 100);
     busy(&scheduler, b, 1, 10_000);
-    // b woke from sleep: it is picked first and its first poll ends the turn.
+    // b woke from sleep behind a (it has not run): it is picked first and its first poll ends the turn.
     assert_eq!(scheduler.run_turn().polls, 1);
     // Two live containers: the turn ends once 25 µs of polls ran (the poll that crosses it included).
     assert_eq!(

@@ -222,7 +222,9 @@ impl State {
             };
             c.vruntime = c.vruntime.max(least_awake.saturating_sub(credit));
             c.awake = true;
-            c.fresh = contended;
+            // Only a container behind the others (under its share) has its first poll end the turn: its response
+            // goes out at once. One ahead of its share gains nothing by it and would pay a loop turn per wake.
+            c.fresh = contended && c.vruntime < least_awake;
             self.awake.push(container);
         }
         self.containers[container as usize].ready.push_back(key);
