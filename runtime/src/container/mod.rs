@@ -45,10 +45,10 @@
 //! # Control while containers contend
 //! While two or more containers have live tasks: a turn's work budget is `turn_contended_ns` (25 µs) counting each
 //! poll's expected loop work, so ready work waits in the queues where shares decide; a container that wakes from
-//! sleep starts at most one such turn of its own CPU behind the least awake one, and its first poll ends the turn;
-//! containers ahead of a container that is behind its share and ran out of ready tasks less than 25 µs ago wait
-//! while the loop reaps (anticipation, as BFQ idles for a synchronous queue). A container over its
-//! `cpu_percent_max` budget is not picked until its 10 ms period refills it, even on an idle shard.
+//! sleep starts at most one such turn of its own CPU behind the least awake one, and if it woke behind, its first
+//! poll ends the turn; containers ahead of a container that is behind its share and ran out of ready tasks less
+//! than 25 µs ago wait while the loop reaps (anticipation, as BFQ idles for a synchronous queue). A container over
+//! its `cpu_percent_max` budget is not picked until its 10 ms period refills it, even on an idle shard.
 //!
 //! # Invariants
 //! Each file states its own; the ones a caller sees:
