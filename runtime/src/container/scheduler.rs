@@ -51,7 +51,8 @@ pub struct ContainerStats {
     pub tasks_max: u32,
     pub queued_max: u32,
     /// CPU time charged to the container (ns): its polls plus its part of the loop's work around them (I/O
-    /// submission and completion, the kernel's part of its reads and writes), apportioned by polls each turn.
+    /// submission and completion, the kernel's part of its reads and writes), apportioned by its operations (polls
+    /// and wakes) at the end of each turn that polled.
     pub cpu_ns: u64,
     /// CPU time of its polls alone (ns, by the scheduler's clock).
     pub poll_cpu_ns: u64,
@@ -202,9 +203,11 @@ impl<C: Clock> ContainerScheduler<C> {
     }
 
     /// One turn of [`run`](Self::run): polls up to `polls_per_turn` tasks within the turn's work budget
-    /// (`turn_ns`, or `turn_contended_ns` while two or more containers have live tasks), ending early after the
-    /// first poll of a container that woke from sleep meanwhile; then charges the thread's CPU outside the polls
-    /// since the last turn to the containers polled (module docs, "Accounting").
+    /// (`turn_ns`, or `turn_contended_ns` of polls plus their expected loop work while two or more containers have
+    /// live tasks), ending early after the first poll of a container that woke behind its share, or after a poll
+    /// while an active container behind its share has nothing ready; polls nothing while anticipating (see
+    /// `queue.rs`); then charges the thread's CPU outside the polls since the last apportioning to the containers
+    /// by their operations (module docs, "Accounting").
     pub fn run_turn(&self) -> Turn {
         let config = &self.shared.config;
         self.turn(config.polls_per_turn as usize, config.turn_ns)
