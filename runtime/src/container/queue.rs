@@ -304,21 +304,27 @@ impl State {
         Ok(index)
     }
 
-    /// True if a container behind `picked` by more than a contended turn of its own CPU ran out of ready tasks
-    /// less than [`ANTICIPATION_NS`] ago while it still has live tasks: its next request is most likely a
-    /// completion the next reap brings, and running the container ahead now would give it the behind one's time
-    /// (a closed-loop class whose clients are briefly slower than the shard would never get its share). Like
-    /// BFQ's idling for a synchronous queue: a short wait buys the share; it ends at once when the behind
-    /// container gets work, and after 25 µs without any.
+    /// Anticipation: true if a container behind `picked` by more than a contended turn of its own CPU ran out of
+    /// ready tasks less than [`ANTICIPATION_NS`] ago while it still has live tasks: its next request is most
+    /// likely a completion the next reap brings, and running the container ahead now would give it the behind
+    /// one's time (a closed-loop class whose clients are briefly slower than the shard would never get its
+    /// share). Like BFQ's idling for a synchronous queue: a short wait buys the share; it ends at once when the
+    /// behind container gets work, and after 25 µs without any.
     fn anticipated(&self, picked: u32, now_ns: u64) -> bool {
-        let vruntime = self.containers[picked as usize].vruntime;
+        self.behind_and_waiting(picked, now_ns, ANTICIPATION_NS)
+    }
+
+    /// True if another container with live tasks and none ready, polled within the last `window_ns`, is behind
+    /// `ahead` by more than one contended turn of its own CPU (the slack that sleeper credit may give it).
+    fn behind_and_waiting(&self, ahead: u32, now_ns: u64, window_ns: u64) -> bool {
+        let vruntime = self.containers[ahead as usize].vruntime;
         self.containers.iter().enumerate().any(|(index, c)| {
             let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns);
-            index as u32 != picked
+            index as u32 != ahead
                 && c.vruntime.saturating_add(slack) < vruntime
                 && c.ready.is_empty()
                 && c.tasks_active > c.tasks_exempt
-                && now_ns.saturating_sub(c.last_poll_ns) <= ANTICIPATION_NS
+                && now_ns.saturating_sub(c.last_poll_ns) <= window_ns
         })
     }
 
@@ -419,21 +425,12 @@ impl State {
 }
 
 impl State {
-    /// True if another *active* container — one with live tasks, none ready, polled within the last
-    /// [`ACTIVE_WINDOW_NS`] — is behind the polled one by more than one contended turn of its own CPU: its next
-    /// step is most likely an I/O completion not yet reaped, so the turn ends (the loop reaps) rather than give its
-    /// time to the container ahead. A container idle for longer (say, a class with idle keep-alive connections)
-    /// holds nobody back.
+    /// True if another *active* container — live tasks, none ready, polled within the last [`ACTIVE_WINDOW_NS`] —
+    /// is behind the polled one: its next step is most likely an I/O completion not yet reaped, so the turn ends
+    /// (the loop reaps) rather than give its time to the container ahead. A container idle for longer (say, a
+    /// class with idle keep-alive connections) holds nobody back.
     fn active_behind(&self, polled: u32, now_ns: u64) -> bool {
-        let vruntime = self.containers[polled as usize].vruntime;
-        self.containers.iter().enumerate().any(|(index, c)| {
-            let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns);
-            index as u32 != polled
-                && c.vruntime.saturating_add(slack) < vruntime
-                && c.ready.is_empty()
-                && c.tasks_active > c.tasks_exempt
-                && now_ns.saturating_sub(c.last_poll_ns) <= ACTIVE_WINDOW_NS
-        })
+        self.behind_and_waiting(polled, now_ns, ACTIVE_WINDOW_NS)
     }
 
     /// Counts one operation of `container` (a poll, or a wake from the inbox) for the apportioning.
