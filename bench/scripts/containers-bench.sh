@@ -148,7 +148,7 @@ check_run() {
 CLIENT_DRIVER=${CLIENT_DRIVER:-epoll}
 bench() { taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json "$@"; }
 
-# Stats window around a command: sets CPU_THREAD_NS, CPU_CONTAINERS_US, SOFTIRQ_TICKS.
+# Stats window around a command: sets CPU_THREAD_NS, CPU_CONTAINERS_US, CPU_GOLD_US, CPU_DEFAULT_US, SOFTIRQ_TICKS.
 measure_window() {
     local cpu0 soft0 before after
     before=$(container_cpu)
@@ -159,16 +159,16 @@ measure_window() {
     CPU_THREAD_NS=$(($(thread_cpu_ns) - cpu0))
     SOFTIRQ_TICKS=$(($(softirq_ticks) - soft0))
     after=$(container_cpu)
-    CPU_CONTAINERS_US=$(python3 - "$before" "$after" <<'PY'
+    # One parse of the two GetNode snapshots: all containers' CPU, then gold's and default's (µs).
+    read -r CPU_CONTAINERS_US CPU_GOLD_US CPU_DEFAULT_US < <(python3 - "$before" "$after" <<'PY'
 import sys
 def parse(text):
     return {k: int(v) for k, v in (line.split("=") for line in text.split() if "=" in line)}
 before, after = parse(sys.argv[1]), parse(sys.argv[2])
-print(sum(after[k] - before.get(k, 0) for k in after))
+delta = {k: after[k] - before.get(k, 0) for k in after}
+print(sum(delta.values()), delta.get("gold", 0), delta.get("default", 0))
 PY
 )
-    CPU_GOLD_US=$(python3 -c "import sys; b = dict(l.split('=') for l in sys.argv[1].split()); a = dict(l.split('=') for l in sys.argv[2].split()); print(int(a.get('gold', 0)) - int(b.get('gold', 0)))" "$before" "$after")
-    CPU_DEFAULT_US=$(python3 -c "import sys; b = dict(l.split('=') for l in sys.argv[1].split()); a = dict(l.split('=') for l in sys.argv[2].split()); print(int(a.get('default', 0)) - int(b.get('default', 0)))" "$before" "$after")
 }
 
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.3f}' if b else 'inf')" "$1" "$2"; }
