@@ -454,6 +454,22 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
+    /// A two-shard node with its control plane embedded, once its agent has registered.
+    fn start_registered(policy: PolicyKind) -> Fixture {
+        let fixture = start(
+            2,
+            policy,
+            ControlMode::Embedded {
+                listen: loopback_port_0(),
+                required: true,
+            },
+        );
+        wait_for("the agent registered", || {
+            (fixture.link.agent_stats().registrations >= 1).then_some(())
+        });
+        fixture
+    }
+
     fn start(shards: usize, policy: PolicyKind, mode: ControlMode) -> Fixture {
         let root = tempfile::tempdir().expect("tempdir");
         for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
@@ -632,19 +648,9 @@ mod tests {
 
     #[test]
     fn set_policy_reaches_the_node_and_pins_targets_to_shards() {
-        let fixture = start(
-            2,
-            PolicyKind::Wrr,
-            ControlMode::Embedded {
-                listen: loopback_port_0(),
-                required: true,
-            },
-        );
+        let fixture = start_registered(PolicyKind::Wrr);
         let addr = fixture.node.local_addr();
         let mut ctl = fixture.ctl();
-        wait_for("the agent registered", || {
-            (fixture.link.agent_stats().registrations >= 1).then_some(())
-        });
         let under_wrr: Vec<u32> = (0..4).map(|_| get(addr, "/a.txt").1).collect();
         assert!(
             under_wrr.contains(&0) && under_wrr.contains(&1),
@@ -673,18 +679,8 @@ mod tests {
 
     #[test]
     fn set_container_shares_reach_every_shard() {
-        let fixture = start(
-            2,
-            PolicyKind::Lard,
-            ControlMode::Embedded {
-                listen: loopback_port_0(),
-                required: true,
-            },
-        );
+        let fixture = start_registered(PolicyKind::Lard);
         let mut ctl = fixture.ctl();
-        wait_for("the agent registered", || {
-            (fixture.link.agent_stats().registrations >= 1).then_some(())
-        });
         ctl.set_container(pb::SetContainerRequest {
             container: Some(pb::Container {
                 name: "default".to_string(),
@@ -707,18 +703,8 @@ mod tests {
 
     #[test]
     fn set_container_cpu_cap_and_send_rate_reach_every_shard() {
-        let fixture = start(
-            2,
-            PolicyKind::Lard,
-            ControlMode::Embedded {
-                listen: loopback_port_0(),
-                required: true,
-            },
-        );
+        let fixture = start_registered(PolicyKind::Lard);
         let mut ctl = fixture.ctl();
-        wait_for("the agent registered", || {
-            (fixture.link.agent_stats().registrations >= 1).then_some(())
-        });
         let limits = pb::ContainerLimits {
             connections_max: 0,
             queued_work_max: 0,
