@@ -21,6 +21,7 @@
 # Every larder-bench run must report 0 errors and only 2xx responses, or the script stops naming the run.
 #
 # Usage: bench/scripts/containers-bench.sh                    (DURATION=4 ROUNDS=5 DRIVERS="uring epoll")
+#        PAIRS="1000:100" SECTIONS="1 2" bench/scripts/containers-bench.sh   (a subset: share pairs, sections 1 2 3 5)
 #        LARDER=target/release/larder LARDER_BENCH=target/release/larder-bench DURATION=8 bench/scripts/containers-bench.sh
 set -euo pipefail
 
@@ -28,6 +29,8 @@ DURATION=${DURATION:-4}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-1}
 DRIVERS=${DRIVERS:-"uring epoll"}
+PAIRS=${PAIRS:-"300:100 100:100 1000:100"}
+SECTIONS=${SECTIONS:-"1 2 3 5"}
 PORT=${PORT:-18490}
 GRPC_PORT=${GRPC_PORT:-18491}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -179,10 +182,11 @@ first_driver=1
 for driver in $DRIVERS; do
     echo
     echo "=== io driver: $driver"
-    echo "--- 1. share accuracy (gold and default, 64 keep-alive connections each; median of $ROUNDS rounds) and 4. accounting"
-    printf '%-10s %10s %10s %8s %8s %8s %12s %12s %9s %9s\n' shares gold_rps default_rps ratio target verdict \
+    section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+    section 1 && echo "--- 1. share accuracy (gold and default, 64 keep-alive connections each; median of $ROUNDS rounds) and 4. accounting"
+    section 1 && printf '%-10s %10s %10s %8s %8s %8s %12s %12s %9s %9s\n' shares gold_rps default_rps ratio target verdict \
         thread_ms containers_ms acct_% softirq_ms
-    for pair in 300:100 100:100 1000:100; do
+    section 1 && for pair in $PAIRS; do
         gold=${pair%%:*}
         default=${pair##*:}
         tolerance=0.10
@@ -218,6 +222,7 @@ print(f'           charged CPU ratio gold:default, median {statistics.median(cpu
 "
     done
 
+    if section 2; then
     echo "--- 2. premium under flood (gold 300 shares, 1 keep-alive connection at chrt -f 50; default 100 shares)"
     start_server "$driver" 300 100
     premium() {
@@ -251,7 +256,9 @@ print(f'           charged CPU ratio gold:default, median {statistics.median(cpu
             "$p99" "$(ratio "$p99" "$alone_p99")" "$(jq '.requests_per_sec' "$WORK/flood.json")" "$verdict"
     done
     stop_server
+    fi
 
+    if section 3; then
     echo "--- 3. CPU cap (default container cpu_percent_max = 25, alone, 64 keep-alive connections)"
     start_server "$driver" 300 100 25
     measure_window bench -d "${DURATION}s" -c 64 --timeout 0 "$URL/4k.html" >"$WORK/cap.json"
@@ -262,8 +269,9 @@ print(f'           charged CPU ratio gold:default, median {statistics.median(cpu
         "$(python3 -c "print(f'{100 * $CPU_THREAD_NS / $window_ns:.1f}')")" "$DURATION" \
         "$(python3 -c "print(f'{100 * $CPU_CONTAINERS_US * 1000 / $CPU_THREAD_NS:.1f}')")"
     stop_server
+    fi
 
-    if ((first_driver)); then
+    if section 5 && ((first_driver)); then
         first_driver=0
         echo "--- 5. pacing (container slow: 1 MiB/s per connection; trickle: 16 KiB/s)"
         start_server "$driver" 300 100

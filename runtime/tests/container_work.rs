@@ -321,3 +321,55 @@ fn poll_time_the_thread_did_not_run_is_refunded() {
     assert_eq!(after.poll_cpu_ns - before.poll_cpu_ns, polls * 6_000);
     assert!(scheduler.stats().refunded_ns >= polls * 4_000);
 }
+
+#[test]
+fn the_loop_turns_spent_anticipating_a_container_are_charged_to_it() {
+    // Gold (1000 shares) serves one closed-loop request at a time; the flood (100) always has work. When gold runs
+    // out of ready tasks while behind, the scheduler waits for it (anticipation) instead of running the flood: the
+    // loop's reaping meanwhile is gold's cost. Charged to the flood, it would push the flood below its share.
+    let scheduler = scheduler();
+    let clock = scheduler.clock().clone();
+    let flood = add(&scheduler, "flood", 100);
+    let gold = add(&scheduler, "gold", 1_000);
+    busy(&scheduler, flood, 64, 5_000);
+    let waker = Rc::new(Cell::new(None));
+    scheduler
+        .spawn(
+            gold,
+            Parked {
+                clock: clock.clone(),
+                cost_ns: 5_000,
+                waker: waker.clone(),
+                polls: Rc::new(Cell::new(0)),
+            },
+        )
+        .expect("below limits");
+    drive(&scheduler, 1_000_000, 5_000);
+    let mut anticipations = 0;
+    for round in 0..50 {
+        if let Some(waker) = waker.take() {
+            waker.wake();
+        }
+        // Turns (the loop's work between them: 5 µs per poll) until the scheduler anticipates gold.
+        let mut turns = 0;
+        while !scheduler.run_turn().anticipating {
+            clock.advance_ns(5_000);
+            turns += 1;
+            assert!(turns < 1_000, "round {round}: no anticipation in 1,000 turns");
+        }
+        // The loop reaps for 2 µs and nothing arrives: the next turn anticipates again and charges those 2 µs.
+        let before = scheduler.stats();
+        clock.advance_ns(2_000);
+        assert!(scheduler.run_turn().anticipating, "round {round}: still within the anticipation window");
+        let after = scheduler.stats();
+        let charged = |stats: &larder_runtime::container::SchedulerStats, id: ContainerId| stats.containers[id.index()].cpu_ns;
+        assert_eq!(
+            (charged(&after, gold) - charged(&before, gold), charged(&after, flood) - charged(&before, flood)),
+            (2_000, 0),
+            "round {round}: the reaping while anticipating gold is charged to gold alone"
+        );
+        anticipations += 1;
+        drive(&scheduler, 100_000, 5_000);
+    }
+    assert_eq!(anticipations, 50);
+}

@@ -40,6 +40,10 @@ pub(super) const ACTIVE_WINDOW_NS: u64 = 1_000_000;
 /// How long the scheduler keeps an emptied container's turn open, reaping I/O instead of running a container
 /// ahead of it (`State::anticipated`): 25 µs after the emptied container's last poll.
 pub(super) const ANTICIPATION_NS: u64 = 25_000;
+/// How far ahead of an active container behind it a polled container may run, in its own CPU, before the turn ends
+/// for the behind one (`State::active_behind`): 10 µs. A low-share container picked at last runs a few polls in
+/// its turn instead of one, so it does not pay a whole loop turn (a submission and a reap) per request.
+pub(super) const ACTIVE_SLICE_NS: u64 = 10_000;
 
 /// Why `pick` chose no container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +53,8 @@ pub(super) enum NoPick {
     /// Only containers over their `cpu_percent_max` budget have ready tasks; the first refills then.
     Throttled { refill_at_ns: u64 },
     /// The ready containers are ahead of one that just ran out of ready tasks and is likely to get one from the
-    /// next reap: let the loop reap first.
-    Anticipate,
+    /// next reap: let the loop reap first. `behind` is that container: the turns spent waiting are its cost.
+    Anticipate { behind: u32 },
 }
 
 pub(super) struct Container {
@@ -266,8 +270,10 @@ impl State {
                     });
                 }
                 let vruntime = c.vruntime;
-                if self.containers_live > 1 && self.anticipated(only, now_ns) {
-                    return Err(NoPick::Anticipate);
+                if self.containers_live > 1 {
+                    if let Some(behind) = self.anticipated(only, now_ns) {
+                        return Err(NoPick::Anticipate { behind });
+                    }
                 }
                 self.floor_vruntime = self.floor_vruntime.max(vruntime);
                 return Ok(only);
@@ -297,35 +303,48 @@ impl State {
         let Some((vruntime, _, index)) = best else {
             return Err(refill.map_or(NoPick::Idle, |refill_at_ns| NoPick::Throttled { refill_at_ns }));
         };
-        if self.containers_live > 1 && self.anticipated(index, now_ns) {
-            return Err(NoPick::Anticipate);
+        if self.containers_live > 1 {
+            if let Some(behind) = self.anticipated(index, now_ns) {
+                return Err(NoPick::Anticipate { behind });
+            }
         }
         self.floor_vruntime = self.floor_vruntime.max(vruntime);
         Ok(index)
     }
 
-    /// Anticipation: true if a container behind `picked` by more than a contended turn of its own CPU ran out of
+    /// Anticipation: a container behind `picked` by more than a contended turn of its own CPU ran out of
     /// ready tasks less than [`ANTICIPATION_NS`] ago while it still has live tasks: its next request is most
     /// likely a completion the next reap brings, and running the container ahead now would give it the behind
     /// one's time (a closed-loop class whose clients are briefly slower than the shard would never get its
     /// share). Like BFQ's idling for a synchronous queue: a short wait buys the share; it ends at once when the
-    /// behind container gets work, and after 25 µs without any.
-    fn anticipated(&self, picked: u32, now_ns: u64) -> bool {
-        self.behind_and_waiting(picked, now_ns, ANTICIPATION_NS)
+    /// behind container gets work, and after 25 µs without any. Returns the behind container, which pays for the
+    /// turns spent waiting ([`State::charge_anticipation`]).
+    fn anticipated(&self, picked: u32, now_ns: u64) -> Option<u32> {
+        self.behind_and_waiting(picked, now_ns, ANTICIPATION_NS, 0)
     }
 
-    /// True if another container with live tasks and none ready, polled within the last `window_ns`, is behind
-    /// `ahead` by more than one contended turn of its own CPU (the slack that sleeper credit may give it).
-    fn behind_and_waiting(&self, ahead: u32, now_ns: u64, window_ns: u64) -> bool {
-        let vruntime = self.containers[ahead as usize].vruntime;
-        self.containers.iter().enumerate().any(|(index, c)| {
-            let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns);
+    /// The first other container with live tasks and none ready, polled within the last `window_ns`, that is
+    /// behind `ahead` by more than one contended turn of its own CPU (the slack that sleeper credit may give it)
+    /// plus `ahead_slice_ns` of `ahead`'s CPU.
+    fn behind_and_waiting(
+        &self,
+        ahead: u32,
+        now_ns: u64,
+        window_ns: u64,
+        ahead_slice_ns: u64,
+    ) -> Option<u32> {
+        let ahead_container = &self.containers[ahead as usize];
+        let vruntime = ahead_container.vruntime;
+        let slice = u128::from(ahead_slice_ns) * u128::from(ahead_container.vruntime_per_ns);
+        let behind = self.containers.iter().enumerate().position(|(index, c)| {
+            let slack = u128::from(self.wake_credit_ns) * u128::from(c.vruntime_per_ns) + slice;
             index as u32 != ahead
                 && c.vruntime.saturating_add(slack) < vruntime
                 && c.ready.is_empty()
                 && c.tasks_active > c.tasks_exempt
                 && now_ns.saturating_sub(c.last_poll_ns) <= window_ns
-        })
+        });
+        behind.map(|index| index as u32)
     }
 
     /// Takes the next task to poll out of its slot: (key, future, waker), or why there is none (see `pick`).
@@ -430,7 +449,8 @@ impl State {
     /// (the loop reaps) rather than give its time to the container ahead. A container idle for longer (say, a
     /// class with idle keep-alive connections) holds nobody back.
     fn active_behind(&self, polled: u32, now_ns: u64) -> bool {
-        self.behind_and_waiting(polled, now_ns, ACTIVE_WINDOW_NS)
+        self.behind_and_waiting(polled, now_ns, ACTIVE_WINDOW_NS, ACTIVE_SLICE_NS)
+            .is_some()
     }
 
     /// Counts one operation of `container` (a poll, or a wake from the inbox) for the apportioning.
@@ -500,6 +520,19 @@ impl State {
         self.clear_turn();
     }
 
+    /// Ends a turn that polled nothing because it anticipated `behind`: the thread's CPU since the last
+    /// apportioning (the loop reaping while it waits, and the submission after the last polling turn) is charged to
+    /// `behind` alone. The wait was for it, and the container the wait held back must not pay for it.
+    /// Operations counted meanwhile (wakes) stay for the next apportioning.
+    pub(super) fn charge_anticipation(&mut self, cpu_now_ns: u64, behind: u32) {
+        let Some(last) = self.last_cpu_ns.replace(cpu_now_ns) else {
+            return;
+        };
+        let amount_ns = cpu_now_ns.saturating_sub(last);
+        self.containers[behind as usize].charge(amount_ns);
+        self.overhead_ns += amount_ns;
+    }
+
     fn clear_turn(&mut self) {
         for &index in &self.turn_containers {
             let c = &mut self.containers[index as usize];
@@ -541,3 +574,4 @@ impl State {
         })
     }
 }
+

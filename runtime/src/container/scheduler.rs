@@ -228,7 +228,7 @@ impl<C: Clock> ContainerScheduler<C> {
         let mut now_ns = start_ns;
         let mut polls = 0;
         let mut refill_at_ns = None;
-        let mut anticipating = false;
+        let mut anticipated = None;
         while polls < polls_max {
             match self.poll_next(now_ns) {
                 Ok((end_ns, end_turn)) => {
@@ -246,8 +246,8 @@ impl<C: Clock> ContainerScheduler<C> {
                     refill_at_ns = Some(at);
                     break;
                 }
-                Err(NoPick::Anticipate) => {
-                    anticipating = true;
+                Err(NoPick::Anticipate { behind }) => {
+                    anticipated = Some(behind);
                     break;
                 }
             }
@@ -255,11 +255,14 @@ impl<C: Clock> ContainerScheduler<C> {
         if polls > 0 {
             let cpu_ns = shared.clock.cpu_ns();
             shared.state.borrow_mut().charge_overhead(cpu_ns);
+        } else if let Some(behind) = anticipated {
+            let cpu_ns = shared.clock.cpu_ns();
+            shared.state.borrow_mut().charge_anticipation(cpu_ns, behind);
         }
         Turn {
             polls,
             refill_at_ns: if polls == 0 { refill_at_ns } else { None },
-            anticipating: polls == 0 && anticipating,
+            anticipating: polls == 0 && anticipated.is_some(),
         }
     }
 
