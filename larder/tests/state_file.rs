@@ -214,3 +214,147 @@ fn settings_survive_a_sigkill_of_the_control_plane_and_reach_the_nodes_again() {
     assert_eq!(serving.terminate(), 0);
     assert_eq!(plane.terminate(), 0);
 }
+
+#[test]
+fn serve_state_keeps_the_embedded_planes_settings_across_a_sigkill_of_the_node() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("a.txt"), "a").expect("write");
+    let settings = tempfile::tempdir().expect("tempdir");
+    let state = settings.path().join("state.json");
+    let config = settings.path().join("node.toml");
+    std::fs::write(&config, NODE_CONFIG).expect("write config");
+    let embedded = |listen: &str| {
+        let args = [
+            "serve",
+            "--listen",
+            listen,
+            "--cores",
+            "1",
+            "--control",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().expect("utf-8 path"),
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            root.path().to_str().expect("utf-8 path"),
+        ];
+        let mut node = Process::spawn(&args);
+        let http = node.word_after("serving on http://");
+        let control = node.word_after("control plane on ");
+        wait_for("ListNodes shows the node up", || {
+            listed_up(&control, &http).is_some()
+        });
+        (node, http, control)
+    };
+
+    let (serving, http, control) = embedded("127.0.0.1:0");
+    let mut operator = ctl(&control);
+    operator.drain(&http).expect("Drain");
+    operator
+        .set_container(pb::SetContainerRequest {
+            container: Some(pb::Container {
+                name: "gold".to_string(),
+                shares: GOLD_SHARES_SET,
+                limits: Some(pb::ContainerLimits {
+                    connections_max: 1,
+                    ..pb::ContainerLimits::default()
+                }),
+            }),
+            create: false,
+        })
+        .expect("SetContainer");
+    drop(operator);
+    wait_for("the node applies gold's limit", || {
+        second_connection_refused(&http)
+    });
+    serving.kill();
+
+    // The same address (node id), configuration and state file: the file wins over the configured gold.
+    let (serving, again, control) = embedded(&http);
+    assert_eq!(again, http);
+    let gold = gold(&control);
+    assert_eq!(
+        gold.shares, GOLD_SHARES_SET,
+        "not the configured {GOLD_SHARES_CONFIGURED}"
+    );
+    assert_eq!(gold.limits.map(|limits| limits.connections_max), Some(1));
+    let node = listed_up(&control, &http).expect("listed");
+    assert!(node.drained, "{node:?}");
+    wait_for("the node applies the restored limit", || {
+        second_connection_refused(&http)
+    });
+    assert_eq!(serving.terminate(), 0);
+}
+
+/// Runs `larder ARGS` to its end: the exit code and stderr.
+fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("larder runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_state_file_stops_control_and_serve_naming_the_file_and_the_field() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = root.path().join("state.json");
+    let path = state.to_str().expect("utf-8 path");
+    let policy = r#"{"kind": "lard", "lard": {"t_low": 25, "t_high": 65, "k_ms": 20000}, "balance_factor": 1.25,
+        "vnodes_per_server": 160, "targets_max": 1000000, "target_idle_ms": 600000}"#;
+    let zero_weight = format!(
+        r#"{{"version": 1, "policy": {policy}, "containers": [],
+            "nodes": [{{"node_id": "127.0.0.1:8080", "weight": 0, "drained": false}}]}}"#
+    );
+    std::fs::write(&state, &zero_weight).expect("write");
+    let control = ["control", "--listen", "127.0.0.1:0", "--state", path];
+    let (code, stderr) = run_to_end(&control);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(path) && stderr.contains("nodes[0].weight"),
+        "{stderr}"
+    );
+    let served = root.path().to_str().expect("utf-8 path");
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--control",
+        "127.0.0.1:0",
+        "--state",
+        path,
+        served,
+    ];
+    let (code, stderr) = run_to_end(&serve);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(path) && stderr.contains("nodes[0].weight"),
+        "{stderr}"
+    );
+
+    std::fs::write(&state, &zero_weight[..zero_weight.len() / 2]).expect("write");
+    let (code, stderr) = run_to_end(&control);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(path) && stderr.contains("EOF"), "{stderr}");
+
+    let (code, stderr) = run_to_end(&[
+        "serve",
+        "--join",
+        "127.0.0.1:50051",
+        "--state",
+        path,
+        served,
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--state") && stderr.contains("--join"),
+        "{stderr}"
+    );
+}
