@@ -35,7 +35,7 @@
 //!    (it never falls back to defaults, which would silently undo the operator's changes).
 //!
 //! # Writing ([`StateFile::save`], after every accepted change)
-//! 1. Encode the whole [`Settings`] (at most ~300 KB: 256 containers and 1024 node ids of at most 128 bytes).
+//! 1. Encode the whole [`Settings`] (at most 311 KB: 256 containers and 1024 node ids, names of 128 bytes).
 //! 2. Write it to `.<name>.tmp` in the file's own directory (same file system, so the rename is atomic),
 //!    truncating what an earlier crash may have left there, and fsync it.
 //! 3. Rename it over the file: a reader (or the next start) sees either the old file or the new one, whole.
@@ -47,7 +47,7 @@
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
-//! | [`STATE_FILE_BYTES_MAX`] | 1 MiB | over three times the largest valid file; refuses a wrong path (a log, a disk image) quickly |
+//! | [`STATE_FILE_BYTES_MAX`] | 1 MiB | over three times the largest valid file (311 KB); refuses a wrong path (a log, a disk image) quickly |
 //! | containers | 256 ([`crate::state::CONTAINERS_MAX`]) | the state's own table limit |
 //! | node ids | 1024 ([`crate::state::NODES_MAX`]) | the state's own registry limit |
 
@@ -588,6 +588,43 @@ mod tests {
             matches!(error, StateFileError::NoDirectory { .. }),
             "{error}"
         );
+    }
+
+    /// The limit has room: the largest valid settings (every table full, every name and number at its longest)
+    /// encode well under it, so any file the control plane writes is one it reads back.
+    #[test]
+    fn the_largest_valid_file_fits_under_the_read_limit() {
+        use crate::state::{CONTAINERS_MAX, NAME_BYTES_MAX, NODES_MAX};
+        let name = |index: usize| format!("{index:0>width$}", width = NAME_BYTES_MAX);
+        let largest = Settings {
+            policy: PolicyConfig::default(),
+            containers: (0..CONTAINERS_MAX)
+                .map(|index| Container {
+                    name: ContainerName(name(index)),
+                    shares: u32::MAX,
+                    limits: ContainerLimits {
+                        connections_max: u64::MAX,
+                        queued_work_max: u64::MAX,
+                        cpu_percent_max: 100,
+                        send_rate_bytes_per_second: 10_000_000_000,
+                    },
+                })
+                .collect(),
+            nodes: (0..NODES_MAX)
+                .map(|index| NodeSettings {
+                    node_id: NodeId(name(index)),
+                    weight: 256,
+                    drained: true,
+                })
+                .collect(),
+        };
+        largest.validate().expect("valid");
+        let bytes = encode(&largest).len() as u64;
+        assert!(
+            bytes * 2 < STATE_FILE_BYTES_MAX,
+            "{bytes} bytes: the limit of {STATE_FILE_BYTES_MAX} leaves too little room"
+        );
+        assert_eq!(decode(&encode(&largest)), Ok(largest));
     }
 
     /// A crash after the temporary file is written and before the rename: the old file is whole and loads; the
