@@ -33,6 +33,28 @@ container = "gold"
 network = "127.0.0.0/8"
 "#;
 
+/// The served directory (with /a.txt), the state file's path (no file yet) and the node's configuration.
+struct Files {
+    root: tempfile::TempDir,
+    state: std::path::PathBuf,
+    config: std::path::PathBuf,
+    _settings: tempfile::TempDir,
+}
+
+fn files() -> Files {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("a.txt"), "a").expect("write");
+    let settings = tempfile::tempdir().expect("tempdir");
+    let config = settings.path().join("node.toml");
+    std::fs::write(&config, NODE_CONFIG).expect("write config");
+    Files {
+        root,
+        state: settings.path().join("state.json"),
+        config,
+        _settings: settings,
+    }
+}
+
 fn node(control: &str, listen: &str, config: &Path, root: &Path) -> (Process, String) {
     let args = [
         "serve",
@@ -107,6 +129,28 @@ fn second_connection_refused(http: &str) -> bool {
     refused
 }
 
+/// Drains the node and sets gold's shares and a `connections_max` of 1, then waits until the node applies them.
+fn drain_and_limit_gold(control: &str, http: &str) {
+    let mut operator = ctl(control);
+    operator.drain(http).expect("Drain");
+    operator
+        .set_container(pb::SetContainerRequest {
+            container: Some(pb::Container {
+                name: "gold".to_string(),
+                shares: GOLD_SHARES_SET,
+                limits: Some(pb::ContainerLimits {
+                    connections_max: 1,
+                    ..pb::ContainerLimits::default()
+                }),
+            }),
+            create: false,
+        })
+        .expect("SetContainer");
+    wait_for("the node applies gold's limit", || {
+        second_connection_refused(http)
+    });
+}
+
 fn assert_settings(control: &str, http: &str) {
     let policy = ctl(control).get_policy().expect("GetPolicy");
     assert_eq!(
@@ -130,12 +174,12 @@ fn assert_settings(control: &str, http: &str) {
 
 #[test]
 fn settings_survive_a_sigkill_of_the_control_plane_and_reach_the_nodes_again() {
-    let root = tempfile::tempdir().expect("tempdir");
-    std::fs::write(root.path().join("a.txt"), "a").expect("write");
-    let settings = tempfile::tempdir().expect("tempdir");
-    let state = settings.path().join("state.json");
-    let config = settings.path().join("node.toml");
-    std::fs::write(&config, NODE_CONFIG).expect("write config");
+    let Files {
+        root,
+        state,
+        config,
+        _settings,
+    } = files();
 
     let (plane, control) = control_plane("127.0.0.1:0", &state);
     let (mut serving, http) = node(&control, "127.0.0.1:0", &config, root.path());
@@ -150,8 +194,7 @@ fn settings_survive_a_sigkill_of_the_control_plane_and_reach_the_nodes_again() {
     );
     assert!(!second_connection_refused(&http), "no limit configured");
 
-    let mut operator = ctl(&control);
-    operator
+    ctl(&control)
         .set_policy(pb::SetPolicyRequest {
             policy: Some(pb::Policy {
                 kind: pb::PolicyKind::Wrr as i32,
@@ -163,24 +206,7 @@ fn settings_survive_a_sigkill_of_the_control_plane_and_reach_the_nodes_again() {
             }],
         })
         .expect("SetPolicy");
-    operator.drain(&http).expect("Drain");
-    operator
-        .set_container(pb::SetContainerRequest {
-            container: Some(pb::Container {
-                name: "gold".to_string(),
-                shares: GOLD_SHARES_SET,
-                limits: Some(pb::ContainerLimits {
-                    connections_max: 1,
-                    ..pb::ContainerLimits::default()
-                }),
-            }),
-            create: false,
-        })
-        .expect("SetContainer");
-    drop(operator);
-    wait_for("the node applies gold's limit", || {
-        second_connection_refused(&http)
-    });
+    drain_and_limit_gold(&control, &http);
     assert_settings(&control, &http);
 
     // 1. The control plane dies without a chance to write anything more.
@@ -217,12 +243,12 @@ fn settings_survive_a_sigkill_of_the_control_plane_and_reach_the_nodes_again() {
 
 #[test]
 fn serve_state_keeps_the_embedded_planes_settings_across_a_sigkill_of_the_node() {
-    let root = tempfile::tempdir().expect("tempdir");
-    std::fs::write(root.path().join("a.txt"), "a").expect("write");
-    let settings = tempfile::tempdir().expect("tempdir");
-    let state = settings.path().join("state.json");
-    let config = settings.path().join("node.toml");
-    std::fs::write(&config, NODE_CONFIG).expect("write config");
+    let Files {
+        root,
+        state,
+        config,
+        _settings,
+    } = files();
     let embedded = |listen: &str| {
         let args = [
             "serve",
@@ -248,25 +274,7 @@ fn serve_state_keeps_the_embedded_planes_settings_across_a_sigkill_of_the_node()
     };
 
     let (serving, http, control) = embedded("127.0.0.1:0");
-    let mut operator = ctl(&control);
-    operator.drain(&http).expect("Drain");
-    operator
-        .set_container(pb::SetContainerRequest {
-            container: Some(pb::Container {
-                name: "gold".to_string(),
-                shares: GOLD_SHARES_SET,
-                limits: Some(pb::ContainerLimits {
-                    connections_max: 1,
-                    ..pb::ContainerLimits::default()
-                }),
-            }),
-            create: false,
-        })
-        .expect("SetContainer");
-    drop(operator);
-    wait_for("the node applies gold's limit", || {
-        second_connection_refused(&http)
-    });
+    drain_and_limit_gold(&control, &http);
     serving.kill();
 
     // The same address (node id), configuration and state file: the file wins over the configured gold.
