@@ -6,6 +6,8 @@
 //! - [`state`]: the cluster state in domain types (node registry, latest load per
 //!   shard, down detection, policy, weights, drain flags, containers, steering
 //!   version). Pure: time is an argument.
+//! - [`persist`]: the state file — the operator's run-time settings written
+//!   atomically after every change and read back at start.
 //! - [`convert`]: protobuf ↔ domain conversions; prost types stop here.
 //! - [`auth`]: bearer token / loopback-only rules for mutations.
 //! - [`server`]: [`ControlPlane::spawn`] runs `larder.v1.Control`,
@@ -37,6 +39,7 @@ pub mod auth;
 mod background;
 pub mod client;
 pub mod convert;
+pub mod persist;
 pub mod server;
 pub mod state;
 

@@ -4,7 +4,8 @@
 //! control plane uses at most one core.
 //!
 //! # Start-up ([`ControlPlane::spawn`])
-//! 1. Validate the configuration into a [`ClusterState`] (fails before any thread).
+//! 1. Read the state file, if one is configured, and validate it with the
+//!    configuration into a [`ClusterState`] (fails before any thread).
 //! 2. Start the thread `larder-control`, build the runtime, bind the listener there
 //!    (tokio sets SO_REUSEADDR, so a restarted control plane can take the same port)
 //!    and send the bound address back; the caller's `spawn` returns only then.
@@ -24,8 +25,30 @@
 //! [`Steering`] is published on a `tokio::sync::watch` channel; every WatchSteering
 //! stream sends the latest one (intermediate versions may be skipped: nodes apply
 //! the latest).
+//!
+//! # State file ([`ControlConfig::state_file`], format in [`crate::persist`])
+//! 1. At start the file's settings are read and validated before any thread starts;
+//!    they win over the configured policy and over configured containers of the same
+//!    name (a run-time change outlives the start-up default it replaced), and node
+//!    ids' weights and drain flags wait for their nodes to register. A bad file stops
+//!    the start with an error naming the file and the field; a missing one means
+//!    "start from the configuration".
+//! 2. An operator's change (SetPolicy, Drain, Undrain, SetContainer) is applied, then
+//!    the whole settings are saved, still under the state lock, before the answer
+//!    and before nodes see the new steering. If the save fails, the change is rolled
+//!    back to the checkpoint taken before it and refused with `UNAVAILABLE` naming
+//!    the file (logged too): an answered change is a durable one, and a refused one
+//!    changed nothing. The save costs two fsyncs (file, directory), a few ms during
+//!    which this thread answers nothing else; operator changes are rare.
+//! 3. A registration that adds a node's own containers is saved too, but a failure
+//!    there is only logged: the node brings the same containers at every
+//!    registration, so refusing the node would cost more than it protects.
+//! 4. Nodes need no extra step to get the restored settings: every control-plane
+//!    instance has its own steering epoch, and agents apply any steering of a new
+//!    epoch, whatever its version (see [`crate::agent`], step 3).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -43,6 +66,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
+use crate::persist::{StateFile, StateFileError};
 use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Steering};
 
 /// Default interval of node load reports.
@@ -126,6 +150,9 @@ pub struct ControlConfig {
     pub clock: Arc<dyn Clock>,
     /// How long nodes may use an Assign answer (1 ms..=1 h; default 1000 ms).
     pub assign_ttl: Duration,
+    /// Where the operator's run-time settings are kept across restarts (module docs, "State file");
+    /// `None`: they last as long as the process.
+    pub state_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -139,6 +166,7 @@ impl std::fmt::Debug for ControlConfig {
             .field("containers", &self.containers)
             .field("epoch", &self.epoch)
             .field("assign_ttl", &self.assign_ttl)
+            .field("state_file", &self.state_file)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +184,7 @@ impl ControlConfig {
             epoch: None,
             clock: Arc::new(SystemClock),
             assign_ttl: ASSIGN_TTL_DEFAULT,
+            state_file: None,
         }
     }
 }
@@ -165,6 +194,8 @@ impl ControlConfig {
 pub enum ControlError {
     #[error("invalid configuration: {0}")]
     Config(#[from] StateError),
+    #[error("{0}")]
+    StateFile(#[from] StateFileError),
     #[error("cannot start the control-plane thread or runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
@@ -188,6 +219,16 @@ struct Shared {
     auth: Authorizer,
     shutdown: watch::Receiver<bool>,
     assign_ttl_ms: u64,
+    store: Option<StateFile>,
+}
+
+/// What happens to a settings change when the state file cannot be written (module docs, "State file").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// An operator's change: rolled back and refused.
+    Required,
+    /// A node's own call: kept, the failure logged.
+    BestEffort,
 }
 
 impl Shared {
@@ -207,17 +248,44 @@ impl Shared {
         query(&state, now)
     }
 
-    /// Runs a mutation and pushes the steering if its version moved.
+    /// Runs a mutation, saves the settings if they changed (module docs, "State file")
+    /// and pushes the steering if its version moved.
     fn mutate<T>(
         &self,
+        durability: Durability,
         mutation: impl FnOnce(&mut ClusterState, Instant) -> Result<T, StateError>,
     ) -> Result<T, Status> {
         let now = self.clock.now();
         let mut state = self.lock();
         let before = state.version();
+        let revision = state.settings_revision();
+        // Only operator changes pay for a checkpoint (a copy of the settings); they are rare.
+        let checkpoint = (durability == Durability::Required && self.store.is_some())
+            .then(|| state.checkpoint());
         // No down detection here: it is O(nodes) and this is the report hot path;
         // the sweeper and every read run it.
         let outcome = mutation(&mut state, now);
+        if state.settings_revision() != revision {
+            if let Some(Err(error)) = self
+                .store
+                .as_ref()
+                .map(|store| store.save(&state.settings()))
+            {
+                match checkpoint {
+                    Some(checkpoint) => {
+                        state.rollback(checkpoint);
+                        tracing::error!(%error, "change refused: the state file cannot be written");
+                        return Err(Status::unavailable(format!(
+                            "{error}; the change was not applied"
+                        )));
+                    }
+                    None => tracing::error!(
+                        %error,
+                        "the state file cannot be written; the change applies until the control plane restarts"
+                    ),
+                }
+            }
+        }
         if state.version() != before {
             self.publish(&state);
         }
@@ -287,7 +355,9 @@ impl ControlService {
             .auth
             .check_request(CallClass::OperatorMutation, &request)?;
         let id = node_id("node_id", node_id_of(request.into_inner()))?;
-        let version = self.0.mutate(|state, _| state.set_drained(&id, drained))?;
+        let version = self.0.mutate(Durability::Required, |state, _| {
+            state.set_drained(&id, drained)
+        })?;
         tracing::info!(node = %id, drained, steering_version = version, "drain changed");
         Ok(Response::new(pb::DrainResponse {
             steering_version: version,
@@ -385,9 +455,9 @@ impl Control for ControlService {
             let id = node_id(&format!("node_weights[{index}].node_id"), weight.node_id)?;
             weights.push((id, weight.weight));
         }
-        let version = self
-            .0
-            .mutate(|state, _| state.set_policy(update, weights))?;
+        let version = self.0.mutate(Durability::Required, |state, _| {
+            state.set_policy(update, weights)
+        })?;
         tracing::info!(steering_version = version, "policy changed");
         Ok(Response::new(pb::SetPolicyResponse {
             steering_version: version,
@@ -442,9 +512,9 @@ impl Control for ControlService {
         let request = request.into_inner();
         let container = convert::container("container", request.container)?;
         let name = container.name.0.clone();
-        let version = self
-            .0
-            .mutate(|state, _| state.set_container(container, request.create))?;
+        let version = self.0.mutate(Durability::Required, |state, _| {
+            state.set_container(container, request.create)
+        })?;
         tracing::info!(container = %name, steering_version = version, "container changed");
         Ok(Response::new(pb::SetContainerResponse {
             steering_version: version,
@@ -467,7 +537,7 @@ impl NodeService for NodeServiceImpl {
         for item in request.containers {
             containers.push(convert::container("containers", Some(item))?);
         }
-        let (steering, interval) = self.0.mutate(|state, now| {
+        let (steering, interval) = self.0.mutate(Durability::BestEffort, |state, now| {
             let steering = state.register(now, info, containers)?;
             Ok((steering, state.report_interval()))
         })?;
@@ -495,7 +565,9 @@ impl NodeService for NodeServiceImpl {
             };
             let Some(report) = report else { break };
             let report = convert::load_report(report);
-            self.0.mutate(|state, now| state.report(now, report))?;
+            self.0.mutate(Durability::BestEffort, |state, now| {
+                state.report(now, report)
+            })?;
             accepted += 1;
         }
         Ok(Response::new(pb::ReportLoadResponse {
@@ -610,18 +682,41 @@ impl ControlPlane {
                 reason: format!("{:?} is outside 1 ms..=1 h", config.assign_ttl),
             }));
         }
+        let store = config.state_file.clone().map(StateFile::new);
+        let saved = match &store {
+            Some(store) => store.load()?,
+            None => None,
+        };
+        if let (Some(store), Some(saved)) = (&store, &saved) {
+            if saved.policy != config.policy {
+                tracing::warn!(
+                    state_file = %store.path().display(),
+                    configured = %config.policy.kind,
+                    saved = %saved.policy.kind,
+                    "the policy saved in the state file (a run-time change) replaces the configured one"
+                );
+            }
+            tracing::info!(
+                state_file = %store.path().display(),
+                policy = %saved.policy.kind,
+                containers = saved.containers.len(),
+                node_settings = saved.nodes.len(),
+                "restored the operator's settings"
+            );
+        }
         let state = ClusterState::new(StateConfig {
             epoch: config.epoch.unwrap_or_else(default_epoch),
             report_interval: config.report_interval,
             down_after_intervals: config.down_after_intervals,
             policy: config.policy.clone(),
             containers: config.containers.clone(),
+            saved,
         })?;
         let (bound_sender, bound_receiver) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("larder-control".to_string())
-            .spawn(move || serve_on_this_thread(config, state, bound_sender, stopped))
+            .spawn(move || serve_on_this_thread(config, state, store, bound_sender, stopped))
             .map_err(ControlError::Runtime)?;
         match bound_receiver.recv() {
             Ok(local_addr) => Ok(ControlHandle {
@@ -641,6 +736,7 @@ impl ControlPlane {
 fn serve_on_this_thread(
     config: ControlConfig,
     state: ClusterState,
+    store: Option<StateFile>,
     bound: std::sync::mpsc::Sender<SocketAddr>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
@@ -649,7 +745,7 @@ fn serve_on_this_thread(
         .thread_name("larder-control")
         .build()
         .map_err(ControlError::Runtime)?;
-    let outcome = runtime.block_on(serve(config, state, bound, stopped));
+    let outcome = runtime.block_on(serve(config, state, store, bound, stopped));
     // Step 2 of shutdown: tasks still alive (streams past the grace) die with the runtime.
     runtime.shutdown_background();
     outcome
@@ -658,6 +754,7 @@ fn serve_on_this_thread(
 async fn serve(
     config: ControlConfig,
     state: ClusterState,
+    store: Option<StateFile>,
     bound: std::sync::mpsc::Sender<SocketAddr>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
@@ -682,6 +779,7 @@ async fn serve(
         auth: Authorizer::new(config.token.clone()),
         shutdown,
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
+        store,
     });
 
     let reflection_v1 = reflection_builder()

@@ -1,7 +1,11 @@
 //! `larder control`: a standalone control plane for a cluster. Nodes join it with
-//! `larder serve --join ADDR`; operators use `larder ctl` or grpcurl.
+//! `larder serve --join ADDR`; operators use `larder ctl` or grpcurl. With `--state FILE`
+//! the operator's run-time changes survive a restart (`larder_control::persist`); the
+//! file's policy wins over `--policy`, which is only the policy of a cluster with no
+//! saved one.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,9 +30,14 @@ pub struct ControlArgs {
     /// A node silent for this many report intervals is marked down.
     #[arg(long, default_value_t = 5)]
     down_after_intervals: u32,
-    /// Initial policy: wrr, lc, ch, ch-bl, lard, lard-r.
+    /// Initial policy: wrr, lc, ch, ch-bl, lard, lard-r. A policy saved in the --state file (a run-time
+    /// change) wins over it.
     #[arg(long, default_value = "lard")]
     policy: String,
+    /// Keep the operator's run-time changes (policy, node weights and drains, containers) in this file: read at
+    /// start (a bad file stops the start), rewritten atomically after every change, created at the first one.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +48,7 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.down_after_intervals = args.down_after_intervals;
     config.policy = PolicyConfig::new(kind);
+    config.state_file = args.state;
     let signals = TerminationSignals::block()?;
     let plane = ControlPlane::spawn(config).context("starting the control plane")?;
     println!("larder control: listening on {}", plane.local_addr());

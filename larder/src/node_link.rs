@@ -7,7 +7,10 @@
 //! 2. Embedded (default `--control 127.0.0.1:50051`): a control plane starts on its own thread with the node's
 //!    policy and containers as the cluster's initial settings, so registering changes nothing on the node. If the
 //!    default address is taken (another node on this machine) the node warns and serves without a control
-//!    plane; an explicit `--control ADDR` that cannot be bound is an error.
+//!    plane; an explicit `--control ADDR` that cannot be bound is an error. With `--state FILE` the plane
+//!    restores the operator's saved settings, which win over the node's configuration (the node then applies
+//!    them like any steering), and keeps every later change there; a plane that cannot start is then an error
+//!    too, since the operator asked for those settings.
 //! 3. Embedded or `--join ADDR`: an agent registers the node (id = its HTTP address, cores = shards, cache
 //!    budget) with its containers and reports its load every report interval (100 ms by default).
 //!
@@ -53,6 +56,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -70,13 +74,18 @@ use larder_server::node::{
 use larder_server::{Node, ServeConfig};
 
 /// Where the node's control plane is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControlMode {
     /// `--no-control`.
     Off,
-    /// Start a control plane in this process on `listen`. `required` (an explicit `--control`): failing to
-    /// start it is an error; otherwise (the default address) the node warns and serves without one.
-    Embedded { listen: SocketAddr, required: bool },
+    /// Start a control plane in this process on `listen`. `required` (an explicit `--control` or `--state`):
+    /// failing to start it is an error; otherwise (the default address) the node warns and serves without one.
+    /// `state_file` (`--state`): where the plane keeps the operator's settings.
+    Embedded {
+        listen: SocketAddr,
+        required: bool,
+        state_file: Option<PathBuf>,
+    },
     /// Join the control plane at this address (`--join`).
     Join(SocketAddr),
 }
@@ -94,11 +103,13 @@ const _: () = assert!(
 /// Default address of the embedded control plane.
 pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
 
-/// `--no-control`, `--control ADDR` and `--join ADDR` (clap rejects `--join` with either other flag).
+/// `--no-control`, `--control ADDR`, `--join ADDR` and `--state FILE` (clap rejects `--join` with either of the
+/// first two, and `--state` with `--join` or `--no-control`).
 pub fn control_mode(
     no_control: bool,
     control: Option<&str>,
     join: Option<&str>,
+    state_file: Option<PathBuf>,
 ) -> anyhow::Result<ControlMode> {
     let parse = |flag: &str, addr: &str| {
         addr.parse::<SocketAddr>()
@@ -109,7 +120,8 @@ pub fn control_mode(
         (false, Some(join)) => ControlMode::Join(parse("--join", join)?),
         (false, None) => ControlMode::Embedded {
             listen: parse("--control", control.unwrap_or(CONTROL_ADDR_DEFAULT))?,
-            required: control.is_some(),
+            required: control.is_some() || state_file.is_some(),
+            state_file,
         },
     })
 }
@@ -132,10 +144,15 @@ impl NodeLink {
                 })
             }
             ControlMode::Join(addr) => (None, addr),
-            ControlMode::Embedded { listen, required } => {
+            ControlMode::Embedded {
+                listen,
+                required,
+                state_file,
+            } => {
                 let mut control = ControlConfig::new(listen);
                 control.policy = node.steer().policy_config();
                 control.containers = containers.clone();
+                control.state_file = state_file;
                 match ControlPlane::spawn(control) {
                     Ok(plane) => {
                         let addr = plane.local_addr();
@@ -462,6 +479,7 @@ mod tests {
             ControlMode::Embedded {
                 listen: loopback_port_0(),
                 required: true,
+                state_file: None,
             },
         );
         wait_for("the agent registered", || {
@@ -542,20 +560,23 @@ mod tests {
     fn control_flags_choose_the_mode() {
         let default: SocketAddr = CONTROL_ADDR_DEFAULT.parse().expect("default address");
         let other: SocketAddr = "127.0.0.1:6000".parse().expect("address");
-        let mode =
-            |no_control, control, join| control_mode(no_control, control, join).expect("valid");
+        let mode = |no_control, control, join| {
+            control_mode(no_control, control, join, None).expect("valid")
+        };
         assert_eq!(
             mode(false, None, None),
             ControlMode::Embedded {
                 listen: default,
-                required: false
+                required: false,
+                state_file: None
             }
         );
         assert_eq!(
             mode(false, Some("127.0.0.1:6000"), None),
             ControlMode::Embedded {
                 listen: other,
-                required: true
+                required: true,
+                state_file: None
             }
         );
         assert_eq!(
@@ -563,7 +584,17 @@ mod tests {
             ControlMode::Join(other)
         );
         assert_eq!(mode(true, None, None), ControlMode::Off);
-        let error = control_mode(false, None, Some("nowhere")).expect_err("not IP:PORT");
+        let state = PathBuf::from("/var/lib/larder/state.json");
+        assert_eq!(
+            control_mode(false, None, None, Some(state.clone())).expect("valid"),
+            ControlMode::Embedded {
+                listen: default,
+                required: true,
+                state_file: Some(state)
+            },
+            "--state asks for the embedded plane: failing to start it is an error"
+        );
+        let error = control_mode(false, None, Some("nowhere"), None).expect_err("not IP:PORT");
         assert!(format!("{error:#}").contains("--join nowhere"), "{error:#}");
     }
 
@@ -620,6 +651,7 @@ mod tests {
             ControlMode::Embedded {
                 listen: loopback_port_0(),
                 required: true,
+                state_file: None,
             },
         );
         let http = fixture.node.local_addr().to_string();

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// Join the control plane at this address instead of starting one.
     #[arg(long, conflicts_with_all = ["control", "no_control"])]
     join: Option<String>,
+    /// The embedded control plane keeps the operator's run-time changes (policy, node weights and drains,
+    /// containers) in this file: read at start (they win over this node's configuration; a bad file stops the
+    /// start), rewritten atomically after every change, created at the first one.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["join", "no_control"])]
+    state: Option<PathBuf>,
     /// Distributed mode: forward each request to the node the control plane assigns its target.
     #[arg(long, conflicts_with = "no_control")]
     cluster: bool,
@@ -97,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.no_control,
         args.control.as_deref(),
         args.join.as_deref(),
+        args.state.clone(),
     )?;
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
@@ -107,7 +113,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.local_addr(),
         node.shard_count()
     );
-    let link = NodeLink::start(control, &node, &config).context("starting the control link")?;
+    let link =
+        NodeLink::start(control.clone(), &node, &config).context("starting the control link")?;
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
     }

@@ -8,7 +8,6 @@ mod common;
 mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use larder_control::proto::v1 as pb;
@@ -84,27 +83,6 @@ fn root_with_files(names: &[&str]) -> tempfile::TempDir {
 
 fn root_with_a_file() -> tempfile::TempDir {
     root_with_files(&["a.txt"])
-}
-
-/// One GET of `path` on `stream`, left open (keep-alive): the status line and headers of the answer.
-fn get_keep_alive(stream: &mut TcpStream, path: &str) -> String {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert!(head.len() < 16 * 1024, "head too long");
-        stream.read_exact(&mut byte).expect("read head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("utf-8 head");
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("Content-Length: "))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("Content-Length");
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("read body");
-    head
 }
 
 #[test]
@@ -216,7 +194,7 @@ fn set_container_connections_max_1_answers_a_second_connection_503_with_retry_af
     wait_for("ListNodes shows the node", || lists(&control, &http));
     let mut ctl = CtlClient::connect(&control, None).expect("ctl connects");
     let mut first = TcpStream::connect(&http).expect("connect");
-    let head = get_keep_alive(&mut first, "/a.txt");
+    let head = common::get_keep_alive(&mut first, "/a.txt");
     assert!(head.starts_with("HTTP/1.1 200"), "before the limit: {head}");
 
     let limits = pb::ContainerLimits {
@@ -262,7 +240,7 @@ fn set_container_connections_max_1_answers_a_second_connection_503_with_retry_af
     );
     assert!(rejected.starts_with("HTTP/1.1 503"), "{rejected}");
     assert!(rejected.contains("Retry-After: "), "{rejected}");
-    let head = get_keep_alive(&mut first, "/a.txt");
+    let head = common::get_keep_alive(&mut first, "/a.txt");
     assert!(
         head.starts_with("HTTP/1.1 200"),
         "the first connection is still served: {head}"

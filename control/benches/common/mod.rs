@@ -31,6 +31,7 @@ pub fn state_with_nodes(
         down_after_intervals: 5,
         policy: Default::default(),
         containers: vec![Container::default_container()],
+        saved: None,
     })
     .expect("state");
     for node in nodes {

@@ -34,6 +34,7 @@ impl ClusterState {
         }
         self.containers.insert(container.name.clone(), container);
         self.version += 1;
+        self.settings_revision += 1;
         Ok(self.version)
     }
 

@@ -15,20 +15,23 @@
 //! - `nodes.rs`: the node registry and its per-shard load table (register, report,
 //!   down detection, node and cluster load views);
 //! - `containers.rs`: the resource-container table and its cluster-wide usage;
-//! - `targets.rs`: the hot-target listing, merged over nodes and Assign answers.
+//! - `targets.rs`: the hot-target listing, merged over nodes and Assign answers;
+//! - `settings.rs`: the operator's settings as one value ([`Settings`]) for the state file, restored at start,
+//!   and the checkpoint and rollback of a change that could not be saved.
 //!
 //! # Invariants
 //! - Every mutation is validated completely before anything is written: a rejected
 //!   call leaves the state exactly as it was (no half-applied updates).
 //! - `version` grows by one with every change a node must see (policy, weights,
 //!   drain, containers, membership: a node joins, goes down or comes back).
+//! - `settings_revision` grows by one with every change to [`Settings`] (see `settings.rs`).
 //! - A node is down when `now - last_seen > report_interval × down_after_intervals`;
 //!   a report or a registration brings it back up.
 //!
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
-//! | [`NODES_MAX`] | 1024 | lard's `SERVERS_MAX`: the cluster policy holds at most this many members |
+//! | [`NODES_MAX`] | 1024 | lard's `SERVERS_MAX`: the cluster policy holds at most this many members; node ids with saved settings not registered yet count too |
 //! | [`SHARDS_PER_NODE_MAX`] | 1024 | cores of one node; shard table per node |
 //! | [`CONTAINERS_MAX`] | 256 | container table; every steering message carries all of them |
 //! | [`CONTAINERS_PER_SHARD_MAX`] | 64 | per-container load entries kept per shard report |
@@ -41,6 +44,7 @@
 
 mod containers;
 mod nodes;
+mod settings;
 mod targets;
 mod types;
 
@@ -56,6 +60,8 @@ pub use types::{
     LoadReport, NodeId, NodeInfo, NodeState, NodeSteering, NodeView, PolicyUpdate, PolicyView,
     ShardId, ShardLoad, Steering, TargetLoad, TargetView,
 };
+
+pub use settings::{Checkpoint, NodeSettings, Settings};
 
 use nodes::NodeEntry;
 
@@ -115,6 +121,9 @@ pub struct StateConfig {
     pub down_after_intervals: u32,
     pub policy: PolicyConfig,
     pub containers: Vec<Container>,
+    /// Settings restored from a state file: its policy wins over `policy`, its containers over those of
+    /// `containers` with the same name (the others are added), and its node settings wait for their nodes.
+    pub saved: Option<Settings>,
 }
 
 /// The control plane's state. See the module docs.
@@ -126,7 +135,10 @@ pub struct ClusterState {
     nodes: BTreeMap<NodeId, NodeEntry>,
     policy: PolicyConfig,
     containers: BTreeMap<ContainerName, Container>,
+    /// Settings of node ids restored at start and not registered since (see `settings.rs`).
+    saved_nodes: BTreeMap<NodeId, NodeSettings>,
     version: u64,
+    settings_revision: u64,
     reports_received: u64,
     /// The cluster dispatcher of distributed mode; see [`crate::assign`].
     assigner: Assigner,
@@ -215,7 +227,7 @@ impl ClusterState {
             validate_container(&format!("containers[{index}]"), container)?;
             containers.insert(container.name.clone(), container.clone());
         }
-        Ok(ClusterState {
+        let mut state = ClusterState {
             assigner: Assigner::new(&config.policy, config.epoch),
             epoch: config.epoch,
             report_interval: config.report_interval,
@@ -223,9 +235,31 @@ impl ClusterState {
             nodes: BTreeMap::new(),
             policy: config.policy,
             containers,
+            saved_nodes: BTreeMap::new(),
             version: 1,
+            settings_revision: 0,
             reports_received: 0,
-        })
+        };
+        if let Some(mut saved) = config.saved {
+            saved.validate()?;
+            let named: Vec<&ContainerName> = saved.containers.iter().map(|c| &c.name).collect();
+            let added: Vec<Container> = state
+                .containers
+                .values()
+                .filter(|container| !named.contains(&&container.name))
+                .cloned()
+                .collect();
+            saved.containers.extend(added);
+            if saved.containers.len() > CONTAINERS_MAX {
+                return Err(StateError::Full {
+                    table: "containers",
+                    max: CONTAINERS_MAX,
+                });
+            }
+            state.assigner = Assigner::new(&saved.policy, config.epoch);
+            state.install(saved);
+        }
+        Ok(state)
     }
 
     /// How often nodes report.
@@ -313,6 +347,7 @@ impl ClusterState {
             }
         }
         self.version += 1;
+        self.settings_revision += 1;
         Ok(self.version)
     }
 
@@ -324,6 +359,7 @@ impl ClusterState {
             .ok_or_else(|| StateError::NodeNotFound(node_id.0.clone()))?;
         entry.drained = drained;
         self.version += 1;
+        self.settings_revision += 1;
         Ok(self.version)
     }
 
@@ -377,6 +413,7 @@ mod tests {
             down_after_intervals: 5,
             policy: PolicyConfig::default(),
             containers: vec![Container::default_container()],
+            saved: None,
         })
         .expect("valid config")
     }

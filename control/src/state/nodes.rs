@@ -9,7 +9,8 @@
 //!   ([`CONTAINERS_PER_SHARD_MAX`]) container entries; a node keeps at most 64
 //!   ([`HOT_TARGETS_PER_NODE_MAX`]) hot targets of at most 1024 bytes
 //!   ([`TARGET_BYTES_MAX`]) from its latest report.
-//! - The registry holds at most 1024 nodes ([`NODES_MAX`]); a node is never removed,
+//! - The registry holds at most 1024 nodes ([`NODES_MAX`]), counting the node ids
+//!   whose restored settings wait for them (`settings.rs`); a node is never removed,
 //!   only marked down (silent for more than `report_interval × down_after_intervals`)
 //!   and brought back by a report or a registration.
 //! - Loads summed for the cluster count only nodes that are up.
@@ -58,7 +59,9 @@ impl ShardLoad {
 
 impl ClusterState {
     /// Registers (or re-registers) a node and adds its unknown containers. Weight and
-    /// drain flag survive a re-registration; the shard table is reset when `cores` changes.
+    /// drain flag survive a re-registration, and a node id's settings restored from a
+    /// state file are its weight and drain flag at its first registration; the shard
+    /// table is reset when `cores` changes.
     pub fn register(
         &mut self,
         now: Instant,
@@ -75,7 +78,10 @@ impl ClusterState {
                 format!("{} is outside 1..={SHARDS_PER_NODE_MAX}", info.cores),
             ));
         }
-        if !self.nodes.contains_key(&info.node_id) && self.nodes.len() >= NODES_MAX {
+        // Saved node ids hold their slots, so the settings to save never outgrow NODES_MAX.
+        let known =
+            self.nodes.contains_key(&info.node_id) || self.saved_nodes.contains_key(&info.node_id);
+        if !known && self.nodes.len() + self.saved_nodes.len() >= NODES_MAX {
             return Err(StateError::Full {
                 table: "nodes",
                 max: NODES_MAX,
@@ -100,6 +106,9 @@ impl ClusterState {
         }
         // Validated: apply.
         let changed = !new_containers.is_empty();
+        if changed {
+            self.settings_revision += 1;
+        }
         for container in new_containers {
             self.containers.insert(container.name.clone(), container);
         }
@@ -116,12 +125,13 @@ impl ClusterState {
                 changed
             }
             None => {
+                let saved = self.saved_nodes.remove(&info.node_id);
                 self.nodes.insert(
                     info.node_id.clone(),
                     NodeEntry {
                         info,
-                        weight: WEIGHT_DEFAULT,
-                        drained: false,
+                        weight: saved.as_ref().map_or(WEIGHT_DEFAULT, |saved| saved.weight),
+                        drained: saved.is_some_and(|saved| saved.drained),
                         down: false,
                         last_seen: now,
                         reports_received: 0,
