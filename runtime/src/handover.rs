@@ -336,7 +336,8 @@ impl OfferSession {
         Ok(())
     }
 
-    /// Step 3, refused: tells the successor why (it fails with [`HandoverError::Refused`]).
+    /// Step 3, refused: tells the successor why (it fails with [`HandoverError::Refused`]). Read the request
+    /// first: closing a Unix socket with unread data resets it, and the refusal would be lost.
     pub fn refuse(&self, reason: &str) -> Result<(), HandoverError> {
         send(
             self.socket.as_fd(),
