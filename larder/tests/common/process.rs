@@ -134,6 +134,26 @@ impl Process {
         (code, rest.join("\n"))
     }
 
+    /// Waits (at most 30 s) for the process to exit by itself; its exit code and the kept log's lines not read
+    /// yet (empty without a kept log).
+    pub fn wait_exit(mut self) -> (i32, String) {
+        // The child stays in `self` while waiting, so a timeout's panic still kills it (Drop).
+        let mut status = None;
+        wait_for("the process to exit", || {
+            let child = self.child.as_mut().expect("running");
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        self.child = None;
+        let code = status.and_then(|status| status.code()).expect("exit code");
+        let rest: Vec<String> = self
+            .log
+            .take()
+            .map(|log| log.iter().collect())
+            .unwrap_or_default();
+        (code, rest.join("\n"))
+    }
+
     /// SIGKILL (no shutdown at all), then wait for the process to be gone.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");
