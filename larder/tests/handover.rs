@@ -237,6 +237,16 @@ fn handover_under_load(
     (new, old_control, new_control)
 }
 
+/// `larder serve ARGS` exits 2 with `needle` (the flag or file at fault) in its error; its log.
+fn fails_naming(args: &[&str], needle: &str) -> String {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let (code, log) = Process::spawn_with_log_level(&all, "info").wait_exit();
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains(needle), "the error names {needle}: {log}");
+    log
+}
+
 fn args<'a>(common: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
     common.iter().chain(more).copied().collect()
 }
@@ -265,7 +275,7 @@ fn handover_under_load_loses_no_request_and_keeps_the_control_plane_address() {
             root_arg,
         ],
     );
-    let (new, old_control, new_control) = handover_under_load(&old_args, &new_args);
+    let (mut new, old_control, new_control) = handover_under_load(&old_args, &new_args);
     let control = new_control.expect("a control plane");
     assert_eq!(
         Some(&control),
@@ -275,7 +285,7 @@ fn handover_under_load_loses_no_request_and_keeps_the_control_plane_address() {
     let mut ctl = CtlClient::connect(&control, None).expect("the new control plane answers");
     ctl.get_policy().expect("GetPolicy");
     // The new process offers its sockets on the same path for the next upgrade.
-    wait_for("the new process to offer its sockets", || socket.exists());
+    new.wait_for_log_line("offering the listening sockets for a handover");
     assert_eq!(new.terminate(), 0);
 }
 
@@ -314,9 +324,8 @@ fn handover_under_load_without_a_control_plane_and_with_fewer_shards() {
 fn taking_over_from_nobody_fails_clearly() {
     let root = root();
     let socket = root.path().join("nobody.sock");
-    let process = Process::spawn_with_log_level(
+    let log = fails_naming(
         &[
-            "serve",
             "--listen",
             "127.0.0.1:0",
             "--no-control",
@@ -324,13 +333,7 @@ fn taking_over_from_nobody_fails_clearly() {
             path_str(&socket),
             path_str(root.path()),
         ],
-        "info",
-    );
-    let (code, log) = process.wait_exit();
-    assert_eq!(code, 2, "{log}");
-    assert!(
-        log.contains("--take-over"),
-        "the error names the flag: {log}"
+        "--take-over",
     );
     assert!(
         log.contains("nobody is listening on the handover socket"),
@@ -360,9 +363,8 @@ fn a_failed_new_process_leaves_the_old_one_serving() {
     let load = Load::start(&http);
     load.wait_for_more(50);
 
-    let bad = Process::spawn_with_log_level(
+    fails_naming(
         &[
-            "serve",
             "--config",
             path_str(&bad_config),
             "--no-control",
@@ -370,18 +372,10 @@ fn a_failed_new_process_leaves_the_old_one_serving() {
             socket_arg,
             root_arg,
         ],
-        "info",
+        "bad.toml",
     );
-    let (code, log) = bad.wait_exit();
-    assert_eq!(code, 2, "{log}");
-    assert!(
-        log.contains("bad.toml"),
-        "the error names the config file: {log}"
-    );
-
-    let elsewhere = Process::spawn_with_log_level(
+    fails_naming(
         &[
-            "serve",
             "--listen",
             "127.0.0.2:0",
             "--no-control",
@@ -389,13 +383,7 @@ fn a_failed_new_process_leaves_the_old_one_serving() {
             socket_arg,
             root_arg,
         ],
-        "info",
-    );
-    let (code, log) = elsewhere.wait_exit();
-    assert_eq!(code, 2, "{log}");
-    assert!(
-        log.contains("--listen 127.0.0.2:0"),
-        "the error names the flag: {log}"
+        "--listen 127.0.0.2:0",
     );
     old.wait_for_log_line("handover failed; still serving");
 
