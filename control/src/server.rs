@@ -8,7 +8,8 @@
 //!    configuration into a [`ClusterState`] (fails before any thread).
 //! 2. Start the thread `larder-control`, build the runtime, bind the listener there
 //!    (tokio sets SO_REUSEADDR, so a restarted control plane can take the same port)
-//!    and send the bound address back; the caller's `spawn` returns only then.
+//!    — or adopt the one given to [`ControlPlane::spawn_on`] (binary handover) — and
+//!    send the bound address back; the caller's `spawn` returns only then.
 //! 3. Serve until shutdown. A task marks silent nodes down every report interval
 //!    and pushes the new steering.
 //!
@@ -631,6 +632,8 @@ pub struct ControlPlane;
 #[derive(Debug)]
 pub struct ControlHandle {
     local_addr: SocketAddr,
+    /// A duplicate of the serving socket, for a process that hands it to its successor.
+    listener: std::net::TcpListener,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ControlError>>>,
 }
@@ -639,6 +642,11 @@ impl ControlHandle {
     /// The address the server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The listening socket the server accepts on (a duplicate: `try_clone` it to pass it on).
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
     }
 
     /// Stops gracefully (see the module docs) and waits for the thread.
@@ -676,6 +684,22 @@ fn default_epoch() -> u64 {
 impl ControlPlane {
     /// Starts a control plane on a new thread; returns once it listens.
     pub fn spawn(config: ControlConfig) -> Result<ControlHandle, ControlError> {
+        ControlPlane::start(config, None)
+    }
+
+    /// Starts a control plane serving on `listener`, bound already (by the process this one took over from);
+    /// `config.listen` is not bound.
+    pub fn spawn_on(
+        config: ControlConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<ControlHandle, ControlError> {
+        ControlPlane::start(config, Some(listener))
+    }
+
+    fn start(
+        config: ControlConfig,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<ControlHandle, ControlError> {
         if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&config.assign_ttl) {
             return Err(ControlError::Config(StateError::Invalid {
                 field: "assign_ttl".to_string(),
@@ -716,11 +740,14 @@ impl ControlPlane {
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("larder-control".to_string())
-            .spawn(move || serve_on_this_thread(config, state, store, bound_sender, stopped))
+            .spawn(move || {
+                serve_on_this_thread(config, listener, state, store, bound_sender, stopped)
+            })
             .map_err(ControlError::Runtime)?;
         match bound_receiver.recv() {
-            Ok(local_addr) => Ok(ControlHandle {
+            Ok((local_addr, listener)) => Ok(ControlHandle {
                 local_addr,
+                listener,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -733,11 +760,15 @@ impl ControlPlane {
     }
 }
 
+/// The bound address and a duplicate of the listening socket, sent back to `spawn`.
+type Bound = (SocketAddr, std::net::TcpListener);
+
 fn serve_on_this_thread(
     config: ControlConfig,
+    listener: Option<std::net::TcpListener>,
     state: ClusterState,
     store: Option<StateFile>,
-    bound: std::sync::mpsc::Sender<SocketAddr>,
+    bound: std::sync::mpsc::Sender<Bound>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -745,7 +776,7 @@ fn serve_on_this_thread(
         .thread_name("larder-control")
         .build()
         .map_err(ControlError::Runtime)?;
-    let outcome = runtime.block_on(serve(config, state, store, bound, stopped));
+    let outcome = runtime.block_on(serve(config, listener, state, store, bound, stopped));
     // Step 2 of shutdown: tasks still alive (streams past the grace) die with the runtime.
     runtime.shutdown_background();
     outcome
@@ -753,21 +784,30 @@ fn serve_on_this_thread(
 
 async fn serve(
     config: ControlConfig,
+    listener: Option<std::net::TcpListener>,
     state: ClusterState,
     store: Option<StateFile>,
-    bound: std::sync::mpsc::Sender<SocketAddr>,
+    bound: std::sync::mpsc::Sender<Bound>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ControlError::Bind {
-            address: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ControlError::Bind {
+    let bind_error = |source| ControlError::Bind {
         address: config.listen,
         source,
-    })?;
+    };
+    let listener = match listener {
+        Some(listener) => {
+            listener.set_nonblocking(true).map_err(bind_error)?;
+            tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+        }
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(bind_error)?,
+    };
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let duplicate = std::os::fd::AsFd::as_fd(&listener)
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+        .map_err(bind_error)?;
 
     let (steering, _) = watch::channel(Arc::new(state.steering()));
     let (shutdown_sender, shutdown) = watch::channel(false);
@@ -817,7 +857,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ControlServer::new(ControlService(Arc::clone(&shared))))
         .add_service(NodeServiceServer::new(NodeServiceImpl(Arc::clone(&shared))));
-    if bound.send(local_addr).is_err() {
+    if bound.send((local_addr, duplicate)).is_err() {
         return Ok(()); // The spawner is gone: nobody can stop us, so do not start.
     }
     let (graceful_sender, graceful) = oneshot::channel::<()>();

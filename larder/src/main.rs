@@ -11,6 +11,7 @@ mod control;
 mod ctl;
 mod dispatch;
 mod dispatch_link;
+mod handover;
 mod node_link;
 mod serve;
 mod signals;

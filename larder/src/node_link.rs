@@ -133,8 +133,14 @@ pub struct NodeLink {
 }
 
 impl NodeLink {
-    /// Start-up steps 1-3 (module docs).
-    pub fn start(mode: ControlMode, node: &Node, config: &ServeConfig) -> anyhow::Result<NodeLink> {
+    /// Start-up steps 1-3 (module docs). `control_listener`: the embedded control plane serves on it instead of
+    /// binding its address (binary handover: the predecessor's socket; `None` otherwise).
+    pub fn start(
+        mode: ControlMode,
+        node: &Node,
+        config: &ServeConfig,
+        control_listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<NodeLink> {
         let containers = node_containers(config);
         let (plane, control_addr) = match mode {
             ControlMode::Off => {
@@ -153,7 +159,11 @@ impl NodeLink {
                 control.policy = node.steer().policy_config();
                 control.containers = containers.clone();
                 control.state_file = state_file;
-                match ControlPlane::spawn(control) {
+                let spawned = match control_listener {
+                    Some(listener) => ControlPlane::spawn_on(control, listener),
+                    None => ControlPlane::spawn(control),
+                };
+                match spawned {
                     Ok(plane) => {
                         let addr = plane.local_addr();
                         (Some(plane), addr)
@@ -186,6 +196,11 @@ impl NodeLink {
             plane,
             agent: Some(agent),
         })
+    }
+
+    /// The embedded control plane's listening socket, if one runs (to hand over).
+    pub fn control_listener(&self) -> Option<&std::net::TcpListener> {
+        self.plane.as_ref().map(ControlHandle::listener)
     }
 
     /// The embedded control plane's address, if one runs.
@@ -503,7 +518,7 @@ mod tests {
             ..ServeConfig::default()
         };
         let node = Node::start(config.clone()).expect("node starts");
-        let link = NodeLink::start(mode, &node, &config).expect("link starts");
+        let link = NodeLink::start(mode, &node, &config, None).expect("link starts");
         Fixture {
             node,
             link,

@@ -1,5 +1,6 @@
 //! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node → exit 0
-//! after SIGINT/SIGTERM once in-flight responses are finished.
+//! after SIGINT/SIGTERM once in-flight responses are finished. With `--take-over` it starts on the sockets of a
+//! running process instead of binding them, and with `--handover-socket` it offers its own (see `handover`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use anyhow::Context as _;
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
+use crate::handover::Handover;
 use crate::node_link::{self, NodeLink};
 use crate::signals::TerminationSignals;
 
@@ -53,6 +55,17 @@ pub struct ServeArgs {
     /// Distributed mode: forward each request to the node the control plane assigns its target.
     #[arg(long, conflicts_with = "no_control")]
     cluster: bool,
+    /// Offer this process's listening sockets (HTTP and the embedded control plane's) on this Unix socket
+    /// path, for a new `larder serve --take-over PATH` to take over; this process then drains and exits 0.
+    /// Off by default.
+    #[arg(long = "handover-socket", value_name = "PATH")]
+    handover_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the running `larder serve` started with `--handover-socket PATH`,
+    /// serve on them, then tell it to drain and exit (binary upgrade without a refused connection). --listen
+    /// must name its address (port 0 adopts any port). If anything fails, the running process keeps serving
+    /// and this one exits 2.
+    #[arg(long = "take-over", value_name = "PATH")]
+    take_over: Option<PathBuf>,
     /// Directory to serve [default: .].
     root: Option<PathBuf>,
 }
@@ -107,22 +120,59 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
     let signals = TerminationSignals::block()?;
-    let node = Node::start(config.clone()).context("starting the node")?;
+    let mut handover = Handover::begin(
+        args.take_over.as_deref(),
+        args.handover_socket.as_deref(),
+        &config,
+        control.clone(),
+    )?;
+    let node = match Node::start_on(config.clone(), handover.http_listeners()) {
+        Ok(node) => node,
+        Err(error) => {
+            let error = anyhow::Error::new(error).context("starting the node");
+            handover.abort(&error);
+            return Err(error);
+        }
+    };
     println!(
         "larder: serving on http://{} with {} shards",
         node.local_addr(),
         node.shard_count()
     );
-    let link =
-        NodeLink::start(control.clone(), &node, &config).context("starting the control link")?;
+    let link = match NodeLink::start(control.clone(), &node, &config, handover.control_listener()) {
+        Ok(link) => link,
+        Err(error) => {
+            let error = error.context("starting the control link");
+            handover.abort(&error);
+            return Err(drain_after(error, node, None));
+        }
+    };
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
     }
-    let cluster = args
+    let cluster = match args
         .cluster
         .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
-        .transpose()?;
+        .transpose()
+    {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            handover.abort(&error);
+            return Err(drain_after(error, node, Some(link)));
+        }
+    };
+    let offer = match handover.complete(link.control_listener()) {
+        Ok(offer) => offer,
+        Err(error) => {
+            if let Some(cluster) = cluster {
+                cluster.shutdown();
+            }
+            return Err(drain_after(error, node, Some(link)));
+        }
+    };
     let signal = signals.wait();
+    // Stop offering first: the offer's duplicates would keep the sockets open behind the drain.
+    drop(offer);
     tracing::info!(signal, "shutting down: finishing in-flight responses");
     node.shutdown();
     let report = node.join().context("stopping the node")?;
@@ -134,4 +184,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     link.shutdown()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A start that failed after the node began accepting (on sockets shared with the process taken over from):
+/// finish what it accepted before reporting `error`.
+fn drain_after(error: anyhow::Error, node: Node, link: Option<NodeLink>) -> anyhow::Error {
+    tracing::warn!("start-up failed; finishing the connections already accepted");
+    node.shutdown();
+    if let Err(join_error) = node.join() {
+        tracing::warn!(error = %join_error, "stopping the node");
+    }
+    if let Some(link) = link {
+        let _ = link.shutdown();
+    }
+    error
 }

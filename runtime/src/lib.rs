@@ -10,6 +10,7 @@
 //! | [`pool`] | [`ShardPool`]: start-up, the per-shard context, shutdown, panic containment |
 //! | [`mesh`] | bounded typed queues shard ↔ shard and control thread → shard, woken by an eventfd per shard |
 //! | [`handoff`] | moving an accepted TCP connection (fd + bytes read) to another shard |
+//! | [`handover`] | passing the listening sockets to a successor process (binary handover, `SCM_RIGHTS`) |
 //! | [`listen`] | one `SO_REUSEPORT` listener per accepting shard on one address |
 //! | [`sleep`] | async sleeps and timeouts on the shard's timer wheel |
 //! | [`timer`] | the hierarchical timer wheel itself (pure data structure) |
@@ -51,6 +52,7 @@ mod bell;
 pub mod container;
 mod fdwait;
 pub mod handoff;
+pub mod handover;
 pub mod listen;
 pub mod mesh;
 pub mod pool;

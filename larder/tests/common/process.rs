@@ -125,13 +125,33 @@ impl Process {
         let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(result, 0, "kill");
         let code = child.wait().expect("wait").code().expect("exit code");
-        // The process has exited: the reader thread reaches EOF and hangs up after the last line.
+        (code, self.rest_of_log())
+    }
+
+    /// Waits (at most 30 s) for the process to exit by itself; its exit code and the kept log's lines not read
+    /// yet (empty without a kept log).
+    pub fn wait_exit(mut self) -> (i32, String) {
+        // The child stays in `self` while waiting, so a timeout's panic still kills it (Drop).
+        let mut status = None;
+        wait_for("the process to exit", || {
+            let child = self.child.as_mut().expect("running");
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        self.child = None;
+        let code = status.and_then(|status| status.code()).expect("exit code");
+        (code, self.rest_of_log())
+    }
+
+    /// The kept log's lines not read yet, once the process has exited (the reader thread reaches EOF and hangs
+    /// up after the last line); empty without a kept log.
+    fn rest_of_log(&mut self) -> String {
         let rest: Vec<String> = self
             .log
             .take()
             .map(|log| log.iter().collect())
             .unwrap_or_default();
-        (code, rest.join("\n"))
+        rest.join("\n")
     }
 
     /// SIGKILL (no shutdown at all), then wait for the process to be gone.

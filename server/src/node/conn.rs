@@ -4,7 +4,7 @@
 //! 1. Skip the body of the previous request, if it had one (GET/HEAD bodies are ignored).
 //! 2. Read until the buffer holds a whole head (a line ending in an empty line), or a limit says 414/431.
 //!    The read waits at most `header_timeout_ms` (408 if part of a head arrived), or `keepalive_timeout_ms`
-//!    between requests (then close quietly; also close at once when shutdown starts).
+//!    between requests (then close quietly; once shutdown starts, at most [`DRAIN_IDLE_GRACE_MS`] more).
 //! 3. Parse, normalise the path, route (hand off if another shard owns the target), classify (move to the
 //!    request's container), answer, write with one `writev` per response (`write_timeout_ms` per write call);
 //!    a cached body of at least 64 KiB follows its head with `vmsplice` + `splice` instead (see `splice`).
@@ -39,6 +39,12 @@ use crate::http::range::ByteRange;
 use crate::http::request::REQUEST_LINE_SLACK_BYTES;
 use crate::http::response::unix_secs;
 use crate::http::{parse_request, Method, RequestError, Status};
+
+/// How long an idle keep-alive connection may still send its next request once shutdown has begun (shutdown
+/// step 2). A client that sent it as the drain began (a load balancer's pool, a closed-loop client between two
+/// requests) gets its answer, with `Connection: close`, instead of a reset; a client idle for the whole grace is
+/// closed as the keep-alive timer would close it. 1 s keeps a node with idle clients within its 5 s drain.
+pub const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 
 /// Initial read buffer; it grows to `header_bytes_max` + 1 for larger heads.
 pub const READ_BUFFER_BYTES_INITIAL: usize = 4096;
@@ -561,15 +567,12 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
         conn.read.reserve_exact(grown - conn.read.len());
     }
     let idle = conn.read.is_empty() && conn.requests > 0;
-    if idle && shard.context.is_shutting_down() {
-        // Shutdown step 2: an idle keep-alive connection closes now (no read is started).
-        return Err(ReadEnd::Closed);
-    }
     let config = &shard.node.config;
-    let timeout_ms = if idle {
-        config.keepalive_timeout_ms
-    } else {
-        config.header_timeout_ms
+    let timeout_ms = match (idle, shard.context.is_shutting_down()) {
+        // Shutdown step 2: an idle keep-alive connection gets the drain grace for its next request.
+        (true, true) => config.keepalive_timeout_ms.min(DRAIN_IDLE_GRACE_MS),
+        (true, false) => config.keepalive_timeout_ms,
+        (false, _) => config.header_timeout_ms,
     };
     let buffer = std::mem::take(&mut conn.read);
     let filled = buffer.len();
@@ -577,7 +580,14 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
     let read = async { Some(stream.read(buffer.slice_mut(filled..)).await) };
     let shutdown = async {
         if idle {
+            // The read stays in flight through the grace: a request arriving now is served, not dropped with
+            // a cancelled read.
             shard.context.shutdown_requested().await;
+            let _ = shard
+                .context
+                .timers()
+                .sleep(Duration::from_millis(DRAIN_IDLE_GRACE_MS))
+                .await;
         } else {
             std::future::pending::<()>().await;
         }

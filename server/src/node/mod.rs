@@ -28,8 +28,10 @@
 //!
 //! # Shutdown (SIGINT/SIGTERM → [`Node::shutdown`])
 //! 1. The pool's shutdown flag is set; every accept loop drops its listener (no new connections).
-//! 2. Idle keep-alive connections close at once; a connection in the middle of a request finishes that response
-//!    and closes (a response begun before the request says `keep-alive`; the connection closes after it anyway).
+//! 2. A connection in the middle of a request finishes that response and closes; a response begun after
+//!    shutdown says `Connection: close`. An idle keep-alive connection (one that may have been told
+//!    `keep-alive`) waits at most `conn::DRAIN_IDLE_GRACE_MS` (1 s) for a next request, answers it with
+//!    `Connection: close`, and closes; so a client between two requests as the drain begins is not reset.
 //!    Every close is a `shutdown(2)` first, so the client sees the FIN even if the shard leaves its runtime
 //!    before io_uring runs the asynchronous `close`.
 //! 3. The pool waits for every connection task (its drain deadline), then the shards exit.
@@ -108,6 +110,13 @@ pub enum NodeError {
     },
     #[error("cores: {0}")]
     Topology(#[from] larder_runtime::topology::TopologyError),
+    #[error("no listening socket to start on")]
+    NoListener,
+    #[error("the listening sockets differ in address: {first} and {other}")]
+    ListenerAddresses {
+        first: SocketAddr,
+        other: SocketAddr,
+    },
     #[error("accept_shards names shard {shard}, but the node has {shards} shards")]
     AcceptShard { shard: u32, shards: usize },
     #[error("policy: {0}")]
@@ -126,7 +135,8 @@ pub(crate) struct NodeShared {
     pub policy: Option<Mutex<Box<dyn Policy>>>,
     /// The policy configuration in force (recorded even with one shard; [`NodeSteer`] changes it).
     pub policy_config: Mutex<PolicyConfig>,
-    pub listeners: Vec<Mutex<Option<std::net::TcpListener>>>,
+    /// Per shard, the listeners it accepts on (none for a shard outside `accept_shards`).
+    pub listeners: Vec<Mutex<Vec<std::net::TcpListener>>>,
     pub counters: Vec<Arc<ShardCounters>>,
     pub origin: Instant,
     pub shards: usize,
@@ -167,6 +177,36 @@ fn node_stats(shared: &NodeShared) -> NodeStats {
 impl Node {
     /// Starts the shards and their listeners; returns once every shard is serving.
     pub fn start(config: ServeConfig) -> Result<Node, NodeError> {
+        let listeners = Node::bind(&config)?;
+        Node::start_on(config, listeners)
+    }
+
+    /// Binds the listeners [`Node::start`] would: one `SO_REUSEPORT` listener per accepting shard on
+    /// `config.listen`. For a caller that keeps copies of them (binary handover).
+    pub fn bind(config: &ServeConfig) -> Result<Vec<std::net::TcpListener>, NodeError> {
+        config.validate()?;
+        let shards = Topology::discover()?.select(&config.cores)?.len();
+        let accepting = accepting_shards(config, shards)?;
+        let (listeners, _) =
+            larder_runtime::listen::bind_reuseport(config.listen, accepting.len(), LISTEN_BACKLOG)
+                .map_err(|source| NodeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(listeners)
+    }
+
+    /// Starts the shards on listeners bound already: by [`Node::bind`], or handed over by a running node (binary
+    /// handover), all on one address, which becomes the node's (`config.listen` is not bound again).
+    ///
+    /// Listener `k` goes to accepting shard `k mod A` (A accepting shards), so with more listeners than
+    /// accepting shards some shards accept on several (none is closed: closing one of a `SO_REUSEPORT` group
+    /// resets the connections queued on it); with fewer, the missing ones are bound on the same address (the
+    /// kernel then spreads new connections over all of them).
+    pub fn start_on(
+        config: ServeConfig,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
         let root = std::fs::canonicalize(&config.root).map_err(|source| NodeError::Root {
             root: config.root.clone(),
@@ -177,17 +217,8 @@ impl Node {
         }
         let cpus = Topology::discover()?.select(&config.cores)?;
         let shards = cpus.len();
-        for &shard in &config.accept_shards {
-            if shard as usize >= shards {
-                return Err(NodeError::AcceptShard { shard, shards });
-            }
-        }
-        // Only accepting shards get a listener: a socket in the SO_REUSEPORT group that never accepts would
-        // hold (and, when closed, reset) the connections the kernel hashes to it.
-        let accepting: Vec<bool> = (0..shards as u32)
-            .map(|shard| config.accept_shards.is_empty() || config.accept_shards.contains(&shard))
-            .collect();
-        let (listeners, local_addr) = bind_listeners(config.listen, &accepting)?;
+        let accepting = accepting_shards(&config, shards)?;
+        let (listeners, local_addr) = assign_listeners(listeners, &accepting, shards)?;
         let policy = if shards > 1 {
             let mut policy = larder_lard::build(&PolicyConfig::new(config.policy))
                 .map_err(|error| NodeError::Policy(error.to_string()))?;
@@ -289,18 +320,58 @@ impl Node {
     }
 }
 
-/// One `SO_REUSEPORT` listener per accepting shard (`None` for the others), all on the same address.
-fn bind_listeners(
-    addr: SocketAddr,
-    accepting: &[bool],
-) -> Result<(Vec<Option<std::net::TcpListener>>, SocketAddr), NodeError> {
-    let count = accepting.iter().filter(|&&accepts| accepts).count();
-    let (bound, local_addr) = larder_runtime::listen::bind_reuseport(addr, count, LISTEN_BACKLOG)
-        .map_err(|source| NodeError::Listen { addr, source })?;
-    let mut bound = bound.into_iter();
-    let listeners = accepting
-        .iter()
-        .map(|&accepts| if accepts { bound.next() } else { None })
-        .collect();
-    Ok((listeners, local_addr))
+/// The shards that accept (all, or `config.accept_shards`), checked against the shard count.
+fn accepting_shards(config: &ServeConfig, shards: usize) -> Result<Vec<u32>, NodeError> {
+    for &shard in &config.accept_shards {
+        if shard as usize >= shards {
+            return Err(NodeError::AcceptShard { shard, shards });
+        }
+    }
+    // Only accepting shards get a listener: a socket in the SO_REUSEPORT group that never accepts would
+    // hold (and, when closed, reset) the connections the kernel hashes to it.
+    Ok((0..shards as u32)
+        .filter(|shard| config.accept_shards.is_empty() || config.accept_shards.contains(shard))
+        .collect())
+}
+
+/// Hands `listeners` to the accepting shards (see [`Node::start_on`]); binds the missing ones.
+fn assign_listeners(
+    mut listeners: Vec<std::net::TcpListener>,
+    accepting: &[u32],
+    shards: usize,
+) -> Result<(Vec<Vec<std::net::TcpListener>>, SocketAddr), NodeError> {
+    let Some(first) = listeners.first() else {
+        return Err(NodeError::NoListener);
+    };
+    let local_addr = first.local_addr().map_err(|source| NodeError::Listen {
+        addr: "0.0.0.0:0".parse().expect("a literal address"),
+        source,
+    })?;
+    for listener in &listeners {
+        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: local_addr,
+            source,
+        })?;
+        if addr != local_addr {
+            return Err(NodeError::ListenerAddresses {
+                first: local_addr,
+                other: addr,
+            });
+        }
+    }
+    if listeners.len() < accepting.len() {
+        let missing = accepting.len() - listeners.len();
+        let (more, _) = larder_runtime::listen::bind_reuseport(local_addr, missing, LISTEN_BACKLOG)
+            .map_err(|source| NodeError::Listen {
+                addr: local_addr,
+                source,
+            })?;
+        listeners.extend(more);
+    }
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let shard = accepting[index % accepting.len()] as usize;
+        per_shard[shard].push(listener);
+    }
+    Ok((per_shard, local_addr))
 }

@@ -4,8 +4,9 @@
 //! Shard start-up (numbered as `run` does it):
 //! 1. Build the shard's cache (budget = `cache_mb` / shards), Date cache, access log and containers.
 //! 2. Spawn the handoff receiver (adopts connections other shards route here) and the access-log flusher.
-//! 3. Take this shard's listener (if it accepts) and accept until shutdown; each connection task is spawned
-//!    into the container its client network classifies it into.
+//! 3. Take this shard's listeners (if it accepts; one accept loop each) and accept until shutdown; each
+//!    connection task is spawned into the container its client network classifies it into. A connection the
+//!    kernel handed over as shutdown began is still served (see `accept_loop`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -106,12 +107,13 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
     if shard.log.is_some() {
         context.spawn(flush_log_periodically(Rc::clone(&shard)));
     }
-    // Only accepting shards were given a listener (see `bind_listeners`).
-    let listener = node.listeners[index as usize]
+    // Only accepting shards were given listeners (see `assign_listeners`); usually one, several after a
+    // handover from a node with more accepting shards.
+    let listeners = node.listeners[index as usize]
         .lock()
-        .map(|mut slot| slot.take())
-        .unwrap_or(None);
-    if let Some(listener) = listener {
+        .map(|mut slot| std::mem::take(&mut *slot))
+        .unwrap_or_default();
+    for listener in listeners {
         // The accept loop is a task of the default container: accepting is work for the connections it admits,
         // charged to that container and scheduled by its share (a flood of new connections waits in the kernel's
         // backlog while the container is over its share, instead of taking the shard from the others).
@@ -129,7 +131,8 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
 
 /// The answer to a connection over the shard's `connections_max`: sent without waiting (the socket's buffer is
 /// empty, so it fits), then the connection closes.
-const OVER_CONNECTIONS_MAX_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+const OVER_CONNECTIONS_MAX_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
 Content-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Answers 503 + Retry-After on a just-accepted connection without waiting, then closes it.
@@ -254,13 +257,30 @@ async fn accept_loop(shard: &Rc<Shard>, listener: std::net::TcpListener) {
         }
     };
     loop {
-        let accepted = race(async { Some(listener.accept().await) }, async {
+        let canceller = monoio::io::Canceller::new();
+        let mut accept = pin!(listener.cancelable_accept(canceller.handle()));
+        let accepted = race(async { Some(accept.as_mut().await) }, async {
             shard.context.shutdown_requested().await;
             None
         })
         .await;
         let (stream, peer) = match accepted {
-            None => break, // shutdown step 1: stop accepting (the listener closes when dropped)
+            None => {
+                // Shutdown step 1: stop accepting (the listener closes when dropped). An io_uring accept may have
+                // taken a connection off the queue already; dropping the operation would lose it (its descriptor
+                // is never seen), so cancel it and wait for its outcome: a connection taken is served, one still
+                // queued stays for whoever shares the listener (a successor after a handover) or is reset with it.
+                canceller.cancel();
+                let outcome = shard
+                    .context
+                    .timers()
+                    .timeout(Duration::from_millis(ACCEPT_CANCEL_WAIT_MS), accept)
+                    .await;
+                if let Ok(Ok((stream, peer))) = outcome {
+                    admit(shard, stream, peer);
+                }
+                break;
+            }
             Some(Ok(accepted)) => accepted,
             Some(Err(error)) => {
                 // EMFILE and friends: back off a little instead of spinning.
@@ -273,21 +293,29 @@ async fn accept_loop(shard: &Rc<Shard>, listener: std::net::TcpListener) {
                 continue;
             }
         };
-        ShardCounters::add(&shard.counters.connections_accepted, 1);
-        let active = shard
-            .counters
-            .connections_active
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if active as usize >= shard.node.config.connections_max {
-            ShardCounters::add(&shard.counters.connections_refused, 1);
-            refuse_connection(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let container = shard.node.config.classify(None, b"", peer.ip());
-        let conn = Conn::new(stream, peer, Vec::new(), None, container);
-        place(shard, conn);
+        admit(shard, stream, peer);
     }
+}
+
+/// How long a stopping accept loop waits for its cancelled accept to report (it reports at the next driver turn).
+const ACCEPT_CANCEL_WAIT_MS: u64 = 1000;
+
+/// Counts an accepted connection and starts its task, or refuses it over `connections_max`.
+fn admit(shard: &Rc<Shard>, stream: monoio::net::TcpStream, peer: std::net::SocketAddr) {
+    ShardCounters::add(&shard.counters.connections_accepted, 1);
+    let active = shard
+        .counters
+        .connections_active
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if active as usize >= shard.node.config.connections_max {
+        ShardCounters::add(&shard.counters.connections_refused, 1);
+        refuse_connection(stream);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let container = shard.node.config.classify(None, b"", peer.ip());
+    let conn = Conn::new(stream, peer, Vec::new(), None, container);
+    place(shard, conn);
 }
 
 /// Receives connections routed to this shard by other shards (handoff protocol step 4).
