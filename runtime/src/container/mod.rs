@@ -47,7 +47,9 @@
 //! poll's expected loop work, so ready work waits in the queues where shares decide; a container that wakes from
 //! sleep starts at most one such turn of its own CPU behind the least awake one, and if it woke behind, its first
 //! poll ends the turn; containers ahead of a container that is behind its share and ran out of ready tasks less
-//! than 25 µs ago wait while the loop reaps (anticipation, as BFQ idles for a synchronous queue). A container over
+//! than 25 µs ago wait while the loop reaps (anticipation, as BFQ idles for a synchronous queue; the thread's CPU in
+//! those turns is charged to the container waited for), and a poll ends the turn once the polled container is more
+//! than 10 µs of its own CPU past such a container active within 1 ms. A container over
 //! its `cpu_percent_max` budget is not picked until its 10 ms period refills it, even on an idle shard.
 //!
 //! # Invariants
