@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cluster_link;
 mod control;
+mod cores;
 mod ctl;
 mod dispatch;
 mod dispatch_link;

@@ -9,41 +9,41 @@ use anyhow::Context as _;
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
+use crate::cores::CoreFlags;
 use crate::node_link::{self, NodeLink};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long)]
+    #[arg(long, value_name = "IP:PORT")]
     listen: Option<String>,
-    /// Shards: `all` (one per physical core), a count, or a CPU list like `0-3` [default: all].
-    #[arg(long)]
-    cores: Option<String>,
-    /// I/O driver: auto, uring or epoll [default: auto].
-    #[arg(long = "io-driver")]
+    #[command(flatten)]
+    cores: CoreFlags,
+    /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll [default: auto].
+    #[arg(long = "io-driver", value_name = "DRIVER")]
     io_driver: Option<String>,
     /// Cache budget of the whole node in MiB, split across the shards [default: 256].
-    #[arg(long = "cache-mb")]
+    #[arg(long = "cache-mb", value_name = "MIB")]
     cache_mb: Option<u64>,
     /// How a cache miss reads its file: direct (one copy: O_DIRECT or dropped from the page cache), drop-cache, or
     /// page-cache (the kernel's page cache stays a second level behind the shard caches) [default: direct].
-    #[arg(long = "cache-read")]
+    #[arg(long = "cache-read", value_name = "MODE")]
     cache_read: Option<String>,
     /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
-    #[arg(long)]
+    #[arg(long, value_name = "POLICY")]
     policy: Option<String>,
-    /// TOML file with any setting of `ServeConfig`; flags override it.
-    #[arg(long)]
+    /// TOML file with any setting (README, "Serving"); flags override it.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Do not start the control plane.
     #[arg(long = "no-control")]
     no_control: bool,
-    /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051].
-    #[arg(long)]
+    /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051; if taken, none runs].
+    #[arg(long, value_name = "IP:PORT")]
     control: Option<String>,
-    /// Join the control plane at this address instead of starting one.
-    #[arg(long, conflicts_with_all = ["control", "no_control"])]
+    /// Join the control plane at this address (`larder control`) instead of starting one.
+    #[arg(long, value_name = "IP:PORT", conflicts_with_all = ["control", "no_control"])]
     join: Option<String>,
     /// Distributed mode: forward each request to the node the control plane assigns its target.
     #[arg(long, conflicts_with = "no_control")]
@@ -67,8 +67,8 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
             .parse::<SocketAddr>()
             .with_context(|| format!("--listen {listen}: expected IP:PORT"))?;
     }
-    if let Some(cores) = &args.cores {
-        config.cores = cores.parse().context("--cores")?;
+    if let Some(selection) = args.cores.selection()? {
+        config.cores = selection;
     }
     if let Some(driver) = &args.io_driver {
         config.io_driver = parse_io_driver(driver).context("--io-driver")?;
