@@ -14,6 +14,7 @@ use larder_lard::{PolicyConfig, PolicyKind};
 
 use crate::cores::CoreFlags;
 use crate::dispatch_link::{self, BackendSource, DispatchLink, LinkConfig};
+use crate::metrics::{self, DispatchProbe, Stopping};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +40,13 @@ pub struct DispatchArgs {
     /// Requests in flight to one back-end before 503 + Retry-After [default: 1024].
     #[arg(long = "pending-max", value_name = "N")]
     pending_max: Option<u32>,
+    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9181; if taken, none
+    /// runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the health and metrics listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
     /// Do not contact a control plane (back-ends only from --backend).
     #[arg(long = "no-control", conflicts_with = "control")]
     no_control: bool,
@@ -114,6 +122,11 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     if link_config.is_none() {
         tracing::info!("running without a control plane");
     }
+    let metrics = metrics::bind(
+        args.no_metrics,
+        args.metrics.as_deref(),
+        metrics::DISPATCH_METRICS_DEFAULT,
+    )?;
     // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
     // thread takes them, in sigwait.
     let signals = TerminationSignals::block()?;
@@ -138,8 +151,17 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         dispatcher.local_addr(),
         dispatcher.shard_count()
     );
+    let stopping = Stopping::default();
+    let probe = DispatchProbe {
+        shards: dispatcher.runtime_stats_handles(),
+        stopping: stopping.clone(),
+        handle: dispatcher.handle(),
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing exchanges in flight");
+    // /readyz says 503 from here on, while the exchanges drain.
+    stopping.set();
     // The link first, so nothing is applied while the dispatcher drains.
     if let Some(link) = link {
         tracing::info!(stats = ?link.stats(), "stopping the control-plane link");
@@ -151,6 +173,9 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let report = dispatcher.join().context("stopping the dispatcher")?;
     if !report.fully_drained() {
         tracing::warn!("some exchanges were still running at the drain deadline and were closed");
+    }
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ mod cores;
 mod ctl;
 mod dispatch;
 mod dispatch_link;
+mod metrics;
 mod node_link;
 mod serve;
 mod signals;

@@ -58,9 +58,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
-    AgentConfig, Container, ContainerLimits, ContainerLoad, ContainerName, ControlConfig,
-    ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ShardId,
-    ShardLoad, Steering, TargetLoad,
+    AgentConfig, AgentStatsReader, Container, ContainerLimits, ContainerLoad, ContainerName,
+    ControlConfig, ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad,
+    ShardId, ShardLoad, Steering, TargetLoad,
 };
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
@@ -169,6 +169,11 @@ impl NodeLink {
             plane,
             agent: Some(agent),
         })
+    }
+
+    /// A reader of the agent's counters (is the node registered?), if an agent runs.
+    pub fn agent_stats_reader(&self) -> Option<AgentStatsReader> {
+        self.agent.as_ref().map(NodeAgent::stats_reader)
     }
 
     /// The embedded control plane's address, if one runs.

@@ -1,5 +1,6 @@
-//! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node → exit 0
-//! after SIGINT/SIGTERM once in-flight responses are finished.
+//! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node, its
+//! control link and its health listener (`metrics.rs`) → exit 0 after SIGINT/SIGTERM once in-flight responses
+//! are finished (`/readyz` answers 503 from the signal on).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
 use crate::cores::CoreFlags;
-use crate::node_link::{self, NodeLink};
+use crate::metrics::{self, ServeProbe, Stopping};
+use crate::node_link::{self, ControlMode, NodeLink};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +50,13 @@ pub struct ServeArgs {
     /// Distributed mode: forward each request to the node the control plane assigns its target.
     #[arg(long, conflicts_with = "no_control")]
     cluster: bool,
+    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
+    /// runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the health and metrics listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
     /// Directory to serve [default: .].
     root: Option<PathBuf>,
 }
@@ -98,6 +107,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.control.as_deref(),
         args.join.as_deref(),
     )?;
+    let metrics = metrics::bind(
+        args.no_metrics,
+        args.metrics.as_deref(),
+        metrics::SERVE_METRICS_DEFAULT,
+    )?;
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
     let signals = TerminationSignals::block()?;
@@ -115,8 +129,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .cluster
         .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
         .transpose()?;
+    let stopping = Stopping::default();
+    let probe = ServeProbe {
+        shards: node.runtime_stats_handles(),
+        stopping: stopping.clone(),
+        joined: match (control, link.agent_stats_reader()) {
+            (ControlMode::Join(addr), Some(agent)) => Some((agent, addr)),
+            _ => None,
+        },
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing in-flight responses");
+    // /readyz says 503 from here on, while the node drains.
+    stopping.set();
     node.shutdown();
     let report = node.join().context("stopping the node")?;
     if !report.fully_drained() {
@@ -126,5 +152,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cluster.shutdown();
     }
     link.shutdown()?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
+    }
     Ok(ExitCode::SUCCESS)
 }
