@@ -94,7 +94,8 @@ const _: () = assert!(
 /// Default address of the embedded control plane.
 pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
 
-/// `--no-control`, `--control ADDR` and `--join ADDR` (clap rejects `--join` with either other flag).
+/// `--no-control`, `--control ADDR` and `--join ADDR` (clap rejects `--join` with either other flag). `--join`
+/// also takes HOST:PORT, resolved once here (a Kubernetes Service name: its cluster IP does not change).
 pub fn control_mode(
     no_control: bool,
     control: Option<&str>,
@@ -104,9 +105,18 @@ pub fn control_mode(
         addr.parse::<SocketAddr>()
             .with_context(|| format!("{flag} {addr}: expected IP:PORT"))
     };
+    let resolve = |addr: &str| -> anyhow::Result<SocketAddr> {
+        if let Ok(addr) = addr.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .with_context(|| format!("--join {addr}: expected IP:PORT or HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--join {addr}: the name has no address"))
+    };
     Ok(match (no_control, join) {
         (true, _) => ControlMode::Off,
-        (false, Some(join)) => ControlMode::Join(parse("--join", join)?),
+        (false, Some(join)) => ControlMode::Join(resolve(join)?),
         (false, None) => ControlMode::Embedded {
             listen: parse("--control", control.unwrap_or(CONTROL_ADDR_DEFAULT))?,
             required: control.is_some(),
@@ -568,6 +578,13 @@ mod tests {
             ControlMode::Join(other)
         );
         assert_eq!(mode(true, None, None), ControlMode::Off);
+        match mode(false, None, Some("localhost:6000")) {
+            ControlMode::Join(addr) => assert!(
+                addr.ip().is_loopback() && addr.port() == 6000,
+                "a name is resolved: {addr}"
+            ),
+            other => panic!("expected Join, got {other:?}"),
+        }
         let error = control_mode(false, None, Some("nowhere")).expect_err("not IP:PORT");
         assert!(format!("{error:#}").contains("--join nowhere"), "{error:#}");
     }

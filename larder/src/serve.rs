@@ -44,8 +44,9 @@ pub struct ServeArgs {
     /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051; if taken, none runs].
     #[arg(long, value_name = "IP:PORT")]
     control: Option<String>,
-    /// Join the control plane at this address (`larder control`) instead of starting one.
-    #[arg(long, value_name = "IP:PORT", conflicts_with_all = ["control", "no_control"])]
+    /// Join the control plane at this address (`larder control`; a name is resolved once, at start) instead of
+    /// starting one.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["control", "no_control"])]
     join: Option<String>,
     /// Distributed mode: forward each request to the node the control plane assigns its target.
     #[arg(long, conflicts_with = "no_control")]
