@@ -3,7 +3,6 @@
 //! a `--join`ed node is ready only while registered with its control plane, a dispatcher only while a back-end
 //! takes requests; anything else is 404, a method other than GET/HEAD 405, a head that does not parse 400.
 
-mod common;
 #[path = "common/process.rs"]
 mod process;
 
@@ -30,18 +29,12 @@ fn exchange(addr: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `GET path` on a fresh connection: the status code and body.
 fn probe(addr: &str, path: &str) -> (u16, String) {
-    let (answer, _) = common::get(addr, path);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
 }
 
 /// A loopback port free right now (for a control plane started later in the test).
@@ -85,8 +78,11 @@ fn a_joined_node_is_ready_only_while_registered() {
         body.contains("not registered") && body.contains(&control_addr),
         "{body}"
     );
-    let (answer, _) = common::get(&http, "/a.txt");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        probe(&http, "/a.txt"),
+        (200, "a".to_string()),
+        "the node serves"
+    );
 
     // After: the control plane comes up and the node registers.
     let mut control = Process::spawn(&["control", "--listen", &control_addr]);
