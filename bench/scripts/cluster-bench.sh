@@ -70,7 +70,7 @@ start_backends() { # [control flags…]: the default is --no-control
     backend_pids=()
     for i in "${!backend_cpus[@]}"; do
         local port=$((BASE_PORT + 1 + i)) cpu=${backend_cpus[$i]}
-        "$LARDER" serve --listen "127.0.0.1:$port" --cores "$cpu-$cpu" --cache-mb "$CACHE_MB" "${control[@]}" \
+        "$LARDER" serve --listen "127.0.0.1:$port" --cpus "$cpu" --cache-mb "$CACHE_MB" "${control[@]}" \
             "$WORK/site" >"$WORK/backend-$i.log" 2>&1 &
         backend_pids+=($!); pids+=($!)
         wait_port "$port"
@@ -110,7 +110,7 @@ $servers
 EOF
         taskset -c "$FRONT_CPUS" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/front.log" 2>&1 &
     else
-        "$LARDER" dispatch --listen "127.0.0.1:$FRONT_PORT" --policy "$kind" --cores "$FRONT_CPUS" --no-control \
+        "$LARDER" dispatch --listen "127.0.0.1:$FRONT_PORT" --policy "$kind" --cpus "$FRONT_CPUS" --no-control \
             "${backends[@]}" >"$WORK/front.log" 2>&1 &
     fi
     front_pid=$!; pids+=($front_pid)

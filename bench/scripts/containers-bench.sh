@@ -105,7 +105,7 @@ path_prefix = "/slow/"
 container = "trickle"
 path_prefix = "/trickle/"
 CONF
-    RUST_LOG=warn "$LARDER" serve --listen "127.0.0.1:$PORT" --cores "$SERVER_CPU," --io-driver "$driver" \
+    RUST_LOG=warn "$LARDER" serve --listen "127.0.0.1:$PORT" --cpus "$SERVER_CPU" --io-driver "$driver" \
         --config "$WORK/larder.toml" --control "$CONTROL" "$WORK/www" >"$WORK/serve.out" 2>"$WORK/serve.err" &
     SERVER_PID=$!
     for _ in $(seq 100); do
@@ -149,7 +149,7 @@ check_run() {
 # The clients use larder-bench's epoll driver: its io_uring client path runs at a third of its epoll path on this
 # kernel (issue 17), which would measure the generator instead of the server.
 CLIENT_DRIVER=${CLIENT_DRIVER:-epoll}
-bench() { taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json "$@"; }
+bench() { taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cpus "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json "$@"; }
 
 # Stats window around a command: sets CPU_THREAD_NS, CPU_CONTAINERS_US, CPU_GOLD_US, CPU_DEFAULT_US, SOFTIRQ_TICKS.
 measure_window() {
@@ -177,7 +177,7 @@ PY
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.3f}' if b else 'inf')" "$1" "$2"; }
 
 echo "kernel $(uname -r), commit $(git -C "$REPO" rev-parse --short HEAD), $(date -u +%F)"
-echo "server: larder serve --cores $SERVER_CPU, (one shard); clients: larder-bench on CPU $CLIENT_CPU; ${DURATION}s runs"
+echo "server: larder serve --cpus $SERVER_CPU (one shard); clients: larder-bench on CPU $CLIENT_CPU; ${DURATION}s runs"
 first_driver=1
 for driver in $DRIVERS; do
     echo
@@ -226,7 +226,7 @@ print(f'           charged CPU ratio gold:default, median {statistics.median(cpu
     echo "--- 2. premium under flood (gold 300 shares, 1 keep-alive connection at chrt -f 50; default 100 shares)"
     start_server "$driver" 300 100
     premium() {
-        chrt -f 50 taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json \
+        chrt -f 50 taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cpus "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json \
             -c 1 -d "${DURATION}s" --warmup "${WARMUP}s" "$URL/gold/4k.html"
     }
     premium >"$WORK/alone.json"

@@ -63,7 +63,10 @@ for driver in $DRIVERS; do
             binary=$BASE_LARDER
             port=$PORT_A
         fi
-        RUST_LOG=warn "$binary" serve --listen "127.0.0.1:$port" --cores "$SERVER_CPU," --io-driver "$driver" \
+        # One shard on $SERVER_CPU: `--cpus N` since issue 18; a baseline from before spells it `--cores N,`.
+        pin=(--cpus "$SERVER_CPU")
+        "$binary" serve --help | grep -q -- '--cpus' || pin=(--cores "$SERVER_CPU,")
+        RUST_LOG=warn "$binary" serve --listen "127.0.0.1:$port" "${pin[@]}" --io-driver "$driver" \
             --no-control "$WORK/www" >/dev/null 2>"$WORK/$side.err" &
         PIDS+=($!)
         for _ in $(seq 100); do
@@ -75,7 +78,7 @@ for driver in $DRIVERS; do
     echo "=== server io driver: $driver (a = baseline, b = this tree)"
     taskset -c "$CLIENT_CPU" "$LARDER_BENCH" compare --a "http://127.0.0.1:$PORT_A/4k.html" \
         --b "http://127.0.0.1:$PORT_B/4k.html" --rounds "$ROUNDS" -c 64 -d "${DURATION}s" \
-        --cores "$CLIENT_CPU" --driver epoll --quiet
+        --cpus "$CLIENT_CPU" --driver epoll --quiet
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 done

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # larder vs nginx on the same directory, same load generator, alternating rounds (issue 4 acceptance).
 #
-# Servers: `larder serve --cores $SERVER_CORES` and nginx with worker_processes = number of larder shards, pinned
+# Servers: `larder serve --cpus $SERVER_CPUS` and nginx with worker_processes = number of larder shards, pinned
 # to the same CPUs (worker_cpu_affinity), sendfile on, open_file_cache on, access_log off. Both serve $WORK/www.
 # Load: wrk pinned (taskset) to $CLIENT_CPUS, `--latency`; rounds alternate the order (nginx first in odd rounds).
-# CLIENT=larder-bench drives the same rounds with larder-bench (`--cores $CLIENT_CPUS --driver epoll --json`; zipf
+# CLIENT=larder-bench drives the same rounds with larder-bench (`--cpus $CLIENT_CPUS --driver epoll --json`; zipf
 # uses its --files list with --zipf $ZIPF_ALPHA and a fixed seed) instead of wrk; everything else is the same.
 # Workloads:
 #   4k    GET /4k.html, keep-alive, $CONNECTIONS connections             → req/s, p50, p99
@@ -15,7 +15,7 @@
 # and round, when wrk reports socket errors or non-2xx/3xx responses (a ratio of such a run would be garbage).
 # Targets (issue 4): 4k on one core ≥ 1.2× nginx req/s with p99 ≤ nginx's; 1m ≥ 0.9× nginx bytes/s.
 #
-# Usage: bench/scripts/nginx-compare.sh                     (ROUNDS=3 DURATION=10 SERVER_CORES=0 CLIENT_CPUS=1)
+# Usage: bench/scripts/nginx-compare.sh                     (ROUNDS=3 DURATION=10 SERVER_CPUS=0 CLIENT_CPUS=1)
 #        ROUNDS=5 DURATION=20 IO_DRIVER=uring WORKLOADS="4k 1m" bench/scripts/nginx-compare.sh
 #        LARDER=/path/to/larder bench/scripts/nginx-compare.sh   (skip the cargo build)
 #        CLIENT=larder-bench bench/scripts/nginx-compare.sh       (LARDER_BENCH=/path skips its build)
@@ -25,7 +25,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
-SERVER_CORES=${SERVER_CORES:-0}        # CPU list for both servers, e.g. "0" or "0-1"
+SERVER_CPUS=${SERVER_CPUS:-0}        # CPU list for both servers, e.g. "0" or "0-1"
 CLIENT_CPUS=${CLIENT_CPUS:-1}          # CPU list for wrk
 WRK_THREADS=${WRK_THREADS:-1}
 CLIENT=${CLIENT:-wrk}                  # wrk or larder-bench
@@ -59,7 +59,7 @@ fi
 
 # CPU list "0-1,3" → count and nginx affinity masks (one per worker).
 cpus=()
-IFS=',' read -ra parts <<<"$SERVER_CORES"
+IFS=',' read -ra parts <<<"$SERVER_CPUS"
 for part in "${parts[@]}"; do
     if [[ $part == *-* ]]; then for ((c = ${part%-*}; c <= ${part#*-}; c++)); do cpus+=("$c"); done
     else cpus+=("$part"); fi
@@ -137,7 +137,7 @@ wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/4
 
 start_larder() { # $1 = cache MiB
     # shellcheck disable=SC2086 # LARDER_ARGS is a list of extra flags
-    "$LARDER" serve --listen "127.0.0.1:$LARDER_PORT" --cores "$SERVER_CORES," --io-driver "$IO_DRIVER" \
+    "$LARDER" serve --listen "127.0.0.1:$LARDER_PORT" --cpus "$SERVER_CPUS" --io-driver "$IO_DRIVER" \
         --cache-mb "$1" --no-control ${LARDER_ARGS:-} "$WORK/www" >"$WORK/logs/larder.log" 2>&1 &
     LARDER_PID=$!
     wait_up "$LARDER_PORT"
@@ -189,7 +189,7 @@ run_larder_bench() { # $1 server, $2 port, $3 workload, $4 round
             "http://127.0.0.1:$port/") ;;
     esac
     fail() { echo "nginx-compare: $server, workload $workload, round $round: $1" >&2; echo "$output" >&2; exit 1; }
-    output=$(taskset -c "$CLIENT_CPUS" "$LARDER_BENCH" --cores "$CLIENT_CPUS" --driver epoll -d "${DURATION}s" \
+    output=$(taskset -c "$CLIENT_CPUS" "$LARDER_BENCH" --cpus "$CLIENT_CPUS" --driver epoll -d "${DURATION}s" \
         --quiet --json "${args[@]}" 2>&1) || fail "larder-bench exited with status $?"
     jq -e '.errors == 0 and .requests_per_sec > 0' <<<"$output" >/dev/null ||
         fail "larder-bench reported errors or measured no requests"
@@ -211,7 +211,7 @@ TICKS_PER_S=$(getconf CLK_TCK)
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "larder $("$LARDER" --version 2>/dev/null | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')) vs $("$NGINX" -v 2>&1 | sed 's/.*: //')"
-echo "server CPUs $SERVER_CORES ($SHARDS shards/workers), $CLIENT on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
+echo "server CPUs $SERVER_CPUS ($SHARDS shards/workers), $CLIENT on CPUs $CLIENT_CPUS, $ROUNDS rounds × ${DURATION}s, driver $IO_DRIVER, $(nproc) CPUs, $(uname -r)"
 printf '\n%-6s %-7s %14s %14s %10s %10s %12s\n' workload server "req/s" "bytes/s" "p50 µs" "p99 µs" "cpu µs/req"
 for workload in $WORKLOADS; do
     cache_mb=256

@@ -3,7 +3,7 @@
 #
 # nginx: 1 worker pinned to CPU $SERVER_CPU, access_log off, sendfile on, 127.0.0.1:$PORT, config in a temp dir.
 # Clients, pinned to CPU $CLIENT_CPU, same connection count: `wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency`
-# and `larder-bench --cores $CLIENT_CPU -c $CONNECTIONS -d ${DURATION}s`, in alternating rounds (wrk first in odd
+# and `larder-bench --cpus $CLIENT_CPU -c $CONNECTIONS -d ${DURATION}s`, in alternating rounds (wrk first in odd
 # rounds, larder-bench first in even ones). Each round pairs the two tools back to back, so each round gives one
 # ratio larder-bench/wrk per figure; the verdict uses the median of these per-round ratios, which cancels the
 # slow drift of a shared machine (one tool's own rounds spread by ±15% here, more than the 5% being tested).
@@ -102,7 +102,7 @@ run_wrk() {
 run_larder() {
     local out
     # shellcheck disable=SC2086 # LARDER_BENCH_ARGS is a list of extra flags
-    out=$(taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cores "$CLIENT_CPU" --driver "$DRIVER" -c "$CONNECTIONS" \
+    out=$(taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cpus "$CLIENT_CPU" --driver "$DRIVER" -c "$CONNECTIONS" \
         -d "${DURATION}s" --quiet --json ${LARDER_BENCH_ARGS:-} "$URL")
     jq -r '"\(.requests_per_sec) \(.latency_ms.p50) \(.latency_ms.p99) \(.errors)"' <<<"$out"
 }

@@ -175,7 +175,28 @@ impl NodeAgent {
     }
 
     pub fn stats(&self) -> AgentStats {
-        let c = &self.counters;
+        self.stats_reader().stats()
+    }
+
+    /// A `Send + Sync` reader of the counters for another thread (a readiness probe asks `connected`).
+    pub fn stats_reader(&self) -> AgentStatsReader {
+        AgentStatsReader(Arc::clone(&self.counters))
+    }
+
+    /// Stops the agent and waits for its thread. (A panic in the hooks is the
+    /// server's bug; it already printed.)
+    pub fn shutdown(mut self) {
+        self.worker.stop_and_join();
+    }
+}
+
+/// Reads an agent's counters from any thread; outlives the agent (then `connected` stays false).
+#[derive(Clone, Debug)]
+pub struct AgentStatsReader(Arc<Counters>);
+
+impl AgentStatsReader {
+    pub fn stats(&self) -> AgentStats {
+        let c = &self.0;
         AgentStats {
             connected: c.connected.load(Ordering::Relaxed),
             registrations: c.registrations.load(Ordering::Relaxed),
@@ -184,12 +205,6 @@ impl NodeAgent {
             steerings_applied: c.steerings_applied.load(Ordering::Relaxed),
             sessions_failed: c.sessions_failed.load(Ordering::Relaxed),
         }
-    }
-
-    /// Stops the agent and waits for its thread. (A panic in the hooks is the
-    /// server's bug; it already printed.)
-    pub fn shutdown(mut self) {
-        self.worker.stop_and_join();
     }
 }
 

@@ -46,7 +46,9 @@ pub mod state;
 /// The wire types, for users of [`client`] (the `larder` binary needs no other path to them).
 pub use larder_proto as proto;
 
-pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
+pub use agent::{
+    AgentConfig, AgentError, AgentStats, AgentStatsReader, NodeAgent, NodeHooks, NodeLoad,
+};
 pub use assign::{Assignment, ASSIGN_TARGETS_MAX, ASSIGN_TTL_DEFAULT};
 pub use assign_client::{
     AssignFeeder, AssignFeederConfig, AssignFeederError, AssignFeederHandle, AssignFeederStats,

@@ -36,6 +36,11 @@ pub const CLIENT_IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const HEALTH_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// Slow start of a back-end that comes back up: its pending cap ramps from 1 to the full cap over this time.
 pub const SLOW_START_MS_DEFAULT: u64 = 5_000;
+/// Default listen address: port 8000, so a dispatcher and a `larder serve` (8080) on one machine do not collide.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8000,
+));
 /// Seconds told to a client in `Retry-After` when a back-end's pending cap is reached.
 pub const RETRY_AFTER_S: u32 = 1;
 
@@ -89,7 +94,7 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: LISTEN_DEFAULT,
             backends: Vec::new(),
             policy: PolicyConfig::new(PolicyKind::LardR),
             cores: ShardSelection::All,

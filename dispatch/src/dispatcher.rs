@@ -23,6 +23,7 @@
 //! drain and down flags and the external load (`balancer`, policy swap).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -63,6 +64,9 @@ pub(crate) struct Shared {
     balancer: Mutex<Balancer>,
     pub(crate) counters: Counters,
     pub(crate) listeners: Vec<Mutex<Option<std::net::TcpListener>>>,
+    /// Back-ends that take requests (not down, not drained), as of the health thread's last round: what a
+    /// readiness probe reads without taking the balancer's lock.
+    usable_backends: AtomicUsize,
 }
 
 impl Shared {
@@ -76,6 +80,17 @@ impl Shared {
         self.balancer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts the back-ends that take requests and publishes the count (the health thread, once per round).
+    pub(crate) fn publish_usable_backends(&self) {
+        let usable = self
+            .balancer()
+            .status()
+            .iter()
+            .filter(|backend| !backend.down && !backend.control_down && !backend.drained)
+            .count();
+        self.usable_backends.store(usable, Ordering::Relaxed);
     }
 
     /// Records a health verdict about the back-end at `addr` and logs a change.
@@ -175,6 +190,12 @@ impl DispatchHandle {
     pub fn counters(&self) -> CountersSnapshot {
         self.shared.counters.snapshot()
     }
+
+    /// Back-ends that take requests (not down by health checks or the control plane, not drained), as of the
+    /// last health round (every `health_interval_ms`; at start: all of them). One atomic load: no lock.
+    pub fn usable_backends(&self) -> usize {
+        self.shared.usable_backends.load(Ordering::Relaxed)
+    }
 }
 
 /// A running `larder dispatch`.
@@ -217,8 +238,10 @@ impl Dispatcher {
             balancer: Mutex::new(balancer),
             counters: Counters::default(),
             listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
+            usable_backends: AtomicUsize::new(0),
             config,
         });
+        shared.publish_usable_backends();
         let for_shards = Arc::clone(&shared);
         let pool = ShardPool::start(pool_config, move |context| {
             crate::proxy::run_shard(context, Arc::clone(&for_shards))
@@ -255,6 +278,11 @@ impl Dispatcher {
         DispatchHandle {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// `Send + Sync` readers of each shard's runtime statistics and liveness, for another thread.
+    pub fn runtime_stats_handles(&self) -> Vec<larder_runtime::StatsHandle> {
+        self.pool.stats_handles().to_vec()
     }
 
     /// Shutdown step 1 and 3 (module docs); returns at once. Call [`Dispatcher::join`] to wait for step 2.

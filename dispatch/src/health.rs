@@ -2,7 +2,8 @@
 //! `health_interval_ms` with `GET <health_path>` on a fresh connection (connect timeout `connect_timeout_ms`,
 //! response timeout `backend_timeout_ms`). A status line with a status below 500 counts as alive. The verdict
 //! goes to the shared [`crate::balancer::Balancer`]: a down back-end that answers comes back (its targets are
-//! assigned to it again as the policy sees fit), a live one that fails goes down.
+//! assigned to it again as the policy sees fit), a live one that fails goes down. After each round it publishes
+//! how many back-ends take requests (`DispatchHandle::usable_backends`, read by `larder dispatch`'s `/readyz`).
 //!
 //! Why a blocking thread and not a shard task: probes are a few per second, never on the request path, and a
 //! stuck probe must not delay a shard; the thread sleeps on a channel so shutdown wakes it at once.
@@ -84,5 +85,6 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             );
             shared.set_health(backend, addr, !alive, "active check");
         }
+        shared.publish_usable_backends();
     }
 }

@@ -19,7 +19,7 @@ use crate::signals::TerminationSignals;
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
     /// Address to serve gRPC on (larder.v1.Control, larder.v1.NodeService, reflection, health).
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     /// Bearer token required for changes; without one, changes are accepted only from loopback.
     #[arg(long)]
@@ -30,8 +30,8 @@ pub struct ControlArgs {
     /// A node silent for this many report intervals is marked down.
     #[arg(long, default_value_t = 5)]
     down_after_intervals: u32,
-    /// Initial policy: wrr, lc, ch, ch-bl, lard, lard-r. A policy saved in the --state file (a run-time
-    /// change) wins over it.
+    /// Initial policy: wrr, lc (least connections), ch (consistent hashing), ch-bl (with bounded loads), lard,
+    /// lard-r. A policy saved in the --state file (a run-time change) wins over it.
     #[arg(long, default_value = "lard")]
     policy: String,
     /// Keep the operator's run-time changes (policy, node weights and drains, containers) in this file: read at

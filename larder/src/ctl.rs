@@ -10,10 +10,10 @@ use larder_control::{CtlClient, CtlError};
 
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
-    /// Control plane address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// The control plane's gRPC address (`larder control --listen`, or `larder serve --control`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
     control: String,
-    /// Bearer token for changes.
+    /// Bearer token for changes, when the control plane has one (`larder control --token`).
     #[arg(long)]
     token: Option<String>,
     /// Print the answer as protobuf JSON instead of a table.
@@ -28,11 +28,15 @@ enum Call {
     /// Nodes, their state, weight and load.
     ListNodes,
     /// One node with the load of each shard.
-    GetNode { node_id: String },
+    GetNode {
+        /// The node's id: its HTTP address, as `list-nodes` shows it.
+        node_id: String,
+    },
     /// Cluster totals and per-node load.
     GetClusterLoad,
     /// Cluster load every interval.
     WatchClusterLoad {
+        /// Milliseconds between two updates.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
         /// Number of updates (0 = until interrupted).
@@ -51,13 +55,20 @@ enum Call {
     },
     /// The hottest targets and the shards serving them.
     ListTargets {
+        /// Most targets shown, the hottest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
     /// Stop sending new requests to a node.
-    Drain { node_id: String },
+    Drain {
+        /// The node's id: its HTTP address, as `list-nodes` shows it.
+        node_id: String,
+    },
     /// Send requests to a drained node again.
-    Undrain { node_id: String },
+    Undrain {
+        /// The node's id: its HTTP address, as `list-nodes` shows it.
+        node_id: String,
+    },
     /// Containers with shares, limits and cluster CPU time.
     ListContainers,
     /// Set a container's shares and limits (replaces all of them).
@@ -74,21 +85,29 @@ enum Call {
 // subcommand's about text).
 #[derive(Debug, clap::Args)]
 struct PolicyFlags {
-    /// wrr, lc, ch, ch-bl, lard, lard-r.
+    /// Policy: wrr, lc (least connections), ch (consistent hashing), ch-bl (with bounded loads), lard, lard-r.
     #[arg(long)]
     kind: Option<String>,
+    /// LARD: requests in flight below which a node counts as lightly loaded (paper: 25).
     #[arg(long)]
     t_low: Option<u32>,
+    /// LARD: requests in flight above which a target moves to a lightly loaded node (paper: 65; at twice this,
+    /// to the least-loaded one).
     #[arg(long)]
     t_high: Option<u32>,
+    /// LARD/R: a target's server set unchanged for this many milliseconds drops a server (paper: 20000).
     #[arg(long)]
     k_ms: Option<u64>,
+    /// ch-bl: no node above this factor times the average load (at least 1, e.g. 1.25).
     #[arg(long)]
     balance_factor: Option<f64>,
+    /// ch, ch-bl: points of each node on the hash ring.
     #[arg(long)]
     vnodes_per_server: Option<u32>,
+    /// LARD, LARD/R: most targets tracked.
     #[arg(long)]
     targets_max: Option<u64>,
+    /// LARD, LARD/R: a target idle this many milliseconds is forgotten.
     #[arg(long)]
     target_idle_ms: Option<u64>,
 }
@@ -118,17 +137,21 @@ impl PolicyFlags {
 // The arguments of `set-container` that become a `larder.v1.Container` (no doc comment, as above).
 #[derive(Debug, clap::Args)]
 struct ContainerFlags {
+    /// The container's name (as in the nodes' `[[containers]]`).
     name: String,
+    /// CPU shares, proportional to the other containers' (300 against 100 = 3/4 of a saturated core).
     #[arg(long)]
     shares: u32,
+    /// Connections in service at once per shard; one more gets 503 + Retry-After (0..=1048576, 0 = the node's own).
     #[arg(long, default_value_t = 0)]
     connections_max: u64,
+    /// Requests queued per shard (0..=1048576, 0 = the node's own).
     #[arg(long, default_value_t = 0)]
     queued_work_max: u64,
-    /// Percent of each shard's CPU the container may use, busy or idle (0..=100).
+    /// Percent of each shard's CPU the container may use, busy or idle (0..=100, 0 = the node's own).
     #[arg(long, default_value_t = 0)]
     cpu_percent_max: u32,
-    /// Send rate of each of its connections, bytes per second (0..=10000000000).
+    /// Send rate of each of its connections, bytes per second (0..=10000000000, 0 = the node's own).
     #[arg(long, default_value_t = 0)]
     send_rate_bytes_per_second: u64,
 }

@@ -12,44 +12,52 @@ use anyhow::Context as _;
 use larder_dispatch::{DispatchConfig, Dispatcher};
 use larder_lard::{PolicyConfig, PolicyKind};
 
+use crate::cores::CoreFlags;
 use crate::dispatch_link::{self, BackendSource, DispatchLink, LinkConfig};
+use crate::metrics::{self, DispatchProbe, Stopping};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// Address to listen on (not `larder serve`'s 8080, so both run on one machine).
+    #[arg(long, value_name = "IP:PORT", default_value_t = larder_dispatch::config::LISTEN_DEFAULT)]
+    listen: SocketAddr,
     /// A back-end HTTP/1.1 server, IP:PORT (repeat the flag for each back-end). Optional with --control: the
     /// control plane's nodes are then the back-ends.
-    #[arg(long = "backend")]
+    #[arg(long = "backend", value_name = "IP:PORT")]
     backends: Vec<String>,
-    /// Distribution policy: lard-r, lard, wrr, lc, ch or ch-bl [default: lard-r].
+    /// Distribution policy: lard-r, lard, wrr, lc, ch or ch-bl.
     #[arg(long, default_value = "lard-r")]
     policy: String,
-    /// Shards: `all` (one per physical core), a count, or a CPU list like `0-3` [default: all].
-    #[arg(long, default_value = "all")]
-    cores: String,
-    /// I/O driver: auto, uring or epoll [default: auto].
-    #[arg(long = "io-driver", default_value = "auto")]
+    #[command(flatten)]
+    cores: CoreFlags,
+    /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
+    #[arg(long = "io-driver", value_name = "DRIVER", default_value = "auto")]
     io_driver: String,
-    /// Path of the active health check (`GET <path>`, any status below 500 is alive) [default: /].
-    #[arg(long = "health-path", default_value = "/")]
+    /// Path of the active health check of each back-end (`GET <path>`; any status below 500 is alive).
+    #[arg(long = "health-path", value_name = "PATH", default_value = "/")]
     health_path: String,
     /// Requests in flight to one back-end before 503 + Retry-After [default: 1024].
-    #[arg(long = "pending-max")]
+    #[arg(long = "pending-max", value_name = "N")]
     pending_max: Option<u32>,
+    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9181; if taken, none
+    /// runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the health and metrics listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
     /// Do not contact a control plane (back-ends only from --backend).
     #[arg(long = "no-control", conflicts_with = "control")]
     no_control: bool,
-    /// The control plane's gRPC address, HOST:PORT: back-ends (without --backend), drain, node state, weights,
+    /// The control plane's gRPC address: back-ends (without --backend), drain, node state, weights,
     /// load and the policy come from it, polled every --control-interval-ms.
     #[arg(long)]
     control: Option<String>,
     /// Bearer token for the control plane, if it has one.
     #[arg(long)]
     token: Option<String>,
-    /// Milliseconds between two polls of the control plane [default: 100].
+    /// Milliseconds between two polls of the control plane.
     #[arg(long = "control-interval-ms", default_value_t = dispatch_link::INTERVAL_MS_DEFAULT)]
     control_interval_ms: u64,
 }
@@ -84,16 +92,15 @@ fn link_config(args: &DispatchArgs) -> anyhow::Result<Option<LinkConfig>> {
 
 fn config_from(args: &DispatchArgs) -> anyhow::Result<DispatchConfig> {
     let mut config = DispatchConfig {
-        listen: args
-            .listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("--listen {}: expected IP:PORT", args.listen))?,
+        listen: args.listen,
         policy: PolicyConfig::new(args.policy.parse::<PolicyKind>().context("--policy")?),
-        cores: args.cores.parse().context("--cores")?,
         io_driver: args.io_driver.parse().context("--io-driver")?,
         health_path: args.health_path.clone(),
         ..DispatchConfig::default()
     };
+    if let Some(selection) = args.cores.selection()? {
+        config.cores = selection;
+    }
     for backend in &args.backends {
         config.backends.push(
             backend
@@ -115,6 +122,11 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     if link_config.is_none() {
         tracing::info!("running without a control plane");
     }
+    let metrics = metrics::bind(
+        args.no_metrics,
+        args.metrics.as_deref(),
+        metrics::DISPATCH_METRICS_DEFAULT,
+    )?;
     // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
     // thread takes them, in sigwait.
     let signals = TerminationSignals::block()?;
@@ -139,8 +151,17 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         dispatcher.local_addr(),
         dispatcher.shard_count()
     );
+    let stopping = Stopping::default();
+    let probe = DispatchProbe {
+        shards: dispatcher.runtime_stats_handles(),
+        stopping: stopping.clone(),
+        handle: dispatcher.handle(),
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: finishing exchanges in flight");
+    // /readyz says 503 from here on, while the exchanges drain.
+    stopping.set();
     // The link first, so nothing is applied while the dispatcher drains.
     if let Some(link) = link {
         tracing::info!(stats = ?link.stats(), "stopping the control-plane link");
@@ -152,6 +173,9 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let report = dispatcher.join().context("stopping the dispatcher")?;
     if !report.fully_drained() {
         tracing::warn!("some exchanges were still running at the drain deadline and were closed");
+    }
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,6 +46,8 @@ use crate::node_link::ControlMode;
 const HTTP: &str = "http";
 /// Label of the embedded control plane's gRPC listener.
 const CONTROL: &str = "control";
+/// Label of the health and metrics listener (`--metrics`).
+const METRICS: &str = "metrics";
 
 /// The listening sockets a `larder serve` starts on.
 pub struct Listeners {
@@ -53,6 +55,8 @@ pub struct Listeners {
     pub http: Vec<TcpListener>,
     /// The old process's control plane socket, when this process's embedded control plane adopts it.
     pub control: Option<TcpListener>,
+    /// The old process's health and metrics listener, if it ran one (`serve` adopts it if `--metrics` names it).
+    pub metrics: Option<TcpListener>,
 }
 
 /// The new process's side of a handover in progress (steps 5-6): dropping it without [`Successor::ready`]
@@ -94,6 +98,7 @@ fn adopt(taken: &mut Taken, listen: SocketAddr, control: ControlMode) -> anyhow:
         .map(|fd| exchange::tcp_listener(HTTP, fd))
         .collect::<Result<Vec<_>, _>>()?;
     let mut controls = taken.take_labelled(CONTROL);
+    let mut metrics = taken.take_labelled(METRICS);
     if let Some(unknown) = taken.sockets.first() {
         anyhow::bail!(
             "the running process sent a socket labelled {:?}, which this version does not know",
@@ -105,10 +110,15 @@ fn adopt(taken: &mut Taken, listen: SocketAddr, control: ControlMode) -> anyhow:
         "the running process sent no HTTP listener"
     );
     anyhow::ensure!(
-        controls.len() <= 1,
-        "the running process sent {} control sockets",
-        controls.len()
+        controls.len() <= 1 && metrics.len() <= 1,
+        "the running process sent {} control and {} metrics sockets",
+        controls.len(),
+        metrics.len()
     );
+    let metrics = metrics
+        .pop()
+        .map(|fd| exchange::tcp_listener(METRICS, fd))
+        .transpose()?;
     let http_addr = http[0]
         .local_addr()
         .context("the HTTP listener's address")?;
@@ -147,7 +157,11 @@ fn adopt(taken: &mut Taken, listen: SocketAddr, control: ControlMode) -> anyhow:
         }
         (None, _) => None,
     };
-    Ok(Listeners { http, control })
+    Ok(Listeners {
+        http,
+        control,
+        metrics,
+    })
 }
 
 /// `configured` names `actual`: the same IP, and the same port unless the configured one is 0 (any).
@@ -188,6 +202,7 @@ pub struct Handover {
     successor: Option<Successor>,
     http: Vec<TcpListener>,
     control: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     /// Duplicates of the HTTP listeners, kept to offer them (only with `--handover-socket`).
     http_copies: Vec<OwnedFd>,
     offer_path: Option<PathBuf>,
@@ -221,6 +236,7 @@ impl Handover {
                 Listeners {
                     http: larder_server::Node::bind(config).context("starting the node")?,
                     control: None,
+                    metrics: None,
                 },
             ),
         };
@@ -238,6 +254,7 @@ impl Handover {
             successor,
             http: listeners.http,
             control: listeners.control,
+            metrics: listeners.metrics,
             http_copies,
             offer_path: handover_socket.map(Path::to_path_buf),
             offer_listener,
@@ -254,6 +271,11 @@ impl Handover {
         self.control.take()
     }
 
+    /// The old process's health and metrics listener, if it sent one (once).
+    pub fn metrics_listener(&mut self) -> Option<TcpListener> {
+        self.metrics.take()
+    }
+
     /// Step 5 failed: the old process (if any) keeps serving and is told why.
     pub fn abort(self, error: &anyhow::Error) {
         if let Some(successor) = self.successor {
@@ -262,9 +284,14 @@ impl Handover {
     }
 
     /// Steps 6-7: tells the old process (if any) to stop, then offers this process's sockets (with
-    /// `--handover-socket`) for the next upgrade; `control` is the embedded control plane's socket, if one runs.
-    /// An error means the old process did not confirm: it keeps serving, and this one should stop.
-    pub fn complete(self, control: Option<&TcpListener>) -> anyhow::Result<Option<Offer>> {
+    /// `--handover-socket`) for the next upgrade; `control` is the embedded control plane's socket, if one runs,
+    /// and `metrics` the health and metrics listener's. An error means the old process did not confirm: it keeps
+    /// serving, and this one should stop.
+    pub fn complete(
+        self,
+        control: Option<&TcpListener>,
+        metrics: Option<TcpListener>,
+    ) -> anyhow::Result<Option<Offer>> {
         let taken_from = self
             .successor
             .as_ref()
@@ -284,6 +311,9 @@ impl Handover {
                     tracing::warn!(%error, "the control plane's socket will not be offered")
                 }
             }
+        }
+        if let Some(metrics) = metrics {
+            sockets.push((METRICS, OwnedFd::from(metrics)));
         }
         let listener = match self.offer_listener {
             Some(listener) => Ok(listener),

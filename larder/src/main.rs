@@ -8,10 +8,12 @@ use clap::{Parser, Subcommand};
 
 mod cluster_link;
 mod control;
+mod cores;
 mod ctl;
 mod dispatch;
 mod dispatch_link;
 mod handover;
+mod metrics;
 mod node_link;
 mod serve;
 mod signals;

@@ -62,9 +62,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
-    AgentConfig, Container, ContainerLimits, ContainerLoad, ContainerName, ControlConfig,
-    ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ShardId,
-    ShardLoad, Steering, TargetLoad,
+    AgentConfig, AgentStatsReader, Container, ContainerLimits, ContainerLoad, ContainerName,
+    ControlConfig, ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad,
+    ShardId, ShardLoad, Steering, TargetLoad,
 };
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
@@ -104,7 +104,8 @@ const _: () = assert!(
 pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
 
 /// `--no-control`, `--control ADDR`, `--join ADDR` and `--state FILE` (clap rejects `--join` with either of the
-/// first two, and `--state` with `--join` or `--no-control`).
+/// first two, and `--state` with `--join` or `--no-control`). `--join` also takes HOST:PORT, resolved once here (a
+/// Kubernetes Service name: its cluster IP does not change).
 pub fn control_mode(
     no_control: bool,
     control: Option<&str>,
@@ -115,9 +116,18 @@ pub fn control_mode(
         addr.parse::<SocketAddr>()
             .with_context(|| format!("{flag} {addr}: expected IP:PORT"))
     };
+    let resolve = |addr: &str| -> anyhow::Result<SocketAddr> {
+        if let Ok(addr) = addr.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .with_context(|| format!("--join {addr}: expected IP:PORT or HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--join {addr}: the name has no address"))
+    };
     Ok(match (no_control, join) {
         (true, _) => ControlMode::Off,
-        (false, Some(join)) => ControlMode::Join(parse("--join", join)?),
+        (false, Some(join)) => ControlMode::Join(resolve(join)?),
         (false, None) => ControlMode::Embedded {
             listen: parse("--control", control.unwrap_or(CONTROL_ADDR_DEFAULT))?,
             required: control.is_some() || state_file.is_some(),
@@ -201,6 +211,11 @@ impl NodeLink {
     /// The embedded control plane's listening socket, if one runs (to hand over).
     pub fn control_listener(&self) -> Option<&std::net::TcpListener> {
         self.plane.as_ref().map(ControlHandle::listener)
+    }
+
+    /// A reader of the agent's counters (is the node registered?), if an agent runs.
+    pub fn agent_stats_reader(&self) -> Option<AgentStatsReader> {
+        self.agent.as_ref().map(NodeAgent::stats_reader)
     }
 
     /// The embedded control plane's address, if one runs.
@@ -609,6 +624,13 @@ mod tests {
             },
             "--state asks for the embedded plane: failing to start it is an error"
         );
+        match mode(false, None, Some("localhost:6000")) {
+            ControlMode::Join(addr) => assert!(
+                addr.ip().is_loopback() && addr.port() == 6000,
+                "a name is resolved: {addr}"
+            ),
+            other => panic!("expected Join, got {other:?}"),
+        }
         let error = control_mode(false, None, Some("nowhere"), None).expect_err("not IP:PORT");
         assert!(format!("{error:#}").contains("--join nowhere"), "{error:#}");
     }

@@ -1,5 +1,6 @@
-//! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node → exit 0
-//! after SIGINT/SIGTERM once in-flight responses are finished. With `--take-over` it starts on the sockets of a
+//! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node, its
+//! control link and its health listener (`metrics.rs`) → exit 0 after SIGINT/SIGTERM once in-flight responses
+//! are finished (`/readyz` answers 503 from the signal on). With `--take-over` it starts on the sockets of a
 //! running process instead of binding them, and with `--handover-socket` it offers its own (see `handover`).
 
 use std::net::SocketAddr;
@@ -10,42 +11,44 @@ use anyhow::Context as _;
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::{Node, ServeConfig};
 
+use crate::cores::CoreFlags;
 use crate::handover::Handover;
-use crate::node_link::{self, NodeLink};
+use crate::metrics::{self, ServeProbe, Stopping};
+use crate::node_link::{self, ControlMode, NodeLink};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long)]
+    #[arg(long, value_name = "IP:PORT")]
     listen: Option<String>,
-    /// Shards: `all` (one per physical core), a count, or a CPU list like `0-3` [default: all].
-    #[arg(long)]
-    cores: Option<String>,
-    /// I/O driver: auto, uring or epoll [default: auto].
-    #[arg(long = "io-driver")]
+    #[command(flatten)]
+    cores: CoreFlags,
+    /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll [default: auto].
+    #[arg(long = "io-driver", value_name = "DRIVER")]
     io_driver: Option<String>,
     /// Cache budget of the whole node in MiB, split across the shards [default: 256].
-    #[arg(long = "cache-mb")]
+    #[arg(long = "cache-mb", value_name = "MIB")]
     cache_mb: Option<u64>,
     /// How a cache miss reads its file: direct (one copy: O_DIRECT or dropped from the page cache), drop-cache, or
     /// page-cache (the kernel's page cache stays a second level behind the shard caches) [default: direct].
-    #[arg(long = "cache-read")]
+    #[arg(long = "cache-read", value_name = "MODE")]
     cache_read: Option<String>,
     /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
-    #[arg(long)]
+    #[arg(long, value_name = "POLICY")]
     policy: Option<String>,
-    /// TOML file with any setting of `ServeConfig`; flags override it.
-    #[arg(long)]
+    /// TOML file with any setting (README, "Serving"); flags override it.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Do not start the control plane.
     #[arg(long = "no-control")]
     no_control: bool,
-    /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051].
-    #[arg(long)]
+    /// Address of the embedded control plane's gRPC endpoint [default: 127.0.0.1:50051; if taken, none runs].
+    #[arg(long, value_name = "IP:PORT")]
     control: Option<String>,
-    /// Join the control plane at this address instead of starting one.
-    #[arg(long, conflicts_with_all = ["control", "no_control"])]
+    /// Join the control plane at this address (`larder control`; a name is resolved once, at start) instead of
+    /// starting one.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["control", "no_control"])]
     join: Option<String>,
     /// The embedded control plane keeps the operator's run-time changes (policy, node weights and drains,
     /// containers) in this file: read at start (they win over this node's configuration; a bad file stops the
@@ -66,6 +69,13 @@ pub struct ServeArgs {
     /// and this one exits 2.
     #[arg(long = "take-over", value_name = "PATH")]
     take_over: Option<PathBuf>,
+    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
+    /// runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the health and metrics listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
     /// Directory to serve [default: .].
     root: Option<PathBuf>,
 }
@@ -85,8 +95,8 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
             .parse::<SocketAddr>()
             .with_context(|| format!("--listen {listen}: expected IP:PORT"))?;
     }
-    if let Some(cores) = &args.cores {
-        config.cores = cores.parse().context("--cores")?;
+    if let Some(selection) = args.cores.selection()? {
+        config.cores = selection;
     }
     if let Some(driver) = &args.io_driver {
         config.io_driver = parse_io_driver(driver).context("--io-driver")?;
@@ -117,6 +127,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.join.as_deref(),
         args.state.clone(),
     )?;
+    // Taking over, the old process's listener is adopted below (its port is taken until then).
+    let metrics = match args.take_over {
+        Some(_) => None,
+        None => metrics::bind(
+            args.no_metrics,
+            args.metrics.as_deref(),
+            metrics::SERVE_METRICS_DEFAULT,
+        )?,
+    };
     // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
     let signals = TerminationSignals::block()?;
@@ -126,6 +145,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         &config,
         control.clone(),
     )?;
+    let metrics = match args.take_over {
+        Some(_) => match metrics::bind_or_adopt(
+            args.no_metrics,
+            args.metrics.as_deref(),
+            metrics::SERVE_METRICS_DEFAULT,
+            handover.metrics_listener(),
+        ) {
+            Ok(metrics) => metrics,
+            Err(error) => {
+                handover.abort(&error);
+                return Err(error);
+            }
+        },
+        None => metrics,
+    };
     let node = match Node::start_on(config.clone(), handover.http_listeners()) {
         Ok(node) => node,
         Err(error) => {
@@ -152,7 +186,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let cluster = match args
         .cluster
-        .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
+        .then(|| crate::cluster_link::ClusterLink::start(control.clone(), &link, &node))
         .transpose()
     {
         Ok(cluster) => cluster,
@@ -161,7 +195,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(drain_after(error, node, Some(link)));
         }
     };
-    let offer = match handover.complete(link.control_listener()) {
+    let metrics_copy = metrics
+        .as_ref()
+        .and_then(|bound| bound.try_clone_listener().ok());
+    let offer = match handover.complete(link.control_listener(), metrics_copy) {
         Ok(offer) => offer,
         Err(error) => {
             if let Some(cluster) = cluster {
@@ -170,10 +207,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(drain_after(error, node, Some(link)));
         }
     };
+    let stopping = Stopping::default();
+    let probe = ServeProbe {
+        shards: node.runtime_stats_handles(),
+        stopping: stopping.clone(),
+        joined: match (&control, link.agent_stats_reader()) {
+            (ControlMode::Join(addr), Some(agent)) => Some((agent, *addr)),
+            _ => None,
+        },
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.wait();
     // Stop offering first: the offer's duplicates would keep the sockets open behind the drain.
     drop(offer);
     tracing::info!(signal, "shutting down: finishing in-flight responses");
+    // /readyz says 503 from here on, while the node drains.
+    stopping.set();
     node.shutdown();
     let report = node.join().context("stopping the node")?;
     if !report.fully_drained() {
@@ -183,6 +232,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cluster.shutdown();
     }
     link.shutdown()?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -252,10 +252,15 @@ fn args<'a>(common: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
-fn handover_under_load_loses_no_request_and_keeps_the_control_plane_address() {
+fn handover_under_load_loses_no_request_and_keeps_the_control_plane_and_health_addresses() {
     let root = root();
     let socket = root.path().join("handover.sock");
     let (root_arg, socket_arg) = (path_str(root.path()), path_str(&socket));
+    // The health listener on a port of its own, named by both processes: the new one adopts the old one's socket.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .expect("a free port")
+        .to_string();
     let common = [
         "--listen",
         "127.0.0.1:0",
@@ -263,6 +268,8 @@ fn handover_under_load_loses_no_request_and_keeps_the_control_plane_address() {
         "2",
         "--control",
         "127.0.0.1:0",
+        "--metrics",
+        metrics.as_str(),
     ];
     let old_args = args(&common, &["--handover-socket", socket_arg, root_arg]);
     let new_args = args(
@@ -284,6 +291,13 @@ fn handover_under_load_loses_no_request_and_keeps_the_control_plane_address() {
     );
     let mut ctl = CtlClient::connect(&control, None).expect("the new control plane answers");
     ctl.get_policy().expect("GetPolicy");
+    assert_eq!(
+        new.word_after("metrics on http://"),
+        metrics,
+        "the health listener keeps its address"
+    );
+    let (health, _) = common::get(metrics.as_str(), "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "the new process answers /healthz: {health}");
     // The new process offers its sockets on the same path for the next upgrade.
     new.wait_for_log_line("offering the listening sockets for a handover");
     assert_eq!(new.terminate(), 0);

@@ -68,7 +68,7 @@ pub use pool::{
     IoDriver, PoolConfig, PoolError, PoolReport, ShardContext, ShardExit, ShardPool, ShutdownHandle,
 };
 pub use sleep::{ShardTimers, Sleep, TimeoutError};
-pub use stats::{DriverKind, ShardStats, StatsHandle};
+pub use stats::{DriverKind, ShardLiveness, ShardStats, StatsHandle};
 pub use topology::{CpuId, ShardSelection, Topology};
 pub use yielder::Yielder;
 

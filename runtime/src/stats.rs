@@ -17,7 +17,7 @@
 //! Invariants: counters only grow; `tasks_completed <= tasks_spawned`; `busy_us <= wall_us` up to sampling skew
 //! (idle saturates at 0).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -64,8 +64,22 @@ pub(crate) struct StatsCell {
     pub(crate) control_received: AtomicU64,
     cpu_user_us: AtomicU64,
     cpu_system_us: AtomicU64,
+    /// Microseconds from `started` to the last sample: the shard's heartbeat (see [`ShardLiveness`]).
+    sampled_us: AtomicU64,
+    /// Set once by the shard thread as its very last act (after a clean exit, a failed start or a panic).
+    exited: AtomicBool,
     containers: Mutex<Vec<ContainerStats>>,
     queue_depths: DepthProbe,
+}
+
+/// Whether a shard is alive, for a health check: its thread has not ended, and its loop still turns — the shard
+/// samples its statistics every `stats_interval_ms` (100 ms by default) from a task of its own loop, so a loop
+/// stuck in one task shows as a growing `since_sample_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLiveness {
+    pub running: bool,
+    /// Milliseconds since the shard last sampled its statistics (since the thread started, before the first).
+    pub since_sample_ms: u64,
 }
 
 /// A cloneable, `Send + Sync` reader of one shard's statistics.
@@ -126,6 +140,8 @@ impl StatsCell {
             control_received: AtomicU64::new(0),
             cpu_user_us: AtomicU64::new(0),
             cpu_system_us: AtomicU64::new(0),
+            sampled_us: AtomicU64::new(0),
+            exited: AtomicBool::new(false),
             containers: Mutex::new(Vec::new()),
             queue_depths,
         }
@@ -146,12 +162,19 @@ impl StatsCell {
         self.driver.store(code, Ordering::Relaxed);
     }
 
-    /// Samples the calling thread's CPU time; must be called on the shard's own thread.
+    /// Samples the calling thread's CPU time and beats the heartbeat; must be called on the shard's own thread.
     pub(crate) fn sample_thread_cpu(&self) {
         if let Some((user_us, system_us)) = thread_cpu_us() {
             self.cpu_user_us.store(user_us, Ordering::Relaxed);
             self.cpu_system_us.store(system_us, Ordering::Relaxed);
         }
+        let now_us = self.started.elapsed().as_micros() as u64;
+        self.sampled_us.store(now_us, Ordering::Relaxed);
+    }
+
+    /// The shard thread has ended (called once, last, by the thread itself).
+    pub(crate) fn mark_exited(&self) {
+        self.exited.store(true, Ordering::Release);
     }
 
     pub(crate) fn publish_containers(&self, containers: Vec<ContainerStats>) {
@@ -173,6 +196,16 @@ impl StatsHandle {
     /// The shard these statistics belong to.
     pub fn shard(&self) -> ShardId {
         self.cell.shard
+    }
+
+    /// Whether the shard is alive (see [`ShardLiveness`]); two relaxed loads, never blocks the shard.
+    pub fn liveness(&self) -> ShardLiveness {
+        let c = &*self.cell;
+        let now_us = c.started.elapsed().as_micros() as u64;
+        ShardLiveness {
+            running: !c.exited.load(Ordering::Acquire),
+            since_sample_ms: now_us.saturating_sub(c.sampled_us.load(Ordering::Relaxed)) / 1000,
+        }
     }
 
     /// Copies the current values (see the module docs for how fresh each field is).

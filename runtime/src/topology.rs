@@ -11,10 +11,11 @@
 //! - every hardware thread is in the allowed CPU set, listed once, sorted by [`CpuId`];
 //! - a core is identified by (package, core id); its first hardware thread is its lowest CPU number.
 //!
-//! Shard selection ([`ShardSelection`]): `all` = one shard per physical core, on the core's first hardware
-//! thread (hyperthread siblings share a core's caches and execution units, so a second shard there mostly
-//! competes with the first). `N` = the first N CPUs of the order "first thread of every core, then second
-//! threads, …". An explicit list (`0,1`, `0-3`, `0-1,6`) is taken as given after checking every CPU is allowed.
+//! Shard selection ([`ShardSelection`]), the meaning of `--cores` and `--cpus` in every command: `--cores all` =
+//! one shard per physical core, on the core's first hardware thread (hyperthread siblings share a core's caches
+//! and execution units, so a second shard there mostly competes with the first). `--cores N` = the first N CPUs
+//! of the order "first thread of every core, then second threads, …". `--cpus LIST` (`1`, `0,1`, `0-3`, `0-1,6`)
+//! is taken as given after checking every CPU is allowed; a lone number there is one CPU.
 //!
 //! Limits: at most [`CPUS_MAX`] CPU numbers (the kernel's `CPU_SETSIZE`, 1024); sysfs files read here are
 //! a few bytes each.
@@ -91,9 +92,12 @@ pub enum TopologyError {
     Hwloc(String),
 }
 
-/// Which CPUs run shards. Parsed from `all`, `N` (a count), or a CPU list `0,1` / `0-3` / `0-1,6`.
+/// Which CPUs run shards (or a load generator's threads): how many cores (`cores`: `all` or a count), or exactly
+/// which CPUs (`cpus`: a CPU list). Every command spells them the same way: `--cores all|N` and `--cpus LIST`
+/// (and `cores = "…"` / `cpus = "…"` in a config file); the two are exclusive.
 ///
-/// A lone number is a count; to name a single CPU write it as a range (`2-2`) or with a trailing comma (`2,`).
+/// [`ShardSelection::parse_cores`] reads a count, [`ShardSelection::parse_cpus`] a list, where a lone number is
+/// one CPU (`--cpus 1` is CPU 1, `--cores 1` is one core). `FromStr` is `parse_cores`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ShardSelection {
     /// One shard per physical core (the default).
@@ -105,41 +109,67 @@ pub enum ShardSelection {
     List(Vec<CpuId>),
 }
 
-/// A shard selection string that does not parse; `part` is the offending piece.
+/// A `cores` or `cpus` setting that does not parse, or both given at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad shard selection {input:?}: part {part:?} {reason} (expected \"all\", a count like \"2\", or a CPU list like \"0,1\" or \"0-3\")")]
-pub struct ShardSelectionParseError {
-    pub input: String,
-    pub part: String,
-    pub reason: &'static str,
+pub enum ShardSelectionParseError {
+    /// `cores` is `all` or a count; a CPU list (or CPU 0) there is answered with the `cpus` spelling.
+    #[error("{input:?} is not a count of cores: it {reason}; expected \"all\" or a count like \"2\"{hint}", hint = cpus_hint(input))]
+    Cores { input: String, reason: &'static str },
+    /// `cpus` is a CPU list; `part` is the offending piece.
+    #[error("bad CPU list {input:?}: part {part:?} {reason}; expected a list like \"0\", \"0,2\" or \"0-3\"")]
+    Cpus {
+        input: String,
+        part: String,
+        reason: &'static str,
+    },
+    #[error("both a count of cores ({cores:?}) and a CPU list ({cpus:?}) given: give one (cores or cpus)")]
+    Both { cores: String, cpus: String },
 }
 
-impl FromStr for ShardSelection {
-    type Err = ShardSelectionParseError;
+/// For a `cores` value that reads as a CPU list: how to say it with `cpus` instead.
+fn cpus_hint(input: &str) -> String {
+    match parse_cpu_list(input) {
+        Ok(cpus) => {
+            let list = input.trim();
+            let noun = if cpus.len() == 1 { "CPU" } else { "CPUs" };
+            format!(" (to run on {noun} {list}, give the CPU list: --cpus {list}, or cpus = \"{list}\" in a config file)")
+        }
+        Err(_) => String::new(),
+    }
+}
 
-    fn from_str(input: &str) -> Result<Self, Self::Err> {
+impl ShardSelection {
+    /// A count of cores: `all` (any case) or a number of at least 1.
+    pub fn parse_cores(input: &str) -> Result<ShardSelection, ShardSelectionParseError> {
         let trimmed = input.trim();
-        let error = |part: &str, reason: &'static str| ShardSelectionParseError {
+        let error = |reason: &'static str| ShardSelectionParseError::Cores {
             input: input.to_string(),
-            part: part.to_string(),
             reason,
         };
         if trimmed.eq_ignore_ascii_case("all") {
             return Ok(ShardSelection::All);
         }
         if trimmed.is_empty() {
-            return Err(error(trimmed, "is empty"));
+            return Err(error("is empty"));
         }
-        if !trimmed.contains([',', '-']) {
-            let count: usize = trimmed
-                .parse()
-                .map_err(|_| error(trimmed, "is not a number"))?;
-            if count == 0 {
-                return Err(error(trimmed, "must be at least 1"));
-            }
-            return Ok(ShardSelection::Count(count));
+        if trimmed.contains([',', '-']) {
+            return Err(error("is a CPU list"));
         }
-        let cpus = parse_cpu_list(trimmed).map_err(|(part, reason)| error(&part, reason))?;
+        match trimmed.parse::<usize>() {
+            Ok(0) => Err(error("must be at least 1")),
+            Ok(count) => Ok(ShardSelection::Count(count)),
+            Err(_) => Err(error("is not a number")),
+        }
+    }
+
+    /// A CPU list in the kernel's format (`0`, `0,2`, `0-3`, `0-1,6`), taken in order; a CPU listed twice is refused.
+    pub fn parse_cpus(input: &str) -> Result<ShardSelection, ShardSelectionParseError> {
+        let error = |part: &str, reason: &'static str| ShardSelectionParseError::Cpus {
+            input: input.to_string(),
+            part: part.to_string(),
+            reason,
+        };
+        let cpus = parse_cpu_list(input).map_err(|(part, reason)| error(&part, reason))?;
         let mut seen = BTreeSet::new();
         for cpu in &cpus {
             if !seen.insert(*cpu) {
@@ -148,8 +178,34 @@ impl FromStr for ShardSelection {
         }
         Ok(ShardSelection::List(cpus))
     }
+
+    /// The selection a `cores` and a `cpus` setting give: `None` when neither is set, an error when both are.
+    pub fn from_settings(
+        cores: Option<&str>,
+        cpus: Option<&str>,
+    ) -> Result<Option<ShardSelection>, ShardSelectionParseError> {
+        match (cores, cpus) {
+            (None, None) => Ok(None),
+            (Some(cores), None) => ShardSelection::parse_cores(cores).map(Some),
+            (None, Some(cpus)) => ShardSelection::parse_cpus(cpus).map(Some),
+            (Some(cores), Some(cpus)) => Err(ShardSelectionParseError::Both {
+                cores: cores.to_string(),
+                cpus: cpus.to_string(),
+            }),
+        }
+    }
 }
 
+impl FromStr for ShardSelection {
+    type Err = ShardSelectionParseError;
+
+    /// [`ShardSelection::parse_cores`].
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        ShardSelection::parse_cores(input)
+    }
+}
+
+/// `all`, a count, or `cpus 0,2` (the words say which setting it came from).
 impl fmt::Display for ShardSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -157,9 +213,7 @@ impl fmt::Display for ShardSelection {
             ShardSelection::Count(n) => write!(f, "{n}"),
             ShardSelection::List(cpus) => {
                 let parts: Vec<String> = cpus.iter().map(|c| c.0.to_string()).collect();
-                // A lone number would read back as a count: mark a one-CPU list with a trailing comma.
-                let trailer = if cpus.len() == 1 { "," } else { "" };
-                write!(f, "{}{trailer}", parts.join(","))
+                write!(f, "cpus {}", parts.join(","))
             }
         }
     }
@@ -507,30 +561,71 @@ mod tests {
     }
 
     #[test]
-    fn parses_selections() {
-        assert_eq!("all".parse(), Ok(ShardSelection::All));
-        assert_eq!(" ALL ".parse(), Ok(ShardSelection::All));
+    fn parses_counts_of_cores() {
+        assert_eq!(ShardSelection::parse_cores("all"), Ok(ShardSelection::All));
+        assert_eq!(
+            ShardSelection::parse_cores(" ALL "),
+            Ok(ShardSelection::All)
+        );
+        assert_eq!(
+            ShardSelection::parse_cores("2"),
+            Ok(ShardSelection::Count(2))
+        );
         assert_eq!("2".parse(), Ok(ShardSelection::Count(2)));
-        assert_eq!(
-            "0,1".parse(),
-            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1)]))
-        );
-        assert_eq!(
-            "0-3".parse(),
-            Ok(ShardSelection::List((0..4).map(CpuId).collect()))
-        );
-        assert_eq!(
-            "0-1,6".parse(),
-            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1), CpuId(6)]))
-        );
-        assert_eq!("2,".parse(), Ok(ShardSelection::List(vec![CpuId(2)])));
     }
 
     #[test]
-    fn parse_errors_name_the_bad_part() {
+    fn parses_cpu_lists_where_a_lone_number_is_one_cpu() {
+        let cpus = |input| ShardSelection::parse_cpus(input);
+        assert_eq!(cpus("1"), Ok(ShardSelection::List(vec![CpuId(1)])));
+        assert_eq!(
+            cpus("0,1"),
+            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1)]))
+        );
+        assert_eq!(
+            cpus("0-3"),
+            Ok(ShardSelection::List((0..4).map(CpuId).collect()))
+        );
+        assert_eq!(
+            cpus("0-1,6"),
+            Ok(ShardSelection::List(vec![CpuId(0), CpuId(1), CpuId(6)]))
+        );
+        assert_eq!(cpus("2,"), Ok(ShardSelection::List(vec![CpuId(2)])));
+        assert_eq!(
+            cpus("3,1"),
+            Ok(ShardSelection::List(vec![CpuId(3), CpuId(1)]))
+        );
+    }
+
+    /// Issue 18: `--cores 0` was refused without saying that `--cpus 0` is what pins to CPU 0.
+    #[test]
+    fn cores_zero_or_a_cpu_list_suggests_cpus() {
+        for (input, reason) in [
+            ("0", "must be at least 1"),
+            ("0-3", "is a CPU list"),
+            ("2,", "is a CPU list"),
+        ] {
+            let error = ShardSelection::parse_cores(input).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(reason), "{input:?}: {message}");
+            let list = input.trim();
+            assert!(
+                message.contains(&format!("--cpus {list}")),
+                "{input:?}: {message}"
+            );
+        }
+        let message = ShardSelection::parse_cores("two").unwrap_err().to_string();
+        assert!(message.contains("is not a number"), "{message}");
+        assert!(
+            !message.contains("--cpus"),
+            "no CPU-list hint for a word: {message}"
+        );
+    }
+
+    #[test]
+    fn cpu_list_errors_name_the_bad_part() {
         let cases = [
             ("", ""),
-            ("0", "0"),
             ("two", "two"),
             ("0,x", "x"),
             ("3-1", "3-1"),
@@ -539,18 +634,40 @@ mod tests {
             ("5000,", "5000"),
         ];
         for (input, part) in cases {
-            let error = input.parse::<ShardSelection>().unwrap_err();
-            assert_eq!(error.part, part, "input {input:?}: {error}");
+            let error = ShardSelection::parse_cpus(input).unwrap_err();
+            assert!(
+                matches!(&error, ShardSelectionParseError::Cpus { part: p, .. } if p == part),
+                "input {input:?}: {error}"
+            );
             assert!(error.to_string().contains(&format!("{part:?}")), "{error}");
         }
     }
 
     #[test]
-    fn display_round_trips() {
-        for text in ["all", "3", "0,2,", "4-5"] {
-            let selection: ShardSelection = text.parse().unwrap();
-            assert_eq!(selection.to_string().parse(), Ok(selection.clone()));
-        }
+    fn cores_and_cpus_are_exclusive() {
+        assert_eq!(ShardSelection::from_settings(None, None), Ok(None));
+        assert_eq!(
+            ShardSelection::from_settings(Some("2"), None),
+            Ok(Some(ShardSelection::Count(2)))
+        );
+        assert_eq!(
+            ShardSelection::from_settings(None, Some("2")),
+            Ok(Some(ShardSelection::List(vec![CpuId(2)])))
+        );
+        assert!(matches!(
+            ShardSelection::from_settings(Some("2"), Some("0-1")),
+            Err(ShardSelectionParseError::Both { .. })
+        ));
+    }
+
+    #[test]
+    fn display_says_count_or_list() {
+        assert_eq!(ShardSelection::All.to_string(), "all");
+        assert_eq!(ShardSelection::Count(3).to_string(), "3");
+        assert_eq!(
+            ShardSelection::List(vec![CpuId(0), CpuId(2)]).to_string(),
+            "cpus 0,2"
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ with_both_drivers!(
     panicking_shard_stops_the_pool,
     panicking_task_stops_the_pool,
     non_yielding_shard_is_detached_not_awaited,
+    liveness_shows_a_stuck_loop_and_an_ended_thread,
     timers_never_fire_early,
     stats_count_work,
     busy_container_does_not_starve_the_shard,
@@ -508,6 +509,50 @@ fn non_yielding_shard_is_detached_not_awaited(driver: IoDriver) {
     match result {
         Err(PoolError::ShardsStuck { shards, .. }) => assert_eq!(shards, vec![ShardId(1)]),
         other => panic!("expected shard 1 reported stuck, got {other:?}"),
+    }
+}
+
+/// What a health check reads (`StatsHandle::liveness`): a shard whose loop is stuck in one task stops sampling,
+/// so its heartbeat ages while the other shard's stays fresh; a shard whose thread has ended is not running.
+fn liveness_shows_a_stuck_loop_and_an_ended_thread(driver: IoDriver) {
+    let spinning = Arc::new(AtomicBool::new(true));
+    let (started_tx, started_rx) = unbounded();
+    let mut config = config(driver);
+    config.drain_timeout_ms = 20;
+    config.join_grace_ms = 5_000;
+    let flag = spinning.clone();
+    let pool = ShardPool::<Msg>::start(config, move |ctx| {
+        let (flag, started_tx) = (flag.clone(), started_tx.clone());
+        async move {
+            if ctx.shard() == ShardId(1) {
+                started_tx.send(()).unwrap();
+                while flag.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    })
+    .unwrap();
+    let handles = pool.stats_handles().to_vec();
+    let ((), pool) = expect(&started_rx, pool);
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let (live, stuck) = (handles[0].liveness(), handles[1].liveness());
+        assert!(live.running && stuck.running, "{live:?} {stuck:?}");
+        if stuck.since_sample_ms >= 500 && live.since_sample_ms < 500 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats never parted: {live:?} {stuck:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    spinning.store(false, Ordering::SeqCst);
+    pool.shutdown();
+    pool.join().expect("both shards stop once the spin ends");
+    for handle in &handles {
+        assert!(!handle.liveness().running, "{:?} ended", handle.shard());
     }
 }
 

@@ -138,6 +138,7 @@ pub struct ClassifyRule {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// The shards' CPUs: `cores = "all"` or a count, or `cpus = "0-3"` (a CPU list) in the file; not both.
     pub cores: ShardSelection,
     pub io_driver: IoDriver,
     /// Cache budget for the whole node in MiB, split evenly across shards.
@@ -218,6 +219,12 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    /// `cores` (a count or `all`) or `cpus` (a CPU list) does not parse, or both are set.
+    #[error("{setting}: {reason}")]
+    ShardSelection {
+        setting: &'static str,
+        reason: larder_runtime::topology::ShardSelectionParseError,
+    },
     #[error("config file: {0}")]
     Toml(String),
 }
@@ -269,6 +276,7 @@ pub fn parse_policy(name: &str) -> Result<PolicyKind, ConfigError> {
 struct RawConfig {
     listen: Option<String>,
     cores: Option<String>,
+    cpus: Option<String>,
     io_driver: Option<String>,
     cache_mb: Option<u64>,
     cache_read: Option<String>,
@@ -330,14 +338,17 @@ impl ServeConfig {
                 .parse()
                 .map_err(|_| invalid("listen", &listen, "must be IP:PORT, e.g. 127.0.0.1:8080"))?;
         }
-        if let Some(cores) = raw.cores {
-            config.cores = cores.parse().map_err(|_| {
-                invalid(
-                    "cores",
-                    &cores,
-                    "must be all, a count, or a CPU list like 0-3",
-                )
-            })?;
+        match ShardSelection::from_settings(raw.cores.as_deref(), raw.cpus.as_deref()) {
+            Ok(Some(selection)) => config.cores = selection,
+            Ok(None) => {}
+            Err(reason) => {
+                let setting = match (&raw.cores, &raw.cpus) {
+                    (Some(_), Some(_)) => "cores and cpus",
+                    (Some(_), None) => "cores",
+                    _ => "cpus",
+                };
+                return Err(ConfigError::ShardSelection { setting, reason });
+            }
         }
         if let Some(driver) = raw.io_driver {
             config.io_driver = parse_io_driver(&driver)?;
@@ -639,6 +650,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.cores, ShardSelection::Count(2));
+        let pinned = ServeConfig::from_toml_str("cpus = \"1\"").unwrap();
+        assert_eq!(
+            pinned.cores,
+            ShardSelection::List(vec![larder_runtime::CpuId(1)])
+        );
         assert_eq!(config.policy, PolicyKind::ConsistentHash);
         assert_eq!(config.io_driver, IoDriver::Epoll);
         assert_eq!(config.cache_mb, 64);
@@ -671,6 +687,9 @@ mod tests {
             ("cache_read = \"mmap\"", "cache_read"),
             ("listen = \"nowhere\"", "listen"),
             ("cores = \"x\"", "cores"),
+            ("cores = \"0\"", "cpus = \"0\""),
+            ("cpus = \"0-x\"", "cpus"),
+            ("cores = \"2\"\ncpus = \"0-1\"", "cores and cpus"),
             ("header_bytes_max = 1000000", "header_bytes_max"),
             ("[[classify]]\ncontainer = \"nope\"", "classify.container"),
             (

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod node;
+pub mod ops;
 
 pub use config::ServeConfig;
 pub use node::{Node, NodeError, NodeStats};

@@ -38,7 +38,9 @@ pub enum ConfigError {
 pub enum DriverChoice {
     /// io_uring when the kernel allows it, else epoll.
     Auto,
+    /// io_uring (fails if the kernel refuses it).
     Uring,
+    /// epoll.
     Epoll,
 }
 

@@ -1,15 +1,17 @@
-//! CPU lists and thread pinning.
+//! Which CPUs the generator threads run on, and pinning.
 //!
-//! Owns: parsing `--cores` lists (`0,1`, `1`, `0-3`, `0-1,4`) into an ordered, duplicate-free [`CoreList`], and
-//! pinning the calling thread to one CPU with `sched_setaffinity`.
+//! Owns: turning `--cores all|N` or `--cpus LIST` into a [`CoreList`], one generator thread per CPU. The flags
+//! mean what they mean for `larder serve`'s shards, and are parsed and placed by the same code
+//! (`larder_runtime::topology`): `--cores all` = one thread per physical core (the default), `--cores N` = N
+//! threads spread over cores before hyperthreads, `--cpus 1` / `0,2` / `0-3` = exactly these CPUs (a lone number
+//! is one CPU). Every CPU must be in this process's affinity mask (so `taskset` and cpusets are honoured).
 //!
-//! Invariants: a [`CoreList`] is non-empty, sorted, has no duplicates and every id is below [`CORE_ID_MAX`].
-//! Limits: at most [`CORE_ID_MAX`] = 1024 CPU ids (the size of the kernel's default `cpu_set_t`).
+//! Invariants: a [`CoreList`] is non-empty and has no duplicates; thread `i` runs on `ids()[i]`.
+//! Limits: CPU numbers below 1024 (the kernel's default `cpu_set_t`, `larder_runtime::topology::CPUS_MAX`).
 
 use std::fmt;
 
-/// Highest CPU id (exclusive) a list may name; `cpu_set_t` holds 1024 CPUs.
-pub const CORE_ID_MAX: usize = 1024;
+use larder_runtime::topology::{self, CpuId, ShardSelection, ShardSelectionParseError, Topology};
 
 /// A CPU id as the kernel numbers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,63 +23,40 @@ impl fmt::Display for CoreId {
     }
 }
 
-/// Errors from parsing a CPU list or pinning a thread.
+/// Errors from choosing the CPUs or pinning a thread.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("bad CPU list {list:?}: {reason}")]
-    Parse { list: String, reason: String },
-    #[error("cannot pin thread to CPU {core}: {source}")]
+    #[error("{flag}: {reason}")]
+    Parse {
+        flag: &'static str,
+        reason: ShardSelectionParseError,
+    },
+    #[error("choosing the CPUs: {0}")]
+    Topology(topology::TopologyError),
+    #[error("cannot pin thread to CPU {core}: {reason}")]
     Pin {
         core: CoreId,
-        source: std::io::Error,
+        reason: topology::TopologyError,
     },
 }
 
-/// A non-empty, sorted, duplicate-free list of CPUs: one generator thread runs on each.
+/// A non-empty, duplicate-free list of CPUs: one generator thread runs on each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreList(Vec<CoreId>);
 
 impl CoreList {
-    /// Parses `0,1`, `1`, `0-3` or any comma-separated mix of ids and inclusive ranges.
-    pub fn parse(list: &str) -> Result<CoreList, CoreError> {
-        let bad = |reason: &str| CoreError::Parse {
-            list: list.to_string(),
-            reason: reason.to_string(),
-        };
-        let mut ids = Vec::new();
-        for part in list.split(',').map(str::trim) {
-            if part.is_empty() {
-                return Err(bad("empty element"));
-            }
-            let (low, high) = match part.split_once('-') {
-                Some((low, high)) => (low.trim(), high.trim()),
-                None => (part, part),
-            };
-            let low: usize = low.parse().map_err(|_| bad("not a number"))?;
-            let high: usize = high.parse().map_err(|_| bad("not a number"))?;
-            if low > high {
-                return Err(bad("range runs backwards"));
-            }
-            if high >= CORE_ID_MAX {
-                return Err(bad("CPU id at or above 1024"));
-            }
-            ids.extend((low..=high).map(CoreId));
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(CoreList(ids))
-    }
-
-    /// All CPUs this process may run on (its current affinity mask), in order.
-    pub fn current() -> CoreList {
-        let mut ids = Vec::new();
-        if let Ok(set) = rustix::thread::sched_getaffinity(None) {
-            ids.extend((0..CORE_ID_MAX).filter(|&i| set.is_set(i)).map(CoreId));
-        }
-        if ids.is_empty() {
-            ids.push(CoreId(0));
-        }
-        CoreList(ids)
+    /// The CPUs `--cores` or `--cpus` select (neither: `--cores all`), checked against this process's CPUs.
+    pub fn select(cores: Option<&str>, cpus: Option<&str>) -> Result<CoreList, CoreError> {
+        let flag = if cpus.is_some() { "--cpus" } else { "--cores" };
+        let selection = ShardSelection::from_settings(cores, cpus)
+            .map_err(|reason| CoreError::Parse { flag, reason })?
+            .unwrap_or_default();
+        let cpus = Topology::discover()
+            .and_then(|topology| topology.select(&selection))
+            .map_err(CoreError::Topology)?;
+        Ok(CoreList(
+            cpus.into_iter().map(|cpu| CoreId(cpu.0 as usize)).collect(),
+        ))
     }
 
     pub fn ids(&self) -> &[CoreId] {
@@ -95,42 +74,37 @@ impl CoreList {
 
 /// Pins the calling thread to `core`.
 pub fn pin_current_thread(core: CoreId) -> Result<(), CoreError> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(core.0);
-    rustix::thread::sched_setaffinity(None, &set).map_err(|errno| CoreError::Pin {
-        core,
-        source: errno.into(),
-    })
+    topology::pin_current_thread(CpuId(core.0 as u32))
+        .map_err(|reason| CoreError::Pin { core, reason })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ids(list: &str) -> Vec<usize> {
-        CoreList::parse(list)
-            .unwrap()
-            .ids()
-            .iter()
-            .map(|c| c.0)
-            .collect()
+    /// Issue 18: `larder-bench --cores 1` meant CPU 1 while `larder serve --cores 1` meant one shard.
+    #[test]
+    fn cores_is_a_count_and_cpus_a_list() {
+        let allowed = topology::allowed_cpus().unwrap();
+        let first = allowed.iter().next().unwrap().0;
+        let one = CoreList::select(Some("1"), None).unwrap();
+        assert_eq!(one.len(), 1, "--cores 1 is one thread");
+        let pinned = CoreList::select(None, Some(&first.to_string())).unwrap();
+        assert_eq!(pinned.ids(), &[CoreId(first as usize)], "--cpus N is CPU N");
     }
 
     #[test]
-    fn parses_lists_and_ranges() {
-        assert_eq!(ids("0,1"), vec![0, 1]);
-        assert_eq!(ids("1"), vec![1]);
-        assert_eq!(ids("0-3"), vec![0, 1, 2, 3]);
-        assert_eq!(ids("3,0-1,1"), vec![0, 1, 3]);
-    }
-
-    #[test]
-    fn rejects_bad_lists() {
-        for list in ["", "a", "3-1", "0,,1", "1024", "-1"] {
-            assert!(
-                CoreList::parse(list).is_err(),
-                "{list:?} should be rejected"
-            );
+    fn rejects_bad_selections_naming_the_flag() {
+        for (cores, cpus, flag) in [
+            (Some("0"), None, "--cores"),
+            (Some("0-1"), None, "--cores"),
+            (None, Some("a"), "--cpus"),
+            (None, Some("3-1"), "--cpus"),
+            (None, Some("1024"), "--cpus"),
+            (Some("1"), Some("0"), "--cpus"),
+        ] {
+            let error = CoreList::select(cores, cpus).unwrap_err().to_string();
+            assert!(error.starts_with(flag), "{cores:?} {cpus:?}: {error}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Why its own tool: wrk and h2load cannot replay an access log, tag client classes, or measure open-loop latency
 //! without coordinated omission; Larder's claims need all three, side by side with a peer, in one run.
 //!
-//! Shape: one pinned monoio thread per CPU in `--cores` ([`cores`]), each running its share of every class's
+//! Shape: one pinned monoio thread per CPU of `--cores`/`--cpus` ([`cores`]), each running its share of every class's
 //! connections ([`engine`]); requests are precomputed bytes chosen by a seeded source ([`source`]); responses are
 //! framed by an incremental parser that never copies bodies ([`response`]); outcomes are counted per thread and
 //! class without sharing ([`stats`], [`histogram`]) and merged exactly into one [`report::RunReport`].

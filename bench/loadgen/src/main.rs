@@ -1,7 +1,7 @@
 //! `larder-bench`: parses flags into a [`RunConfig`], runs, prints. See the library docs for the model.
 //!
 //! ```text
-//! larder-bench http://127.0.0.1:8080/index.html -c 64 --cores 1 -d 10s [--json]
+//! larder-bench http://127.0.0.1:8080/index.html -c 64 --cpus 1 -d 10s [--json]
 //! larder-bench http://127.0.0.1:8080/ --files site/files.txt --zipf 0.8 --rate 20000 -d 30s
 //! larder-bench http://127.0.0.1:8080/ --replay access.log --speed 10
 //! larder-bench http://127.0.0.1:8080/ -d 10s --class gold:host=gold.example:url=/a.html:connections=8 \
@@ -52,9 +52,13 @@ struct RunArgs {
     /// Connections (per class unless a class sets its own).
     #[arg(short = 'c', long, default_value_t = 16)]
     connections: usize,
-    /// CPUs to run on, one generator thread each: `0,1`, `1`, `0-3` (default: every CPU this process may use).
-    #[arg(long)]
+    /// How many generator threads, one per core: `all` (one per physical core) or a count (spread over cores
+    /// before hyperthreads) [default: all].
+    #[arg(long, value_name = "all|N", conflicts_with = "cpus")]
     cores: Option<String>,
+    /// Which CPUs run the generator threads, one each: a CPU list like `1`, `0,2` or `0-3` (instead of --cores).
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     driver: DriverChoice,
     /// Measured time, after the warm-up (e.g. 10s, 500ms, 2m).
@@ -84,6 +88,7 @@ struct RunArgs {
     /// Zipf exponent for --files.
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
+    /// Seed of the random choices (e.g. the Zipf draws of --files); one seed repeats a run's sequence of requests.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Replay an access log (Common, Combined, NASA, EPA): its successful GETs in order.
@@ -118,12 +123,15 @@ struct RunArgs {
 
 #[derive(Args)]
 struct GenSiteArgs {
+    /// Directory to write (created if missing).
     dir: PathBuf,
+    /// Number of files.
     #[arg(long, default_value_t = 1000)]
     files: u32,
     /// Size distribution, e.g. `fixed:4096`, `surge`, `lognormal:mu=9.357,sigma=1.318` (see larder-workload).
     #[arg(long, default_value = "surge")]
     sizes: String,
+    /// Seed of the sizes and names; the same seed writes the same site.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -287,10 +295,7 @@ fn load_replay(log: &std::path::Path, speed: Option<f64>) -> Result<WorkloadSpec
 }
 
 fn build_config(args: &RunArgs, base: &HttpUrl, paths: Vec<String>) -> Result<RunConfig> {
-    let cores = match &args.cores {
-        Some(list) => CoreList::parse(list)?,
-        None => CoreList::current(),
-    };
+    let cores = CoreList::select(args.cores.as_deref(), args.cpus.as_deref())?;
     let workload = base_workload(args, paths)?;
     let default_class = ClassConfig {
         name: "default".into(),

@@ -31,10 +31,9 @@ fn class(name: &str, host: &str, connections: usize, requests: u64) -> ClassConf
 }
 
 fn config(address: SocketAddr, driver: DriverChoice, classes: Vec<ClassConfig>) -> RunConfig {
-    let first = CoreList::current().ids()[0];
     RunConfig {
         address,
-        cores: CoreList::parse(&first.to_string()).unwrap(),
+        cores: CoreList::select(Some("1"), None).unwrap(),
         driver,
         classes,
         duration: None,

@@ -47,8 +47,9 @@ fn main() {
     let mode = node_link::ControlMode::Embedded {
         listen: loopback,
         required: true,
+        state_file: None,
     };
-    let link = node_link::NodeLink::start(mode, &node, &config).expect("control link");
+    let link = node_link::NodeLink::start(mode, &node, &config, None).expect("control link");
     let control = link.control_addr().expect("embedded control plane");
     let mut ctl = CtlClient::connect(&control.to_string(), None).expect("ctl connects");
     let steer = node.steer();

@@ -59,6 +59,7 @@ pub(super) fn shard_thread<M, F, Fut>(
     Fut: Future<Output = ()> + 'static,
 {
     let shard = seed.shard;
+    let stats = Arc::clone(&seed.stats);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_shard(seed, config, init, shutdown.clone(), &events)
     }));
@@ -72,6 +73,7 @@ pub(super) fn shard_thread<M, F, Fut>(
             Outcome::Panicked(message)
         }
     };
+    stats.mark_exited();
     let _ = events.send(Event::Exit { shard, outcome });
 }
 

@@ -1,0 +1,152 @@
+//! `--metrics ADDR` / `--no-metrics` of `serve` and `dispatch`: where their operations listener
+//! (`larder_server::ops`: `/healthz`, `/readyz`; `/metrics` with issue 15) listens, and the probes each command
+//! answers with.
+//!
+//! Defaults are on loopback and collide with no other default of the project (HTTP 8080 for `serve`, 8000 for
+//! `dispatch`, gRPC 50051) nor with the usual monitoring ports (Prometheus 9090, Pushgateway 9091,
+//! Alertmanager 9093, node_exporter 9100): `serve` 127.0.0.1:9180, `dispatch` 127.0.0.1:9181. As with the embedded
+//! control plane, a default address already taken (a second node on this machine) is a warning and the process
+//! runs without the listener; an explicit `--metrics ADDR` that cannot be bound is an error.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use larder_control::AgentStatsReader;
+use larder_dispatch::DispatchHandle;
+use larder_runtime::StatsHandle;
+use larder_server::ops::{shards_alive, OpsBound, OpsListener, OpsProbe};
+
+/// Default address of `larder serve`'s listener.
+pub const SERVE_METRICS_DEFAULT: &str = "127.0.0.1:9180";
+/// Default address of `larder dispatch`'s listener.
+pub const DISPATCH_METRICS_DEFAULT: &str = "127.0.0.1:9181";
+
+/// Binds the listener the flags ask for, before anything else starts: none with `--no-metrics`; `metrics`, else
+/// `default` (where a taken address only warns).
+pub fn bind(
+    no_metrics: bool,
+    metrics: Option<&str>,
+    default: &str,
+) -> anyhow::Result<Option<OpsBound>> {
+    if no_metrics {
+        return Ok(None);
+    }
+    let addr = metrics_addr(metrics, default)?;
+    match OpsBound::bind(addr) {
+        Ok(bound) => Ok(Some(bound)),
+        Err(error) if metrics.is_none() => {
+            tracing::warn!(%addr, %error, "no metrics listener (pass --metrics ADDR or --no-metrics)");
+            Ok(None)
+        }
+        Err(error) => Err(error).context("--metrics"),
+    }
+}
+
+fn metrics_addr(metrics: Option<&str>, default: &str) -> anyhow::Result<SocketAddr> {
+    let text = metrics.unwrap_or(default);
+    text.parse()
+        .with_context(|| format!("--metrics {text}: expected IP:PORT"))
+}
+
+/// [`bind`] for a process taking over from another (binary handover): adopts the old process's listener
+/// (`adopted`) when it is on the address this one would bind (port 0: any), so probes see no gap.
+pub fn bind_or_adopt(
+    no_metrics: bool,
+    metrics: Option<&str>,
+    default: &str,
+    adopted: Option<std::net::TcpListener>,
+) -> anyhow::Result<Option<OpsBound>> {
+    if no_metrics {
+        return Ok(None);
+    }
+    let addr = metrics_addr(metrics, default)?;
+    if let Some(listener) = adopted {
+        let bound = OpsBound::adopt(listener).context("--metrics: the old process's listener")?;
+        let actual = bound.local_addr();
+        if actual.ip() == addr.ip() && (addr.port() == 0 || addr.port() == actual.port()) {
+            return Ok(Some(bound));
+        }
+        tracing::info!(%actual, %addr, "not adopting the old metrics listener: this one listens elsewhere");
+    }
+    bind(no_metrics, metrics, default)
+}
+
+/// Starts answering with `probe` and prints the address on stdout.
+pub fn start(bound: Option<OpsBound>, probe: impl OpsProbe) -> anyhow::Result<Option<OpsListener>> {
+    let Some(bound) = bound else { return Ok(None) };
+    let listener = bound.start(Arc::new(probe)).context("--metrics")?;
+    println!("larder: metrics on http://{}", listener.local_addr());
+    Ok(Some(listener))
+}
+
+/// Set when the process starts shutting down: from then on `/readyz` answers 503 while in-flight work drains.
+#[derive(Clone, Default)]
+pub struct Stopping(Arc<AtomicBool>);
+
+impl Stopping {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err("draining: shutting down".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// `larder serve`: alive = every shard alive; ready = alive, not stopping and, with `--join`, registered with the
+/// control plane (a joined node unknown to its control plane gets no assignments and no steering).
+pub struct ServeProbe {
+    pub shards: Vec<StatsHandle>,
+    pub stopping: Stopping,
+    /// The agent of a `--join`ed node, and the control plane's address.
+    pub joined: Option<(AgentStatsReader, SocketAddr)>,
+}
+
+impl OpsProbe for ServeProbe {
+    fn healthy(&self) -> Result<(), String> {
+        shards_alive(&self.shards)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.stopping.check()?;
+        shards_alive(&self.shards)?;
+        match &self.joined {
+            Some((agent, control)) if !agent.stats().connected => Err(format!(
+                "not registered with the control plane at {control}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `larder dispatch`: alive = every shard alive; ready = alive, not stopping, and at least one back-end that
+/// takes requests (not down by health checks or the control plane, not drained), as the health thread last
+/// counted them (every `health_interval_ms`, 1 s): an atomic load, not the balancer's lock the shards take.
+pub struct DispatchProbe {
+    pub shards: Vec<StatsHandle>,
+    pub stopping: Stopping,
+    pub handle: DispatchHandle,
+}
+
+impl OpsProbe for DispatchProbe {
+    fn healthy(&self) -> Result<(), String> {
+        shards_alive(&self.shards)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.stopping.check()?;
+        shards_alive(&self.shards)?;
+        match self.handle.usable_backends() {
+            0 => Err(
+                "no back-end takes requests (all down or drained, as of the last health round)"
+                    .to_string(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
