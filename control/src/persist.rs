@@ -434,7 +434,7 @@ mod tests {
             "[a-z]{1,12}",
             (
                 1u32..=1_000_000,
-                0u64..=u64::MAX,
+                0u64..=1 << 20,
                 0u32..=100,
                 0u64..=10_000_000_000,
             ),
@@ -594,17 +594,19 @@ mod tests {
     /// encode well under it, so any file the control plane writes is one it reads back.
     #[test]
     fn the_largest_valid_file_fits_under_the_read_limit() {
-        use crate::state::{CONTAINERS_MAX, NAME_BYTES_MAX, NODES_MAX};
+        use crate::state::{
+            CONTAINERS_MAX, NAME_BYTES_MAX, NODES_MAX, SHARES_MAX, TASKS_MAX_LIMIT,
+        };
         let name = |index: usize| format!("{index:0>width$}", width = NAME_BYTES_MAX);
         let largest = Settings {
             policy: PolicyConfig::default(),
             containers: (0..CONTAINERS_MAX)
                 .map(|index| Container {
                     name: ContainerName(name(index)),
-                    shares: u32::MAX,
+                    shares: SHARES_MAX,
                     limits: ContainerLimits {
-                        connections_max: u64::MAX,
-                        queued_work_max: u64::MAX,
+                        connections_max: u64::from(TASKS_MAX_LIMIT),
+                        queued_work_max: u64::from(TASKS_MAX_LIMIT),
                         cpu_percent_max: 100,
                         send_rate_bytes_per_second: 10_000_000_000,
                     },

@@ -68,7 +68,9 @@ use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
-use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Steering};
+use crate::state::{
+    validate_node_id, ClusterState, Container, NodeId, StateConfig, StateError, Steering, NODES_MAX,
+};
 
 /// Default interval of node load reports.
 pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
@@ -335,13 +337,12 @@ fn until_shutdown<T: Send + 'static>(
 struct ControlService(Arc<Shared>);
 struct NodeServiceImpl(Arc<Shared>);
 
+/// A node id from the wire, by the name rule: a malformed one is INVALID_ARGUMENT naming `field`, before any
+/// lookup (a well-formed id that is not registered is NOT_FOUND later).
 fn node_id(field: &str, id: String) -> Result<NodeId, Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "invalid {field}: must not be empty"
-        )));
-    }
-    Ok(NodeId(id))
+    let id = NodeId(id);
+    validate_node_id(field, &id).map_err(convert::status)?;
+    Ok(id)
 }
 
 impl ControlService {
@@ -451,6 +452,12 @@ impl Control for ControlService {
             .check_request(CallClass::OperatorMutation, &request)?;
         let request = request.into_inner();
         let update = convert::policy_update(request.policy)?;
+        if request.node_weights.len() > NODES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "invalid node_weights: {} entries, at most {NODES_MAX}",
+                request.node_weights.len()
+            )));
+        }
         let mut weights = Vec::with_capacity(request.node_weights.len());
         for (index, weight) in request.node_weights.into_iter().enumerate() {
             let id = node_id(&format!("node_weights[{index}].node_id"), weight.node_id)?;

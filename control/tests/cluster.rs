@@ -167,33 +167,6 @@ fn registered_node_info() -> Option<pb::NodeInfo> {
     })
 }
 
-/// Policy and containers, to compare before and after a rejected call.
-async fn snapshot(
-    control: &mut ControlClient<Channel>,
-) -> (
-    pb::GetPolicyResponse,
-    pb::ListContainersResponse,
-    pb::ListNodesResponse,
-) {
-    let policy = control
-        .get_policy(pb::GetPolicyRequest {})
-        .await
-        .expect("GetPolicy");
-    let containers = control
-        .list_containers(pb::ListContainersRequest {})
-        .await
-        .expect("ListContainers");
-    let mut nodes = control
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .expect("ListNodes")
-        .into_inner();
-    for node in &mut nodes.nodes {
-        node.last_report_age_ms = 0; // Moves with time; not state.
-    }
-    (policy.into_inner(), containers.into_inner(), nodes)
-}
-
 fn lard(t_low: Option<u32>, t_high: Option<u32>, k_ms: Option<u64>) -> Option<pb::Policy> {
     Some(pb::Policy {
         kind: pb::PolicyKind::LardR as i32,
@@ -236,46 +209,6 @@ fn container_sending(
 
 /// 10 GB/s: the highest send rate nodes pace to.
 const SEND_RATE_BYTES_PER_SECOND_LIMIT: u64 = 10_000_000_000;
-
-/// One operator call, for table-driven tests.
-enum Call {
-    SetPolicy(pb::SetPolicyRequest),
-    SetContainer(pb::SetContainerRequest),
-    Drain(String),
-    Undrain(String),
-    GetNode(String),
-    ListTargets(u32),
-    WatchClusterLoad(u64),
-}
-
-impl Call {
-    async fn invoke(self, control: &mut ControlClient<Channel>) -> Result<(), tonic::Status> {
-        match self {
-            Call::SetPolicy(request) => control.set_policy(request).await.map(drop),
-            Call::SetContainer(request) => control.set_container(request).await.map(drop),
-            Call::Drain(node_id) => control.drain(pb::DrainRequest { node_id }).await.map(drop),
-            Call::Undrain(node_id) => control
-                .undrain(pb::UndrainRequest { node_id })
-                .await
-                .map(drop),
-            Call::GetNode(node_id) => control
-                .get_node(pb::GetNodeRequest { node_id })
-                .await
-                .map(drop),
-            Call::ListTargets(limit) => control
-                .list_targets(pb::ListTargetsRequest { limit })
-                .await
-                .map(drop),
-            Call::WatchClusterLoad(interval_ms) => control
-                .watch_cluster_load(pb::WatchClusterLoadRequest {
-                    interval_ms,
-                    count: 1,
-                })
-                .await
-                .map(drop),
-        }
-    }
-}
 
 #[tokio::test]
 async fn each_invalid_request_gets_its_code_and_changes_nothing() {
@@ -433,7 +366,10 @@ async fn each_invalid_request_gets_its_code_and_changes_nothing() {
         ),
         (
             "watch interval too short",
-            WatchClusterLoad(1),
+            WatchClusterLoad(pb::WatchClusterLoadRequest {
+                interval_ms: 1,
+                count: 1,
+            }),
             Code::InvalidArgument,
             "interval_ms",
         ),

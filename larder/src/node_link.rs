@@ -90,16 +90,6 @@ pub enum ControlMode {
     Join(SocketAddr),
 }
 
-// The control plane refuses what nodes would refuse: its copies of the scheduler's ranges must stay equal.
-const _: () = assert!(
-    larder_control::state::CPU_PERCENT_MAX_LIMIT
-        == larder_runtime::container::CPU_PERCENT_MAX_LIMIT
-);
-const _: () = assert!(
-    larder_control::state::SEND_RATE_BYTES_PER_SECOND_LIMIT
-        == larder_runtime::container::SEND_RATE_BYTES_PER_SECOND_LIMIT
-);
-
 /// Default address of the embedded control plane.
 pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:50051";
 

@@ -15,6 +15,7 @@
 //! | [`sleep`] | async sleeps and timeouts on the shard's timer wheel |
 //! | [`timer`] | the hierarchical timer wheel itself (pure data structure) |
 //! | [`container`] | resource containers and the per-shard container scheduler |
+//! | [`name`] | the name rule of container names and node ids (1..=128 bytes, a narrow ASCII set) |
 //! | [`stats`] | per-shard counters and CPU time, readable from any thread |
 //! | [`yielder`] | a yield that really lets the shard's other tasks run (monoio's self-wake does not) |
 //!
@@ -55,6 +56,7 @@ pub mod handoff;
 pub mod handover;
 pub mod listen;
 pub mod mesh;
+pub mod name;
 pub mod pool;
 pub mod sleep;
 pub mod stats;

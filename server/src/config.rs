@@ -10,9 +10,11 @@
 //!
 //! Limits (all settings, with their ranges, in [`ServeConfig::validate`]): `connections_max` per shard
 //! (default 65,536), `containers` at most [`CONTAINERS_MAX`] (64), classification rules at most
-//! [`CLASSIFY_RULES_MAX`] (256), `cache_mb` at most 1 TiB, a container's `cpu_percent_max` at most 100 (percent of
-//! a shard) and its `send_rate_bytes_per_second` at most 10,000,000,000 (10 GB/s): the container scheduler's own
-//! ranges, checked here so a bad file fails with the setting's name before any shard starts.
+//! [`CLASSIFY_RULES_MAX`] (256), `cache_mb` at most 1 TiB, a container's name 1..=128 bytes of ASCII letters,
+//! digits and `._:-` (the name rule of `larder_runtime::name`, the control plane's too), its `shares` in
+//! 1..=1,000,000, its `tasks_max` in 1..=1,048,576, its `cpu_percent_max` at most 100 (percent of a shard) and its
+//! `send_rate_bytes_per_second` at most 10,000,000,000 (10 GB/s): the container scheduler's own ranges, checked
+//! here so a bad file fails with the setting's name before any shard starts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,7 +22,10 @@ use std::str::FromStr;
 
 use crate::cache::ReadMode;
 use larder_lard::PolicyKind;
-use larder_runtime::container::{CPU_PERCENT_MAX_LIMIT, SEND_RATE_BYTES_PER_SECOND_LIMIT};
+use larder_runtime::container::{
+    CPU_PERCENT_MAX_LIMIT, SEND_RATE_BYTES_PER_SECOND_LIMIT, SHARES_MAX, TASKS_MAX_LIMIT,
+};
+use larder_runtime::name::check_container_name;
 pub use larder_runtime::pool::IoDriver;
 use larder_runtime::topology::ShardSelection;
 use serde::Deserialize;
@@ -521,18 +526,27 @@ impl ServeConfig {
             ));
         }
         for container in &self.containers {
-            at_least(
-                "containers.shares",
-                container.shares,
-                1,
-                "must be at least 1",
-            )?;
-            at_least(
-                "containers.tasks_max",
-                container.tasks_max,
-                1,
-                "must be at least 1",
-            )?;
+            if check_container_name(&container.name).is_err() {
+                return Err(invalid(
+                    "containers.name",
+                    format_args!("{:?}", container.name),
+                    "must be 1..=128 bytes of ASCII letters, digits and ._:-",
+                ));
+            }
+            if !(1..=SHARES_MAX).contains(&container.shares) {
+                return Err(invalid(
+                    "containers.shares",
+                    container.shares,
+                    "must be in 1..=1000000",
+                ));
+            }
+            if !(1..=TASKS_MAX_LIMIT).contains(&container.tasks_max) {
+                return Err(invalid(
+                    "containers.tasks_max",
+                    container.tasks_max,
+                    "must be in 1..=1048576",
+                ));
+            }
             if container.cpu_percent_max > CPU_PERCENT_MAX_LIMIT {
                 return Err(invalid(
                     "containers.cpu_percent_max",
@@ -708,6 +722,20 @@ mod tests {
             (
                 "[[containers]]\nname = \"api\"\ncpu_percent_max = -1",
                 "cpu_percent_max",
+            ),
+            (
+                "[[containers]]\nname = \"a\\u0000b\"",
+                r#"containers.name = "a\0b""#,
+            ),
+            ("[[containers]]\nname = \"\"", "containers.name"),
+            ("[[containers]]\nname = \"web/1\"", "containers.name"),
+            (
+                "[[containers]]\nname = \"api\"\nshares = 5000000",
+                "containers.shares = 5000000",
+            ),
+            (
+                "[[containers]]\nname = \"api\"\ntasks_max = 1048577",
+                "containers.tasks_max = 1048577",
             ),
         ];
         for (text, setting) in cases {

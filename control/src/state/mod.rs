@@ -37,9 +37,28 @@
 //! | [`CONTAINERS_PER_SHARD_MAX`] | 64 | per-container load entries kept per shard report |
 //! | [`HOT_TARGETS_PER_NODE_MAX`] | 64 | hot targets kept per node (ListTargets merges them) |
 //! | [`TARGETS_LIST_MAX`] | 1000 | largest ListTargets answer |
+//! | [`SHARES_MAX`] | 1,000,000 | a container's `shares` (1..=): the nodes' scheduler's range |
+//! | [`TASKS_MAX_LIMIT`] | 1,048,576 | a container's `connections_max` and `queued_work_max` per shard (0 = the node's own) |
 //! | [`CPU_PERCENT_MAX_LIMIT`] | 100 | a container's `cpu_percent_max`: a whole shard, as nodes enforce it |
 //! | [`SEND_RATE_BYTES_PER_SECOND_LIMIT`] | 10,000,000,000 | a container's send rate (10 GB/s), as nodes pace it |
 //! | [`NAME_BYTES_MAX`] | 128 | node ids and container names |
+//!
+//! The four container ranges and the name rule are the nodes' runtime's own (`larder_runtime::container`,
+//! `larder_runtime::name`), imported rather than copied, so the control plane never lists a container a node
+//! refuses.
+//!
+//! # Input rules
+//! Every name and number that reaches the state is checked here before anything changes:
+//! - node ids: 1..=128 bytes of ASCII letters, digits and `._:-[]%` (a host name or a socket address);
+//!   container names: 1..=128 bytes of ASCII letters, digits and `._:-` ([`validate_node_id`],
+//!   [`validate_container_name`], both by `larder_runtime::name`). A malformed name is `Invalid`
+//!   (INVALID_ARGUMENT) naming the field; a well-formed one that is not there is `NodeNotFound` or
+//!   `ContainerNotFound` (NOT_FOUND).
+//! - a container's numbers: the four ranges in the table above; a node's `cores` 1..=1024; weights 1..=256;
+//!   the policy by `larder_lard::PolicyConfig::validate`; a listing's `limit` 0..=1000.
+//!
+//! The ranges of every `larder.v1.Control` field are written beside it in `proto/larder/v1/*.proto`;
+//! `control/tests/input_rules.rs` calls every method with empty, maximal and malformed values.
 //! | [`TARGET_BYTES_MAX`] | 1024 | a target path |
 
 mod containers;
@@ -52,6 +71,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use larder_lard::{ConfigError, PolicyConfig, WEIGHT_MAX};
+use larder_runtime::name::{check_container_name, check_node_id};
 
 use crate::assign::{node_load, AssignError, Assigner, Assignment, MemberSnapshot};
 
@@ -79,12 +99,15 @@ pub const HOT_TARGETS_PER_NODE_MAX: usize = 64;
 pub const TARGETS_LIST_MAX: usize = 1000;
 /// Default `limit` of a targets listing.
 pub const TARGETS_LIST_DEFAULT: usize = 20;
-/// Highest `cpu_percent_max` of a container (a whole shard; the nodes' scheduler allows no more).
-pub const CPU_PERCENT_MAX_LIMIT: u32 = 100;
-/// Highest `send_rate_bytes_per_second` of a container: 10 GB/s, as the nodes' scheduler allows.
-pub const SEND_RATE_BYTES_PER_SECOND_LIMIT: u64 = 10_000_000_000;
-/// Longest node id or container name, in bytes.
-pub const NAME_BYTES_MAX: usize = 128;
+/// The nodes' scheduler's own ranges, used here so that a container the control plane lists is one every node
+/// accepts: `shares` 1..=[`SHARES_MAX`] (1,000,000); `connections_max` and `queued_work_max` 0..=
+/// [`TASKS_MAX_LIMIT`] (1,048,576; 0 = the node's own value); `cpu_percent_max` 0..=[`CPU_PERCENT_MAX_LIMIT`]
+/// (100, a whole shard); `send_rate_bytes_per_second` 0..=[`SEND_RATE_BYTES_PER_SECOND_LIMIT`] (10 GB/s).
+pub use larder_runtime::container::{
+    CPU_PERCENT_MAX_LIMIT, SEND_RATE_BYTES_PER_SECOND_LIMIT, SHARES_MAX, TASKS_MAX_LIMIT,
+};
+/// Longest node id or container name, in bytes; the whole name rule is [`larder_runtime::name`]'s.
+pub use larder_runtime::name::NAME_BYTES_MAX;
 /// Longest target path, in bytes.
 pub const TARGET_BYTES_MAX: usize = 1024;
 /// Default weight of a node that just joined.
@@ -144,26 +167,39 @@ pub struct ClusterState {
     assigner: Assigner,
 }
 
-fn validate_name(field: &str, name: &str) -> Result<(), StateError> {
-    if name.is_empty() {
-        return Err(invalid(field, "must not be empty"));
-    }
-    if name.len() > NAME_BYTES_MAX {
-        return Err(invalid(
-            field,
-            format!("{} bytes, at most {NAME_BYTES_MAX}", name.len()),
-        ));
-    }
-    Ok(())
+/// A node id by the name rule ([`larder_runtime::name::check_node_id`]): 1..=128 bytes of ASCII letters, digits
+/// and `._:-[]%`. The error names `field`.
+pub fn validate_node_id(field: &str, node_id: &NodeId) -> Result<(), StateError> {
+    check_node_id(&node_id.0).map_err(|error| invalid(field, error.to_string()))
+}
+
+/// A container name by the name rule ([`larder_runtime::name::check_container_name`]): 1..=128 bytes of ASCII
+/// letters, digits and `._:-`. The error names `field`.
+pub fn validate_container_name(field: &str, name: &ContainerName) -> Result<(), StateError> {
+    check_container_name(&name.0).map_err(|error| invalid(field, error.to_string()))
 }
 
 fn validate_container(field: &str, container: &Container) -> Result<(), StateError> {
-    validate_name(&format!("{field}.name"), &container.name.0)?;
-    if container.shares == 0 {
-        return Err(invalid(format!("{field}.shares"), "must be at least 1"));
-    }
+    validate_container_name(&format!("{field}.name"), &container.name)?;
     // The nodes' own ranges: a value out of them would be listed here and then refused by every node.
+    if !(1..=SHARES_MAX).contains(&container.shares) {
+        return Err(invalid(
+            format!("{field}.shares"),
+            format!("{} is outside 1..={SHARES_MAX}", container.shares),
+        ));
+    }
     let limits = &container.limits;
+    for (name, value) in [
+        ("connections_max", limits.connections_max),
+        ("queued_work_max", limits.queued_work_max),
+    ] {
+        if value > u64::from(TASKS_MAX_LIMIT) {
+            return Err(invalid(
+                format!("{field}.limits.{name}"),
+                format!("{value} is outside 0..={TASKS_MAX_LIMIT} (per shard; 0 = the node's own value)"),
+            ));
+        }
+    }
     if limits.cpu_percent_max > CPU_PERCENT_MAX_LIMIT {
         return Err(invalid(
             format!("{field}.limits.cpu_percent_max"),

@@ -20,9 +20,9 @@ use std::time::Instant;
 use crate::assign::node_load;
 
 use super::{
-    invalid, validate_container, validate_name, ClusterLoad, ClusterState, Container, LoadReport,
-    NodeId, NodeInfo, NodeState, NodeView, ShardId, ShardLoad, StateError, Steering, TargetLoad,
-    CONTAINERS_MAX, CONTAINERS_PER_SHARD_MAX, HOT_TARGETS_PER_NODE_MAX, NODES_MAX,
+    invalid, validate_container, validate_node_id, ClusterLoad, ClusterState, Container,
+    LoadReport, NodeId, NodeInfo, NodeState, NodeView, ShardId, ShardLoad, StateError, Steering,
+    TargetLoad, CONTAINERS_MAX, CONTAINERS_PER_SHARD_MAX, HOT_TARGETS_PER_NODE_MAX, NODES_MAX,
     SHARDS_PER_NODE_MAX, TARGET_BYTES_MAX, WEIGHT_DEFAULT,
 };
 
@@ -68,7 +68,7 @@ impl ClusterState {
         info: NodeInfo,
         containers: Vec<Container>,
     ) -> Result<Steering, StateError> {
-        validate_name("node.node_id", &info.node_id.0)?;
+        validate_node_id("node.node_id", &info.node_id)?;
         if info.http_address.is_empty() {
             return Err(invalid("node.http_address", "must not be empty"));
         }

@@ -20,7 +20,7 @@
 use larder_lard::PolicyConfig;
 
 use super::{
-    config_error, invalid, validate_container, validate_name, validate_weight, ClusterState,
+    config_error, invalid, validate_container, validate_node_id, validate_weight, ClusterState,
     Container, NodeId, StateError, CONTAINERS_MAX, NODES_MAX, WEIGHT_DEFAULT,
 };
 
@@ -81,7 +81,7 @@ impl Settings {
         }
         for (index, node) in self.nodes.iter().enumerate() {
             let field = format!("nodes[{index}]");
-            validate_name(&format!("{field}.node_id"), &node.node_id.0)?;
+            validate_node_id(&format!("{field}.node_id"), &node.node_id)?;
             validate_weight(&format!("{field}.weight"), node.weight)?;
             if self.nodes[..index]
                 .iter()

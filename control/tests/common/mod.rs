@@ -11,6 +11,7 @@ use larder_control::{
     ContainerLoad, ContainerName, ControlConfig, ControlHandle, ControlPlane, NodeHooks, NodeId,
     NodeInfo, NodeLoad, ShardId, ShardLoad, Steering, TargetLoad,
 };
+use larder_proto::v1 as pb;
 use larder_proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1 as reflection_v1;
@@ -202,4 +203,83 @@ pub async fn reflect(
         .expect("one answer")
         .message_response
         .expect("answer has a body")
+}
+
+/// What an operator sees of the state: the policy (with weights and the steering version), the containers and
+/// the nodes; compared before and after a rejected call.
+pub type Snapshot = (
+    pb::GetPolicyResponse,
+    pb::ListContainersResponse,
+    pb::ListNodesResponse,
+);
+
+/// The state as GetPolicy, ListContainers and ListNodes show it (report ages, which move with time, zeroed).
+pub async fn snapshot(control: &mut ControlClient<Channel>) -> Snapshot {
+    let policy = control
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .expect("GetPolicy");
+    let containers = control
+        .list_containers(pb::ListContainersRequest {})
+        .await
+        .expect("ListContainers");
+    let mut nodes = control
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("ListNodes")
+        .into_inner();
+    for node in &mut nodes.nodes {
+        node.last_report_age_ms = 0; // Moves with time; not state.
+    }
+    (policy.into_inner(), containers.into_inner(), nodes)
+}
+
+/// One call of every `larder.v1.Control` method, for table-driven tests.
+#[derive(Clone, Debug)]
+pub enum Call {
+    ListNodes,
+    GetNode(String),
+    GetClusterLoad,
+    WatchClusterLoad(pb::WatchClusterLoadRequest),
+    GetPolicy,
+    SetPolicy(pb::SetPolicyRequest),
+    ListTargets(u32),
+    Drain(String),
+    Undrain(String),
+    ListContainers,
+    SetContainer(pb::SetContainerRequest),
+}
+
+impl Call {
+    /// Makes the call; a stream (WatchClusterLoad) is accepted once its response starts.
+    pub async fn invoke(self, control: &mut ControlClient<Channel>) -> Result<(), tonic::Status> {
+        match self {
+            Call::ListNodes => control.list_nodes(pb::ListNodesRequest {}).await.map(drop),
+            Call::GetNode(node_id) => control
+                .get_node(pb::GetNodeRequest { node_id })
+                .await
+                .map(drop),
+            Call::GetClusterLoad => control
+                .get_cluster_load(pb::GetClusterLoadRequest {})
+                .await
+                .map(drop),
+            Call::WatchClusterLoad(request) => control.watch_cluster_load(request).await.map(drop),
+            Call::GetPolicy => control.get_policy(pb::GetPolicyRequest {}).await.map(drop),
+            Call::SetPolicy(request) => control.set_policy(request).await.map(drop),
+            Call::ListTargets(limit) => control
+                .list_targets(pb::ListTargetsRequest { limit })
+                .await
+                .map(drop),
+            Call::Drain(node_id) => control.drain(pb::DrainRequest { node_id }).await.map(drop),
+            Call::Undrain(node_id) => control
+                .undrain(pb::UndrainRequest { node_id })
+                .await
+                .map(drop),
+            Call::ListContainers => control
+                .list_containers(pb::ListContainersRequest {})
+                .await
+                .map(drop),
+            Call::SetContainer(request) => control.set_container(request).await.map(drop),
+        }
+    }
 }

@@ -17,6 +17,7 @@
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
+//! | `name` | 1..=128 bytes of ASCII letters, digits and `._:-` ([`crate::name`]) | one name rule for the node, its TOML and the control plane |
 //! | `containers_max` | default 64 ([`CONTAINERS_MAX_DEFAULT`]), at most 4,096 ([`CONTAINERS_MAX_LIMIT`]) | picks scan the awake containers |
 //! | `shares` | 1..=1,000,000 ([`SHARES_MAX`]) | keeps `2^40 / shares` exact to 2^-20 |
 //! | `tasks_max` | 1..=1,048,576 per container ([`TASKS_MAX_LIMIT`]), default 65,536 ([`TASKS_MAX_DEFAULT`]) | bounds the task table |
@@ -27,6 +28,8 @@
 //! | `send_rate_bytes_per_second` | 0 (none) or up to 10 GB/s per connection | stored for the server's pacing |
 
 use thiserror::Error;
+
+use crate::name::{check_container_name, NameError};
 
 /// Largest accepted `shares` value.
 pub const SHARES_MAX: u32 = 1_000_000;
@@ -91,6 +94,7 @@ pub enum LatencyClass {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Unique within a scheduler; [`ContainerScheduler::lookup`](super::ContainerScheduler::lookup) finds it.
+    /// Follows the name rule of [`crate::name`]: 1..=128 bytes of ASCII letters, digits and `._:-`.
     pub name: String,
     /// CPU shares, 1..=[`SHARES_MAX`].
     pub shares: u32,
@@ -179,6 +183,9 @@ pub enum ContainerError {
         max: u32,
         value: u32,
     },
+    /// The name breaks the name rule ([`crate::name`]).
+    #[error("container name {name:?}: {error}")]
+    BadName { name: String, error: NameError },
     /// Shares must be 1..=`max` (zero shares would give a container infinite virtual runtime per poll).
     #[error("container {name:?}: shares {shares} outside 1..={max}")]
     SharesOutOfRange { name: String, shares: u32, max: u32 },
@@ -236,6 +243,10 @@ pub(super) fn check_range(
 }
 
 pub(super) fn check_spec(spec: &ContainerSpec) -> Result<(), ContainerError> {
+    check_container_name(&spec.name).map_err(|error| ContainerError::BadName {
+        name: spec.name.clone(),
+        error,
+    })?;
     check_shares(&spec.name, spec.shares)?;
     check_cpu_percent_max(&spec.name, spec.cpu_percent_max)?;
     check_send_rate(&spec.name, spec.send_rate_bytes_per_second)?;
