@@ -191,8 +191,9 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
             return Step::Close(conn);
         }
     }
-    let limits = shard.limits;
-    let head = match parse_request(&conn.read[conn.start..], &limits) {
+    // The settings this request is served under, even if a reload replaces them meanwhile.
+    let live = shard.live();
+    let head = match parse_request(&conn.read[conn.start..], &live.limits) {
         Ok(Some(head)) => head,
         Ok(None) => {
             let error = RequestError::BadRequest("malformed head");
@@ -202,7 +203,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     };
     conn.requests += 1;
     conn.out.clear();
-    let config = &shard.node.config;
+    let config = &live.config;
     let keep_alive = head.keep_alive
         && conn.requests < config.keepalive_requests_max
         && !shard.context.is_shutting_down();
@@ -308,7 +309,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     let send_rate = shard
         .context
         .containers()
-        .send_rate(shard.containers[conn.container]);
+        .send_rate(live.containers[conn.container]);
     let sent = if send_rate > 0 {
         // Boxed: the paced path's state (pacer, segment list, file stream) would otherwise enlarge every
         // request's future, which is built per request (measured: 3-4% of 4 KiB req/s on epoll).
@@ -380,14 +381,14 @@ async fn finish_simple(shard: &Rc<Shard>, conn: &mut Conn, answer: Answer) {
 /// Writes a short answer for a parsed request and consumes its head.
 /// (Error paths only: the head is parsed again after the write, since `conn` moved in here.)
 async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Step {
-    let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &shard.limits)
-    {
+    let limits = shard.live().limits;
+    let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &limits) {
         Ok(Some(head)) => (head.head_bytes, head.content_length),
         _ => (conn.read.len() - conn.start, 0),
     };
     let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
     {
-        let head = parse_request(&conn.read[conn.start..], &shard.limits)
+        let head = parse_request(&conn.read[conn.start..], &limits)
             .ok()
             .flatten();
         record(
@@ -423,8 +424,8 @@ fn record(
         500..=599 => ShardCounters::add(&counters.responses_5xx, 1),
         _ => {}
     }
-    if let Some(log) = &shard.log {
-        log.borrow_mut().record(&LogEntry {
+    if let Some(log) = shard.log.borrow_mut().as_mut() {
+        log.record(&LogEntry {
             client: conn.peer.ip(),
             unix_secs: unix_secs(std::time::SystemTime::now()),
             head,
@@ -483,7 +484,7 @@ async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: Target
                     policy.on_start(ServerId(shard.index), target, shard.now_ms());
                 }
             }
-            let container = shard.node.config.classify(None, b"", peer.ip());
+            let container = shard.live().config.classify(None, b"", peer.ip());
             Step::Next(Conn::new(stream, peer, read, Some(target), container))
         }
     }
@@ -525,7 +526,7 @@ async fn read_head(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
 
 /// True while the bytes hold no complete head and no limit is exceeded yet.
 fn needs_more(bytes: &[u8], shard: &Shard) -> bool {
-    let limits = &shard.limits;
+    let limits = shard.live().limits;
     if bytes.len() > limits.header_bytes_max {
         return false;
     }
@@ -553,8 +554,10 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
         conn.start = 0;
     }
     if conn.read.len() == conn.read.capacity() {
-        let grown = (conn.read.capacity() * 2)
-            .clamp(READ_BUFFER_BYTES_INITIAL, shard.limits.header_bytes_max + 1);
+        let grown = (conn.read.capacity() * 2).clamp(
+            READ_BUFFER_BYTES_INITIAL,
+            shard.live().limits.header_bytes_max + 1,
+        );
         if grown <= conn.read.len() {
             return Err(ReadEnd::Closed);
         }
@@ -565,11 +568,13 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
         // Shutdown step 2: an idle keep-alive connection closes now (no read is started).
         return Err(ReadEnd::Closed);
     }
-    let config = &shard.node.config;
-    let timeout_ms = if idle {
-        config.keepalive_timeout_ms
-    } else {
-        config.header_timeout_ms
+    let timeout_ms = {
+        let config = &shard.live().config;
+        if idle {
+            config.keepalive_timeout_ms
+        } else {
+            config.header_timeout_ms
+        }
     };
     let buffer = std::mem::take(&mut conn.read);
     let filled = buffer.len();
@@ -607,7 +612,7 @@ async fn write_out(
 ) -> Result<u64, ()> {
     out.seal();
     let total = out.bytes_total() as u64;
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut buffers = std::mem::take(out);
     loop {
         let written = shard
@@ -703,7 +708,7 @@ async fn write_paced(
     data: Bytes,
 ) -> Result<u64, ()> {
     let timers = shard.context.timers();
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut offset = 0;
     while offset < data.len() {
         let due_ns = pacer.due_ns();
@@ -768,7 +773,7 @@ async fn write_stream(
     stream: &mut TcpStream,
     mut file: FileStream,
 ) -> Result<u64, ()> {
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut sent = 0u64;
     loop {
         let chunk = match file.next_chunk() {

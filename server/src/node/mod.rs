@@ -48,6 +48,7 @@ mod conn;
 pub mod hot;
 pub mod iov;
 mod pace;
+mod reload;
 mod respond;
 mod shard;
 mod splice;
@@ -66,6 +67,7 @@ use larder_runtime::Handoff;
 
 pub use access_log::{format_line, AccessLog, LogEntry};
 pub use hot::{HotCount, HotSketch, HotWindow};
+pub use reload::{ReloadError, ReloadReport};
 pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
 pub use steer::{
     ContainerLimits, NodeSteer, SchedulerLimits, ShardSteer, SteerError, DELIVERY_TIMEOUT,
@@ -120,7 +122,9 @@ pub enum NodeError {
 
 /// What every shard of a node shares (all `Send + Sync`).
 pub(crate) struct NodeShared {
-    pub config: ServeConfig,
+    /// The configuration in force: the one the node started with, then each reload's (`reload`); held by a
+    /// reload for its whole length, so reloads run one at a time. Shards read their own copy (`shard::Live`).
+    pub config: Mutex<Arc<ServeConfig>>,
     pub root: PathBuf,
     /// `None` with one shard.
     pub policy: Option<Mutex<Box<dyn Policy>>>,
@@ -132,6 +136,21 @@ pub(crate) struct NodeShared {
     pub shards: usize,
     /// Distributed mode's shared state (`config.cluster`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl NodeShared {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<ServeConfig> {
+        Arc::clone(&self.running_config())
+    }
+
+    /// The lock on the configuration in force (a panic elsewhere cannot leave it half-written: it is replaced
+    /// whole).
+    pub fn running_config(&self) -> std::sync::MutexGuard<'_, Arc<ServeConfig>> {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A running node. Dropping it does not stop the shards: call [`Node::shutdown`] and [`Node::join`].
@@ -217,7 +236,7 @@ impl Node {
                 .collect(),
             origin: Instant::now(),
             shards,
-            config,
+            config: Mutex::new(Arc::new(config)),
         });
         let for_shards = Arc::clone(&shared);
         let pool = ShardPool::start(pool_config, move |context| {
