@@ -10,7 +10,7 @@ use anyhow::Context;
 use larder_control::{ControlConfig, ControlPlane};
 use larder_lard::{PolicyConfig, PolicyKind};
 
-use crate::signals::TerminationSignals;
+use crate::signals::Signals;
 
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
@@ -39,10 +39,12 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.down_after_intervals = args.down_after_intervals;
     config.policy = PolicyConfig::new(kind);
-    let signals = TerminationSignals::block()?;
+    let signals = Signals::block()?;
     let plane = ControlPlane::spawn(config).context("starting the control plane")?;
     println!("larder control: listening on {}", plane.local_addr());
-    let signal = signals.wait();
+    let signal = signals.run_until_stopped(|| {
+        tracing::info!("reload: nothing to reload (no --config file)");
+    });
     tracing::info!(signal, "stopping the control plane");
     plane.shutdown().context("stopping the control plane")?;
     Ok(ExitCode::SUCCESS)

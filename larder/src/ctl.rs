@@ -422,8 +422,9 @@ fn print_shards(shards: &[pb::ShardLoad]) {
         );
         for container in &shard.containers {
             println!(
-                "      container {:<16} cpu_us {:>12} poll_cpu_us {:>12} rejections {:>8} throttles {:>8}",
+                "      container {:<16} shares {:>5} cpu_us {:>12} poll_cpu_us {:>12} rejections {:>8} throttles {:>8}",
                 container.container,
+                container.shares,
                 container.cpu_time_us,
                 container.poll_cpu_time_us,
                 container.rejections,

@@ -13,7 +13,7 @@ use larder_dispatch::{DispatchConfig, Dispatcher};
 use larder_lard::{PolicyConfig, PolicyKind};
 
 use crate::dispatch_link::{self, BackendSource, DispatchLink, LinkConfig};
-use crate::signals::TerminationSignals;
+use crate::signals::Signals;
 
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
@@ -117,7 +117,7 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     }
     // SIGINT/SIGTERM are blocked before the shard threads exist (they inherit the mask), so only this
     // thread takes them, in sigwait.
-    let signals = TerminationSignals::block()?;
+    let signals = Signals::block()?;
     let dispatcher = Dispatcher::start(config).context("starting the dispatcher")?;
     let link = match link_config {
         Some(link_config) => {
@@ -139,7 +139,9 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         dispatcher.local_addr(),
         dispatcher.shard_count()
     );
-    let signal = signals.wait();
+    let signal = signals.run_until_stopped(|| {
+        tracing::info!("reload: nothing to reload (no --config file)");
+    });
     tracing::info!(signal, "shutting down: finishing exchanges in flight");
     // The link first, so nothing is applied while the dispatcher drains.
     if let Some(link) = link {

@@ -384,6 +384,14 @@ impl NodeHooks for ServeHooks {
                                     rejections: container.rejections,
                                     poll_cpu_time_us: container.poll_cpu_ns / 1000,
                                     throttles: container.throttles,
+                                    shares: container.shares,
+                                    limits: ContainerLimits {
+                                        connections_max: u64::from(container.tasks_max),
+                                        queued_work_max: u64::from(container.queued_max),
+                                        cpu_percent_max: container.cpu_percent_max,
+                                        send_rate_bytes_per_second: container
+                                            .send_rate_bytes_per_second,
+                                    },
                                 })
                                 .collect()
                         })

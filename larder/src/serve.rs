@@ -1,18 +1,24 @@
 //! `larder serve`: flags → `ServeConfig` (flags over the TOML file over the defaults) → a running node → exit 0
 //! after SIGINT/SIGTERM once in-flight responses are finished.
+//!
+//! SIGHUP (and `larder ctl reload-node`) re-reads the file the same way, flags over it, and puts it in force
+//! ([`Reloader`], `larder_server::node::NodeSteer::reload`). `--check-config` stops after reading: it prints the
+//! effective settings as TOML and exits 0, or prints the error and exits 1.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
+use larder_server::node::{NodeSteer, ReloadReport};
 use larder_server::{Node, ServeConfig};
 
-use crate::node_link::{self, NodeLink};
-use crate::signals::TerminationSignals;
+use crate::node_link::{self, ControlMode, NodeLink};
+use crate::signals::Signals;
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long)]
@@ -33,9 +39,13 @@ pub struct ServeArgs {
     /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
     #[arg(long)]
     policy: Option<String>,
-    /// TOML file with any setting of `ServeConfig`; flags override it.
+    /// TOML file with any setting of `ServeConfig`; flags override it. SIGHUP re-reads it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the configuration (the file and the flags, as serve reads them) and ROOT, print the effective
+    /// settings as TOML and exit 0; or print the error and exit 1. Starts nothing.
+    #[arg(long = "check-config")]
+    check_config: bool,
     /// Do not start the control plane.
     #[arg(long = "no-control")]
     no_control: bool,
@@ -90,17 +100,100 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     Ok(config)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging();
-    let config = config_from(&args)?;
-    let control = node_link::control_mode(
+fn control_mode_from(args: &ServeArgs) -> anyhow::Result<ControlMode> {
+    node_link::control_mode(
         args.no_control,
         args.control.as_deref(),
         args.join.as_deref(),
-    )?;
-    // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
+    )
+}
+
+/// `--check-config`: every check `serve` makes before it binds anything.
+fn check_config(args: &ServeArgs) -> anyhow::Result<String> {
+    let config = config_from(args)?;
+    let control = control_mode_from(args)?;
+    // The error names ROOT and the cause already (its source would repeat the cause).
+    larder_server::node::resolve_root(&config.root).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let source = match &args.config {
+        Some(path) => format!("{} and the flags", path.display()),
+        None => "the defaults and the flags".to_string(),
+    };
+    let control = match control {
+        ControlMode::Off => "none (--no-control)".to_string(),
+        ControlMode::Embedded { listen, .. } => format!("embedded on {listen}"),
+        ControlMode::Join(addr) => format!("join {addr}"),
+    };
+    Ok(format!(
+        "# larder serve: the configuration is valid (from {source})\n# control plane: {control}; cluster mode: {}\n{}",
+        config.cluster,
+        config.to_toml()
+    ))
+}
+
+/// Re-reads the configuration as `serve` read it at start (the file, then the flags) and puts it in force on
+/// the running node. Shared by SIGHUP (the main thread) and `larder ctl reload-node` (the node agent's thread).
+#[derive(Clone)]
+pub struct Reloader {
+    args: Arc<ServeArgs>,
+    steer: NodeSteer,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    #[error("no --config file: nothing to reload")]
+    NoConfigFile,
+    /// The file could not be read or is invalid, or the node refused it; the message names the file and the
+    /// setting.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Reloader {
+    /// Reloads and logs the outcome: each kept setting as a warning, a refusal as an error.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadRefused> {
+        let Some(path) = &self.args.config else {
+            tracing::info!("reload: no --config file; nothing to reload");
+            return Err(ReloadRefused::NoConfigFile);
+        };
+        let refused = |error: anyhow::Error| {
+            let error = format!("{error:#}");
+            tracing::error!(file = %path.display(), %error, "reload refused; the running configuration is unchanged");
+            ReloadRefused::Invalid(error)
+        };
+        let file = config_from(&self.args).map_err(refused)?;
+        let report = self
+            .steer
+            .reload(&file)
+            .with_context(|| format!("config file {}", path.display()))
+            .map_err(refused)?;
+        for kept in &report.kept {
+            tracing::warn!(file = %path.display(), %kept, "reload: setting cannot change on a running node");
+        }
+        tracing::info!(file = %path.display(), applied = ?report.applied, kept = report.kept.len(), "reload done");
+        Ok(report)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.check_config {
+        return Ok(match check_config(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("larder: configuration error: {error:#}");
+                ExitCode::from(1)
+            }
+        });
+    }
+    crate::init_logging();
+    let config = config_from(&args)?;
+    let control = control_mode_from(&args)?;
+    // Block SIGINT/SIGTERM/SIGHUP before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
-    let signals = TerminationSignals::block()?;
+    let signals = Signals::block()?;
     let node = Node::start(config.clone()).context("starting the node")?;
     println!(
         "larder: serving on http://{} with {} shards",
@@ -115,7 +208,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .cluster
         .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
         .transpose()?;
-    let signal = signals.wait();
+    let reloader = Reloader {
+        args: Arc::new(args),
+        steer: node.steer(),
+    };
+    let signal = signals.run_until_stopped(|| {
+        let _ = reloader.reload();
+    });
     tracing::info!(signal, "shutting down: finishing in-flight responses");
     node.shutdown();
     let report = node.join().context("stopping the node")?;

@@ -116,6 +116,7 @@ pub fn fixed_load(cores: u32) -> NodeLoad {
                     rejections: 2,
                     poll_cpu_time_us: 400,
                     throttles: 1,
+                    ..ContainerLoad::default()
                 }],
                 ..ShardLoad::default()
             })

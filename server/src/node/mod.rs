@@ -187,13 +187,7 @@ impl Node {
     /// Starts the shards and their listeners; returns once every shard is serving.
     pub fn start(config: ServeConfig) -> Result<Node, NodeError> {
         config.validate()?;
-        let root = std::fs::canonicalize(&config.root).map_err(|source| NodeError::Root {
-            root: config.root.clone(),
-            source,
-        })?;
-        if !root.is_dir() {
-            return Err(NodeError::RootNotDirectory(root));
-        }
+        let root = resolve_root(&config.root)?;
         let cpus = Topology::discover()?.select(&config.cores)?;
         let shards = cpus.len();
         for &shard in &config.accept_shards {
@@ -306,6 +300,18 @@ impl Node {
     pub fn join(self) -> Result<PoolReport, NodeError> {
         Ok(self.pool.join()?)
     }
+}
+
+/// ROOT as the node serves it: canonical, and a directory (`larder serve --check-config` checks it too).
+pub fn resolve_root(root: &std::path::Path) -> Result<PathBuf, NodeError> {
+    let resolved = std::fs::canonicalize(root).map_err(|source| NodeError::Root {
+        root: root.to_path_buf(),
+        source,
+    })?;
+    if !resolved.is_dir() {
+        return Err(NodeError::RootNotDirectory(resolved));
+    }
+    Ok(resolved)
 }
 
 /// One `SO_REUSEPORT` listener per accepting shard (`None` for the others), all on the same address.
