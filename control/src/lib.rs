@@ -8,6 +8,8 @@
 //!   version). Pure: time is an argument.
 //! - [`convert`]: protobuf ↔ domain conversions; prost types stop here.
 //! - [`auth`]: bearer token / loopback-only rules for mutations.
+//! - [`reload`]: `ReloadNode`, relayed to one node over its `WatchReloads` stream and answered by its
+//!   `ReloadDone`.
 //! - [`server`]: [`ControlPlane::spawn`] runs `larder.v1.Control`,
 //!   `larder.v1.NodeService`, server reflection v1 + v1alpha and
 //!   `grpc.health.v1.Health` on its own thread and tokio runtime.
@@ -37,13 +39,17 @@ pub mod auth;
 mod background;
 pub mod client;
 pub mod convert;
+pub mod reload;
 pub mod server;
 pub mod state;
 
 /// The wire types, for users of [`client`] (the `larder` binary needs no other path to them).
 pub use larder_proto as proto;
 
-pub use agent::{AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad};
+pub use agent::{
+    AgentConfig, AgentError, AgentStats, NodeAgent, NodeHooks, NodeLoad, ReloadOutcome,
+    ReloadRefused,
+};
 pub use assign::{Assignment, ASSIGN_TARGETS_MAX, ASSIGN_TTL_DEFAULT};
 pub use assign_client::{
     AssignFeeder, AssignFeederConfig, AssignFeederError, AssignFeederHandle, AssignFeederStats,

@@ -188,6 +188,7 @@ struct Shared {
     auth: Authorizer,
     shutdown: watch::Receiver<bool>,
     assign_ttl_ms: u64,
+    reloads: crate::reload::ReloadRelay,
 }
 
 impl Shared {
@@ -450,6 +451,29 @@ impl Control for ControlService {
             steering_version: version,
         }))
     }
+
+    async fn reload_node(
+        &self,
+        request: Request<pb::ReloadNodeRequest>,
+    ) -> Result<Response<pb::ReloadNodeResponse>, Status> {
+        self.0
+            .auth
+            .check_request(CallClass::OperatorMutation, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let result = self.0.reloads.reload(&id).await?;
+        if !result.ok {
+            tracing::warn!(node = %id, error = %result.error, "node reload refused");
+            return Err(Status::failed_precondition(result.error));
+        }
+        tracing::info!(node = %id, applied = ?result.applied, kept = ?result.kept, "node reloaded");
+        Ok(Response::new(pb::ReloadNodeResponse {
+            applied: result.applied,
+            kept: result.kept,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -528,6 +552,33 @@ impl NodeService for NodeServiceImpl {
                 .collect(),
             ttl_ms: self.0.assign_ttl_ms,
         }))
+    }
+
+    type WatchReloadsStream = BoxStream<pb::ReloadCommand>;
+
+    async fn watch_reloads(
+        &self,
+        request: Request<pb::WatchReloadsRequest>,
+    ) -> Result<Response<Self::WatchReloadsStream>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let commands = ReceiverStream::new(self.0.reloads.watch(id)).map(Ok);
+        Ok(Response::new(until_shutdown(
+            commands,
+            self.0.shutdown.clone(),
+        )))
+    }
+
+    async fn reload_done(
+        &self,
+        request: Request<pb::ReloadResult>,
+    ) -> Result<Response<pb::ReloadDoneResponse>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        self.0.reloads.done(request.into_inner())?;
+        Ok(Response::new(pb::ReloadDoneResponse {}))
     }
 
     type WatchSteeringStream = BoxStream<pb::Steering>;
@@ -682,6 +733,7 @@ async fn serve(
         auth: Authorizer::new(config.token.clone()),
         shutdown,
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
+        reloads: crate::reload::ReloadRelay::default(),
     });
 
     let reflection_v1 = reflection_builder()

@@ -58,6 +58,8 @@ enum Call {
     Drain { node_id: String },
     /// Send requests to a drained node again.
     Undrain { node_id: String },
+    /// Make a node re-read its configuration file, as SIGHUP does; prints what it applied and kept.
+    ReloadNode { node_id: String },
     /// Containers with shares, limits and cluster CPU time.
     ListContainers,
     /// Set a container's shares and limits (replaces all of them).
@@ -305,6 +307,19 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
         }
         Call::Drain { node_id } => set_drained(&mut client, json, &node_id, true),
         Call::Undrain { node_id } => set_drained(&mut client, json, &node_id, false),
+        Call::ReloadNode { node_id } => {
+            let answer = client.reload_node(&node_id)?;
+            show(json, "larder.v1.ReloadNodeResponse", &answer, |answer| {
+                if answer.applied.is_empty() {
+                    println!("{node_id} reloaded: nothing changed");
+                } else {
+                    println!("{node_id} reloaded: applied {}", answer.applied.join(", "));
+                }
+                for kept in &answer.kept {
+                    println!("  not live, {kept}");
+                }
+            })
+        }
         Call::ListContainers => {
             let answer = client.list_containers()?;
             show(

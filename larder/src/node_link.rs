@@ -32,6 +32,14 @@
 //! - Node weights and drain flags steer the distribution across nodes (dispatchers), not across the cores of
 //!   one node, so a node ignores them.
 //!
+//!   A container a reload added since the start starts from its configuration too. A reload applies only what
+//!   changed in the file, so a container's shares set from the control plane stay until the file changes them,
+//!   and a reloaded value stays until the control plane changes that container again.
+//!
+//! # Reloading (`ReloadNode`, [`ServeHooks::reload`])
+//! The same [`Reloader`] as SIGHUP re-reads the file (flags over it) and puts it in force; the answer lists
+//! the settings applied and kept, or the refusal naming the file and the setting.
+//!
 //! A refused steering (e.g. a control plane with a policy this node cannot build) is logged and the node keeps
 //! its current settings (fail static). So does a lost control plane: the agent reconnects with backoff.
 //!
@@ -59,9 +67,12 @@ use anyhow::Context as _;
 use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
     AgentConfig, Container, ContainerLimits, ContainerLoad, ContainerName, ControlConfig,
-    ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ShardId,
-    ShardLoad, Steering, TargetLoad,
+    ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad, ReloadOutcome,
+    ReloadRefused, ShardId, ShardLoad, Steering, TargetLoad,
 };
+use larder_server::config::ContainerConfig;
+
+use crate::serve::Reloader;
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
 use larder_server::node::{
@@ -122,7 +133,12 @@ pub struct NodeLink {
 
 impl NodeLink {
     /// Start-up steps 1-3 (module docs).
-    pub fn start(mode: ControlMode, node: &Node, config: &ServeConfig) -> anyhow::Result<NodeLink> {
+    pub fn start(
+        mode: ControlMode,
+        node: &Node,
+        config: &ServeConfig,
+        reloader: Option<Reloader>,
+    ) -> anyhow::Result<NodeLink> {
         let containers = node_containers(config);
         let (plane, control_addr) = match mode {
             ControlMode::Off => {
@@ -163,7 +179,7 @@ impl NodeLink {
         };
         let mut agent_config = AgentConfig::new(control_addr, info);
         agent_config.containers = containers;
-        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config))
+        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config, reloader))
             .context("starting the node agent")?;
         Ok(NodeLink {
             plane,
@@ -222,6 +238,21 @@ struct Applied {
     limits: SchedulerLimits,
 }
 
+impl Applied {
+    /// As each shard builds the container from the node's configuration.
+    fn configured(container: &ContainerConfig) -> Applied {
+        Applied {
+            shares: container.shares,
+            limits: SchedulerLimits {
+                tasks_max: container.tasks_max,
+                queued_max: container.tasks_max,
+                cpu_percent_max: container.cpu_percent_max,
+                send_rate_bytes_per_second: container.send_rate_bytes_per_second,
+            },
+        }
+    }
+}
+
 /// [`NodeHooks`] for a running node.
 pub struct ServeHooks {
     stats: StatsReader,
@@ -231,10 +262,12 @@ pub struct ServeHooks {
     applied: HashMap<String, Applied>,
     /// The previous report's counters, for rates.
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
+    /// Re-reads the node's file (`ReloadNode`); `None`: the node refuses.
+    reloader: Option<Reloader>,
 }
 
 impl ServeHooks {
-    pub fn new(node: &Node, config: &ServeConfig) -> ServeHooks {
+    pub fn new(node: &Node, config: &ServeConfig, reloader: Option<Reloader>) -> ServeHooks {
         ServeHooks {
             stats: node.stats_reader(),
             runtime: node.runtime_stats_handles(),
@@ -242,21 +275,10 @@ impl ServeHooks {
             applied: config
                 .containers
                 .iter()
-                .map(|container| {
-                    let applied = Applied {
-                        shares: container.shares,
-                        // As each shard builds the container.
-                        limits: SchedulerLimits {
-                            tasks_max: container.tasks_max,
-                            queued_max: container.tasks_max,
-                            cpu_percent_max: container.cpu_percent_max,
-                            send_rate_bytes_per_second: container.send_rate_bytes_per_second,
-                        },
-                    };
-                    (container.name.clone(), applied)
-                })
+                .map(|container| (container.name.clone(), Applied::configured(container)))
                 .collect(),
             previous: None,
+            reloader,
         }
     }
 
@@ -273,8 +295,16 @@ impl ServeHooks {
     fn apply_containers(&mut self, containers: &[Container]) {
         for container in containers {
             let name = &container.name.0;
+            if !self.applied.contains_key(name) {
+                // Added by a reload since the start: its first "last applied" values are its configuration.
+                let Ok(configured) = self.steer.configured(name) else {
+                    continue; // another node's container
+                };
+                self.applied
+                    .insert(name.clone(), Applied::configured(&configured));
+            }
             let Some(applied) = self.applied.get_mut(name) else {
-                continue; // another node's container
+                continue;
             };
             let requested = node::ContainerLimits {
                 connections_max: container.limits.connections_max,
@@ -411,6 +441,21 @@ impl NodeHooks for ServeHooks {
         self.apply_containers(&steering.containers);
     }
 
+    fn reload(&mut self) -> Result<ReloadOutcome, ReloadRefused> {
+        let Some(reloader) = &self.reloader else {
+            return Err(ReloadRefused(
+                "this node cannot reload its configuration".to_string(),
+            ));
+        };
+        let report = reloader
+            .reload()
+            .map_err(|refused| ReloadRefused(refused.to_string()))?;
+        Ok(ReloadOutcome {
+            applied: report.applied,
+            kept: report.kept.iter().map(ToString::to_string).collect(),
+        })
+    }
+
     fn connection_changed(&mut self, connected: bool) {
         if connected {
             tracing::info!("registered with the control plane");
@@ -493,7 +538,7 @@ mod tests {
             ..ServeConfig::default()
         };
         let node = Node::start(config.clone()).expect("node starts");
-        let link = NodeLink::start(mode, &node, &config).expect("link starts");
+        let link = NodeLink::start(mode, &node, &config, None).expect("link starts");
         Fixture {
             node,
             link,

@@ -200,7 +200,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.local_addr(),
         node.shard_count()
     );
-    let link = NodeLink::start(control, &node, &config).context("starting the control link")?;
+    let reloader = Reloader {
+        args: Arc::new(args.clone()),
+        steer: node.steer(),
+    };
+    let link = NodeLink::start(control, &node, &config, Some(reloader.clone()))
+        .context("starting the control link")?;
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
     }
@@ -208,10 +213,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .cluster
         .then(|| crate::cluster_link::ClusterLink::start(control, &link, &node))
         .transpose()?;
-    let reloader = Reloader {
-        args: Arc::new(args),
-        steer: node.steer(),
-    };
     let signal = signals.run_until_stopped(|| {
         let _ = reloader.reload();
     });

@@ -312,3 +312,79 @@ fn check_config_prints_the_effective_settings_or_the_error() {
         "a missing ROOT is named: {err}"
     );
 }
+
+/// `larder ctl --control CONTROL [--json] ARGS`: exit code, stdout, stderr.
+fn ctl(control: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["ctl", "--control", control])
+        .args(args)
+        .output()
+        .expect("larder ctl runs");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8(output.stdout).expect("utf-8"),
+        String::from_utf8(output.stderr).expect("utf-8"),
+    )
+}
+
+#[test]
+fn ctl_reload_node_applies_a_changed_file_and_answers_what_changed() {
+    let root = site();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("larder.toml");
+    write_config(&config, &config_text(100, "/gold/"));
+    let config_arg = config.to_str().expect("utf-8 path");
+    let root_arg = root.path().to_str().expect("utf-8 path");
+    let mut node = Process::spawn(&[
+        "serve",
+        "--config",
+        config_arg,
+        "--control",
+        "127.0.0.1:0",
+        root_arg,
+    ]);
+    let http = node.word_after("serving on http://");
+    let control = node.word_after("control plane on ");
+    wait_for("GetNode shows gold with 100 shares on both shards", || {
+        shares(&control, &http, "gold") == [100, 100]
+    });
+
+    let (code, _, err) = ctl(&control, &["reload-node", "127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "an unknown node: {err}");
+
+    // A changed file, with a setting that cannot change live.
+    write_config(
+        &config,
+        &format!("cache_mb = 64\n{}", config_text(250, "/gold/")),
+    );
+    let (code, out, err) = ctl(&control, &["--json", "reload-node", &http]);
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        answer["applied"],
+        serde_json::json!(["containers.gold.shares"]),
+        "{out}"
+    );
+    assert_eq!(
+        answer["kept"],
+        serde_json::json!(["cache_mb: kept 256 (the file says 64)"]),
+        "{out}"
+    );
+    wait_for("GetNode shows gold with 250 shares on both shards", || {
+        shares(&control, &http, "gold") == [250, 250]
+    });
+
+    // A broken file: FAILED_PRECONDITION with the node's message; nothing changes.
+    write_config(&config, "[[containers]]\nname = \"gold\"\nshares = 0\n");
+    let (code, _, err) = ctl(&control, &["reload-node", &http]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("FAILED_PRECONDITION")
+            && err.contains(config_arg)
+            && err.contains("containers.shares = 0"),
+        "the node's refusal names the file and the setting: {err}"
+    );
+    assert_eq!(shares(&control, &http, "gold"), [250, 250]);
+    assert_eq!(node.terminate(), 0);
+}
