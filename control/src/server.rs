@@ -607,17 +607,45 @@ pub struct ControlPlane;
 
 /// A running control plane. Dropping it without [`ControlHandle::shutdown`] also
 /// stops it, without waiting.
-#[derive(Debug)]
 pub struct ControlHandle {
     local_addr: SocketAddr,
+    shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ControlError>>>,
+}
+
+impl std::fmt::Debug for ControlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlHandle {
     /// The address the server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Sets the policy's kind (its parameters keep their values), as SetPolicy would; returns the steering
+    /// version. `larder control` calls it when a reload of its file changed `policy`.
+    pub fn set_policy_kind(&self, kind: larder_lard::PolicyKind) -> Result<u64, StateError> {
+        let update = crate::state::PolicyUpdate {
+            kind: Some(kind),
+            ..crate::state::PolicyUpdate::default()
+        };
+        self.shared
+            .mutate(|state, _| state.set_policy(update, Vec::new()))
+            .map_err(|status| StateError::Invalid {
+                field: "policy".to_string(),
+                reason: status.message().to_string(),
+            })
+    }
+
+    /// The bearer token the next call is checked against (see [`crate::auth`]).
+    pub fn set_token(&self, token: Option<String>) {
+        self.shared.auth.set_token(token);
     }
 
     /// Stops gracefully (see the module docs) and waits for the thread.
@@ -675,8 +703,9 @@ impl ControlPlane {
             .spawn(move || serve_on_this_thread(config, state, bound_sender, stopped))
             .map_err(ControlError::Runtime)?;
         match bound_receiver.recv() {
-            Ok(local_addr) => Ok(ControlHandle {
+            Ok((local_addr, shared)) => Ok(ControlHandle {
                 local_addr,
+                shared,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -692,7 +721,7 @@ impl ControlPlane {
 fn serve_on_this_thread(
     config: ControlConfig,
     state: ClusterState,
-    bound: std::sync::mpsc::Sender<SocketAddr>,
+    bound: std::sync::mpsc::Sender<(SocketAddr, Arc<Shared>)>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -709,7 +738,7 @@ fn serve_on_this_thread(
 async fn serve(
     config: ControlConfig,
     state: ClusterState,
-    bound: std::sync::mpsc::Sender<SocketAddr>,
+    bound: std::sync::mpsc::Sender<(SocketAddr, Arc<Shared>)>,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), ControlError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -771,7 +800,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ControlServer::new(ControlService(Arc::clone(&shared))))
         .add_service(NodeServiceServer::new(NodeServiceImpl(Arc::clone(&shared))));
-    if bound.send(local_addr).is_err() {
+    if bound.send((local_addr, Arc::clone(&shared))).is_err() {
         return Ok(()); // The spawner is gone: nobody can stop us, so do not start.
     }
     let (graceful_sender, graceful) = oneshot::channel::<()>();

@@ -388,3 +388,53 @@ fn ctl_reload_node_applies_a_changed_file_and_answers_what_changed() {
     assert_eq!(shares(&control, &http, "gold"), [250, 250]);
     assert_eq!(node.terminate(), 0);
 }
+
+#[test]
+fn sighup_reloads_the_control_planes_policy_and_token_and_keeps_its_listen_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("control.toml");
+    write_config(&config, "listen = \"127.0.0.1:0\"\npolicy = \"lard\"\n");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let mut plane = Process::spawn_with_log_level(&["control", "--config", config_arg], "info");
+    let control = plane.word_after("listening on ");
+    let policy_kind = || {
+        CtlClient::connect(&control, None)
+            .and_then(|mut ctl| ctl.get_policy())
+            .ok()
+            .and_then(|answer| answer.policy)
+            .map(|policy| policy.kind)
+    };
+    let lard = larder_control::proto::v1::PolicyKind::Lard as i32;
+    let wrr = larder_control::proto::v1::PolicyKind::Wrr as i32;
+    assert_eq!(policy_kind(), Some(lard));
+
+    write_config(
+        &config,
+        "listen = \"127.0.0.1:1\"\npolicy = \"wrr\"\ntoken = \"s3cret\"\n",
+    );
+    plane.signal(libc::SIGHUP);
+    plane.wait_for_log_line("setting cannot change on a running control plane; kept");
+    let done = plane.wait_for_log_line("reload done");
+    assert!(done.contains("policy") && done.contains("token"), "{done}");
+    assert_eq!(policy_kind(), Some(wrr), "the file's policy is in force");
+    let (code, _, err) = ctl(&control, &["drain", "node-a"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("UNAUTHENTICATED"),
+        "the new token is required: {err}"
+    );
+    let (code, _, err) = ctl(&control, &["--token", "s3cret", "drain", "node-a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "the token is accepted: {err}");
+
+    write_config(&config, "policy = \"fastest\"\n");
+    plane.signal(libc::SIGHUP);
+    let refused = plane.wait_for_log_line("reload refused");
+    assert!(
+        refused.contains(config_arg) && refused.contains("policy = fastest"),
+        "{refused}"
+    );
+    assert_eq!(policy_kind(), Some(wrr), "a broken file changed nothing");
+    let (code, _) = plane.terminate_with_log();
+    assert_eq!(code, 0);
+}
