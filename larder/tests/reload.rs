@@ -20,7 +20,7 @@ use std::time::Duration;
 use larder_control::CtlClient;
 use larder_loadgen::cores::CoreList;
 use larder_loadgen::{ClassConfig, DriverChoice, RunConfig, RunReport, WorkloadSpec};
-use process::{wait_for, Process};
+use process::{run_to_end, wait_for, Process};
 
 /// How long the load runs: long enough for both reloads and their checks on a loaded 2-CPU machine (the test
 /// asserts that responses kept arriving after the last check, so a slower machine fails loudly, not silently).
@@ -237,19 +237,9 @@ fn sighup_without_a_config_file_says_there_is_nothing_to_reload() {
     assert_eq!(code, 0);
 }
 
-/// `larder serve --check-config ARGS`: exit code, stdout, stderr.
+/// `larder serve --check-config ARGS`.
 fn check_config(args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
-        .arg("serve")
-        .arg("--check-config")
-        .args(args)
-        .output()
-        .expect("larder runs");
-    (
-        output.status.code().expect("exit code"),
-        String::from_utf8(output.stdout).expect("utf-8"),
-        String::from_utf8(output.stderr).expect("utf-8"),
-    )
+    run_to_end(&[&["serve", "--check-config"], args].concat())
 }
 
 #[test]
@@ -313,18 +303,9 @@ fn check_config_prints_the_effective_settings_or_the_error() {
     );
 }
 
-/// `larder ctl --control CONTROL [--json] ARGS`: exit code, stdout, stderr.
+/// `larder ctl --control CONTROL ARGS`.
 fn ctl(control: &str, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
-        .args(["ctl", "--control", control])
-        .args(args)
-        .output()
-        .expect("larder ctl runs");
-    (
-        output.status.code().expect("exit code"),
-        String::from_utf8(output.stdout).expect("utf-8"),
-        String::from_utf8(output.stderr).expect("utf-8"),
-    )
+    run_to_end(&[&["ctl", "--control", control], args].concat())
 }
 
 #[test]

@@ -23,6 +23,20 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
+/// `larder ARGS` run to its end (a command that exits by itself: `ctl`, `serve --check-config`): its exit code,
+/// stdout and stderr.
+pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .output()
+        .expect("larder runs");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8(output.stdout).expect("utf-8 stdout"),
+        String::from_utf8(output.stderr).expect("utf-8 stderr"),
+    )
+}
+
 /// A `larder` child process, killed if the test fails before it is stopped.
 pub struct Process {
     child: Option<Child>,
