@@ -37,7 +37,7 @@
 //!   and a reloaded value stays until the control plane changes that container again.
 //!
 //! # Reloading (`ReloadNode`, [`ServeHooks::reload`])
-//! The same [`Reloader`] as SIGHUP re-reads the file (flags over it) and puts it in force; the answer lists
+//! The same `Reloader` as SIGHUP (`serve.rs`, handed over as a [`ReloadFn`]) re-reads the file (flags over it) and puts it in force; the answer lists
 //! the settings applied and kept, or the refusal naming the file and the setting.
 //!
 //! A refused steering (e.g. a control plane with a policy this node cannot build) is logged and the node keeps
@@ -72,7 +72,9 @@ use larder_control::{
 };
 use larder_server::config::ContainerConfig;
 
-use crate::serve::Reloader;
+/// Re-reads the node's file and puts it in force (`larder serve`'s `Reloader`, shared with SIGHUP). A function,
+/// not the type, so this module stays free of `serve` (the steering benchmark includes it).
+pub type ReloadFn = Box<dyn Fn() -> Result<ReloadOutcome, ReloadRefused> + Send>;
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
 use larder_server::node::{
@@ -137,7 +139,7 @@ impl NodeLink {
         mode: ControlMode,
         node: &Node,
         config: &ServeConfig,
-        reloader: Option<Reloader>,
+        reloader: Option<ReloadFn>,
     ) -> anyhow::Result<NodeLink> {
         let containers = node_containers(config);
         let (plane, control_addr) = match mode {
@@ -263,11 +265,11 @@ pub struct ServeHooks {
     /// The previous report's counters, for rates.
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
     /// Re-reads the node's file (`ReloadNode`); `None`: the node refuses.
-    reloader: Option<Reloader>,
+    reloader: Option<ReloadFn>,
 }
 
 impl ServeHooks {
-    pub fn new(node: &Node, config: &ServeConfig, reloader: Option<Reloader>) -> ServeHooks {
+    pub fn new(node: &Node, config: &ServeConfig, reloader: Option<ReloadFn>) -> ServeHooks {
         ServeHooks {
             stats: node.stats_reader(),
             runtime: node.runtime_stats_handles(),
@@ -447,13 +449,7 @@ impl NodeHooks for ServeHooks {
                 "this node cannot reload its configuration".to_string(),
             ));
         };
-        let report = reloader
-            .reload()
-            .map_err(|refused| ReloadRefused(refused.to_string()))?;
-        Ok(ReloadOutcome {
-            applied: report.applied,
-            kept: report.kept.iter().map(ToString::to_string).collect(),
-        })
+        reloader()
     }
 
     fn connection_changed(&mut self, connected: bool) {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use larder_control::{ReloadOutcome, ReloadRefused as AgentReloadRefused};
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
 use larder_server::node::{NodeSteer, ReloadReport};
 use larder_server::{Node, ServeConfig};
@@ -150,6 +151,20 @@ pub enum ReloadRefused {
 }
 
 impl Reloader {
+    /// `ReloadNode`'s reload, for the node agent (`node_link`): the same reload, in the agent's terms.
+    fn for_agent(&self) -> node_link::ReloadFn {
+        let reloader = self.clone();
+        Box::new(move || {
+            let report = reloader
+                .reload()
+                .map_err(|refused| AgentReloadRefused(refused.to_string()))?;
+            Ok(ReloadOutcome {
+                applied: report.applied,
+                kept: report.kept.iter().map(ToString::to_string).collect(),
+            })
+        })
+    }
+
     /// Reloads and logs the outcome: each kept setting as a warning, a refusal as an error.
     pub fn reload(&self) -> Result<ReloadReport, ReloadRefused> {
         let Some(path) = &self.args.config else {
@@ -204,7 +219,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args: Arc::new(args.clone()),
         steer: node.steer(),
     };
-    let link = NodeLink::start(control, &node, &config, Some(reloader.clone()))
+    let link = NodeLink::start(control, &node, &config, Some(reloader.for_agent()))
         .context("starting the control link")?;
     if let Some(addr) = link.control_addr() {
         println!("larder: control plane on {addr}");
