@@ -104,10 +104,7 @@ fn settings_from(args: &ControlArgs) -> anyhow::Result<ControlSettings> {
         Ok(())
     };
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        let file: ControlFile =
-            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        let file: ControlFile = crate::read_toml_file(path)?;
         apply(file, "listen =", "policy =")
             .with_context(|| format!("config file {}", path.display()))?;
     }

@@ -192,16 +192,7 @@ impl Reloader {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.check_config {
-        return Ok(match check_config(&args) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("larder: configuration error: {error:#}");
-                ExitCode::from(1)
-            }
-        });
+        return Ok(crate::print_check(check_config(&args)));
     }
     crate::init_logging();
     let config = config_from(&args)?;

@@ -419,3 +419,72 @@ fn sighup_reloads_the_control_planes_policy_and_token_and_keeps_its_listen_addre
     let (code, _) = plane.terminate_with_log();
     assert_eq!(code, 0);
 }
+
+/// A `larder serve` back-end (one shard, no control plane) whose `/who.txt` says `name`.
+fn named_backend(name: &str) -> (Process, String, tempfile::TempDir) {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("who.txt"), name).expect("write");
+    let root_arg = root.path().to_str().expect("utf-8 path").to_string();
+    let mut node = Process::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--no-control",
+        &root_arg,
+    ]);
+    let http = node.word_after("serving on http://");
+    (node, http, root)
+}
+
+/// The body of `/who.txt` through `http`.
+fn who(http: &str) -> String {
+    let (answer, _) = common::get(http, "/who.txt");
+    answer.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
+}
+
+fn dispatch_config_text(backend: &str) -> String {
+    format!("listen = \"127.0.0.1:0\"\ncores = \"1\"\nbackends = [\"{backend}\"]\n")
+}
+
+#[test]
+fn sighup_replaces_the_dispatchers_back_ends_from_its_file() {
+    let (_a, a, _a_root) = named_backend("A");
+    let (_b, b, _b_root) = named_backend("B");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("dispatch.toml");
+    write_config(&config, &dispatch_config_text(&a));
+    let config_arg = config.to_str().expect("utf-8 path");
+
+    let (code, out, err) = run_to_end(&["dispatch", "--check-config", "--config", config_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("backends = [\"{a}\"]")), "{out}");
+
+    let mut dispatcher = Process::spawn_with_log_level(
+        &["dispatch", "--config", config_arg, "--no-control"],
+        "info",
+    );
+    let http = dispatcher.word_after("dispatching on http://");
+    assert_eq!(who(&http), "A");
+
+    write_config(&config, &dispatch_config_text(&b));
+    dispatcher.signal(libc::SIGHUP);
+    let done = dispatcher.wait_for_log_line("reload done");
+    assert!(
+        done.contains(&format!("removed {a}")) && done.contains(&format!("added {b}")),
+        "{done}"
+    );
+    assert_eq!(who(&http), "B", "the file's back-end serves");
+
+    write_config(&config, "backends = [\"nowhere\"]\n");
+    let (code, _, err) = run_to_end(&["dispatch", "--check-config", "--config", config_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("backends = nowhere"), "{err}");
+    dispatcher.signal(libc::SIGHUP);
+    let refused = dispatcher.wait_for_log_line("reload refused");
+    assert!(refused.contains("backends = nowhere"), "{refused}");
+    assert_eq!(who(&http), "B", "a broken file changed nothing");
+    let (code, _) = dispatcher.terminate_with_log();
+    assert_eq!(code, 0);
+}
