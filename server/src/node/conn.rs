@@ -309,7 +309,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     let send_rate = shard
         .context
         .containers()
-        .send_rate(live.containers[conn.container]);
+        .send_rate(live.container_id(conn.container));
     let sent = if send_rate > 0 {
         // Boxed: the paced path's state (pacer, segment list, file stream) would otherwise enlarge every
         // request's future, which is built per request (measured: 3-4% of 4 KiB req/s on epoll).

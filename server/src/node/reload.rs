@@ -300,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn a_container_index_from_a_shard_ahead_of_this_one_falls_back_to_the_default_container() {
+        let scheduler = larder_runtime::container::ContainerScheduler::new(
+            larder_runtime::container::SchedulerConfig::default(),
+            larder_runtime::container::MonotonicClock::new(),
+        )
+        .expect("scheduler");
+        let mut config = ServeConfig::default();
+        with_gold(&mut config);
+        let ids: Vec<_> = config
+            .containers
+            .iter()
+            .map(|container| {
+                scheduler
+                    .add_container(container_spec(container))
+                    .expect("added")
+            })
+            .collect();
+        let live = Live::new(Arc::new(config), ids.clone());
+        assert_eq!(live.container_id(1), ids[1], "gold");
+        assert_eq!(
+            live.container_id(2),
+            ids[0],
+            "a container another shard's reload added: default until classified here"
+        );
+    }
+
+    #[test]
     fn reload_swaps_a_changed_policy() {
         let (node, _root) = start_with(2, PolicyKind::Wrr, |_| {});
         let steer = node.steer();

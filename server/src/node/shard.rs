@@ -71,6 +71,16 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// The shard's container at `index` in `config.containers`. A connection handed off by a shard that has
+    /// already applied a reload adding containers may name one this shard has not added yet (its reload is
+    /// still in its queue): it runs in the default container until its next request is classified here.
+    pub fn container_id(&self, index: usize) -> ContainerId {
+        match self.containers.get(index) {
+            Some(&id) => id,
+            None => self.containers[self.config.default_container_index()],
+        }
+    }
+
     pub fn new(config: Arc<crate::ServeConfig>, containers: Vec<ContainerId>) -> Live {
         Live {
             limits: ParseLimits {
@@ -407,7 +417,7 @@ pub(crate) fn place(shard: &Rc<Shard>, conn: Conn) {
             }
         }
     };
-    let id = shard.live().containers[container];
+    let id = shard.live().container_id(container);
     if shard.context.containers().spawn(id, task).is_err() {
         let conn = slot.borrow_mut().take();
         if let Some(conn) = conn {
