@@ -34,6 +34,11 @@
 //!    before io_uring runs the asynchronous `close`.
 //! 3. The pool waits for every connection task (its drain deadline), then the shards exit.
 //!
+//! # Reload ([`NodeSteer::reload`], module `reload`)
+//! A re-read configuration is validated and planned first (`ServeConfig::plan_reload`), then sent to every
+//! shard's control queue; each shard swaps the settings its requests read (`shard::Live`). A request is answered
+//! under the settings it started with; no connection is closed.
+//!
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
