@@ -124,30 +124,62 @@ fn start_load(
     })
 }
 
+/// A node serving [`site`] from the file `config_text(100, "/gold/")`, with its control plane embedded.
+struct ConfiguredNode {
+    process: Process,
+    http: String,
+    control: String,
+    config: std::path::PathBuf,
+    _root: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl ConfiguredNode {
+    /// Starts it with its log at `log_level` (kept for `wait_for_log_line`) and waits until GetNode shows
+    /// gold's 100 shares on both shards.
+    fn start(log_level: &str) -> ConfiguredNode {
+        let root = site();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("larder.toml");
+        write_config(&config, &config_text(100, "/gold/"));
+        let mut process = Process::spawn_with_log_level(
+            &[
+                "serve",
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--control",
+                "127.0.0.1:0",
+                root.path().to_str().expect("utf-8 path"),
+            ],
+            log_level,
+        );
+        let http = process.word_after("serving on http://");
+        let control = process.word_after("control plane on ");
+        wait_for("GetNode shows gold with 100 shares on both shards", || {
+            shares(&control, &http, "gold") == [100, 100]
+        });
+        ConfiguredNode {
+            process,
+            http,
+            control,
+            config,
+            _root: root,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn sighup_under_load_applies_a_changed_file_and_refuses_a_broken_one_with_no_failed_request() {
-    let root = site();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("larder.toml");
-    write_config(&config, &config_text(100, "/gold/"));
+    let started = ConfiguredNode::start("info");
+    let ConfiguredNode {
+        process: mut node,
+        ref http,
+        ref control,
+        ref config,
+        ..
+    } = started;
     let config_arg = config.to_str().expect("utf-8 path");
-    let root_arg = root.path().to_str().expect("utf-8 path");
-    let mut node = Process::spawn_with_log_level(
-        &[
-            "serve",
-            "--config",
-            config_arg,
-            "--control",
-            "127.0.0.1:0",
-            root_arg,
-        ],
-        "info",
-    );
-    let http = node.word_after("serving on http://");
-    let control = node.word_after("control plane on ");
-    wait_for("GetNode shows gold with 100 shares on both shards", || {
-        shares(&control, &http, "gold") == [100, 100]
-    });
 
     let responses = Arc::new(AtomicU64::new(0));
     let load = start_load(http.parse().expect("address"), Arc::clone(&responses));
@@ -156,7 +188,7 @@ fn sighup_under_load_applies_a_changed_file_and_refuses_a_broken_one_with_no_fai
     });
 
     // A changed file: gold's shares and its classification rule.
-    write_config(&config, &config_text(300, "/g"));
+    write_config(config, &config_text(300, "/g"));
     node.signal(libc::SIGHUP);
     let done = node.wait_for_log_line("reload done");
     assert!(
@@ -164,12 +196,12 @@ fn sighup_under_load_applies_a_changed_file_and_refuses_a_broken_one_with_no_fai
         "the log names what changed: {done}"
     );
     wait_for("GetNode shows gold with 300 shares on both shards", || {
-        shares(&control, &http, "gold") == [300, 300]
+        shares(control, http, "gold") == [300, 300]
     });
 
     // A broken file: it would change gold's shares, but one setting is out of range.
     write_config(
-        &config,
+        config,
         &format!("keepalive_timeout_ms = 0\n{}", config_text(500, "/g")),
     );
     node.signal(libc::SIGHUP);
@@ -179,12 +211,12 @@ fn sighup_under_load_applies_a_changed_file_and_refuses_a_broken_one_with_no_fai
         "the error names the file and the setting: {refused}"
     );
     // A refused reload sends nothing; two load reports later the node still runs the previous file.
-    let seen = reports(&control, &http);
+    let seen = reports(control, http);
     wait_for("two more load reports", || {
-        reports(&control, &http) >= seen + 2
+        reports(control, http) >= seen + 2
     });
     assert_eq!(
-        shares(&control, &http, "gold"),
+        shares(control, http, "gold"),
         [300, 300],
         "the broken file changed nothing"
     );
@@ -310,36 +342,20 @@ fn ctl(control: &str, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn ctl_reload_node_applies_a_changed_file_and_answers_what_changed() {
-    let root = site();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("larder.toml");
-    write_config(&config, &config_text(100, "/gold/"));
+    let node = ConfiguredNode::start("warn");
+    let (http, control, config) = (&node.http, &node.control, &node.config);
     let config_arg = config.to_str().expect("utf-8 path");
-    let root_arg = root.path().to_str().expect("utf-8 path");
-    let mut node = Process::spawn(&[
-        "serve",
-        "--config",
-        config_arg,
-        "--control",
-        "127.0.0.1:0",
-        root_arg,
-    ]);
-    let http = node.word_after("serving on http://");
-    let control = node.word_after("control plane on ");
-    wait_for("GetNode shows gold with 100 shares on both shards", || {
-        shares(&control, &http, "gold") == [100, 100]
-    });
 
-    let (code, _, err) = ctl(&control, &["reload-node", "127.0.0.1:1"]);
+    let (code, _, err) = ctl(control, &["reload-node", "127.0.0.1:1"]);
     assert_eq!(code, 1);
     assert!(err.contains("NOT_FOUND"), "an unknown node: {err}");
 
     // A changed file, with a setting that cannot change live.
     write_config(
-        &config,
+        config,
         &format!("cache_mb = 64\n{}", config_text(250, "/gold/")),
     );
-    let (code, out, err) = ctl(&control, &["--json", "reload-node", &http]);
+    let (code, out, err) = ctl(control, &["--json", "reload-node", http]);
     assert_eq!(code, 0, "{err}");
     let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(
@@ -353,12 +369,12 @@ fn ctl_reload_node_applies_a_changed_file_and_answers_what_changed() {
         "{out}"
     );
     wait_for("GetNode shows gold with 250 shares on both shards", || {
-        shares(&control, &http, "gold") == [250, 250]
+        shares(control, http, "gold") == [250, 250]
     });
 
     // A broken file: FAILED_PRECONDITION with the node's message; nothing changes.
-    write_config(&config, "[[containers]]\nname = \"gold\"\nshares = 0\n");
-    let (code, _, err) = ctl(&control, &["reload-node", &http]);
+    write_config(config, "[[containers]]\nname = \"gold\"\nshares = 0\n");
+    let (code, _, err) = ctl(control, &["reload-node", http]);
     assert_eq!(code, 1);
     assert!(
         err.contains("FAILED_PRECONDITION")
@@ -366,8 +382,8 @@ fn ctl_reload_node_applies_a_changed_file_and_answers_what_changed() {
             && err.contains("containers.shares = 0"),
         "the node's refusal names the file and the setting: {err}"
     );
-    assert_eq!(shares(&control, &http, "gold"), [250, 250]);
-    assert_eq!(node.terminate(), 0);
+    assert_eq!(shares(control, http, "gold"), [250, 250]);
+    assert_eq!(node.process.terminate(), 0);
 }
 
 #[test]
