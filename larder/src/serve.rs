@@ -113,8 +113,8 @@ fn control_mode_from(args: &ServeArgs) -> anyhow::Result<ControlMode> {
 fn check_config(args: &ServeArgs) -> anyhow::Result<String> {
     let config = config_from(args)?;
     let control = control_mode_from(args)?;
-    // The error names ROOT and the cause already (its source would repeat the cause).
-    larder_server::node::resolve_root(&config.root).map_err(|error| anyhow::anyhow!("{error}"))?;
+    // The error names the setting (or ROOT) and the cause already (its source would repeat the cause).
+    larder_server::node::preflight(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
     let source = match &args.config {
         Some(path) => format!("{} and the flags", path.display()),
         None => "the defaults and the flags".to_string(),

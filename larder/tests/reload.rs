@@ -333,6 +333,15 @@ fn check_config_prints_the_effective_settings_or_the_error() {
         err.contains("/no/such/root"),
         "a missing ROOT is named: {err}"
     );
+
+    // What only the machine can say, checked as `serve` checks it before binding.
+    let (code, _, err) = check_config(&["--config", good_arg, "--cores", "4096", root_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cores"), "more shards than CPUs: {err}");
+    write_config(&bad, "cores = \"1\"\naccept_shards = [1]\n");
+    let (code, _, err) = check_config(&["--config", bad.to_str().expect("utf-8"), root_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("accept_shards names shard 1"), "{err}");
 }
 
 /// `larder ctl --control CONTROL ARGS`.

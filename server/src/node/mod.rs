@@ -191,15 +191,8 @@ fn node_stats(shared: &NodeShared) -> NodeStats {
 impl Node {
     /// Starts the shards and their listeners; returns once every shard is serving.
     pub fn start(config: ServeConfig) -> Result<Node, NodeError> {
-        config.validate()?;
-        let root = resolve_root(&config.root)?;
-        let cpus = Topology::discover()?.select(&config.cores)?;
+        let Preflight { root, cpus } = preflight(&config)?;
         let shards = cpus.len();
-        for &shard in &config.accept_shards {
-            if shard as usize >= shards {
-                return Err(NodeError::AcceptShard { shard, shards });
-            }
-        }
         // Only accepting shards get a listener: a socket in the SO_REUSEPORT group that never accepts would
         // hold (and, when closed, reset) the connections the kernel hashes to it.
         let accepting: Vec<bool> = (0..shards as u32)
@@ -307,8 +300,31 @@ impl Node {
     }
 }
 
-/// ROOT as the node serves it: canonical, and a directory (`larder serve --check-config` checks it too).
-pub fn resolve_root(root: &std::path::Path) -> Result<PathBuf, NodeError> {
+/// What [`preflight`] found: ROOT as the node serves it and the CPUs of its shards.
+#[derive(Debug)]
+pub struct Preflight {
+    pub root: PathBuf,
+    pub cpus: Vec<larder_runtime::topology::CpuId>,
+}
+
+/// Every check [`Node::start`] makes before it binds a socket or starts a shard: the settings' ranges, ROOT (it
+/// exists and is a directory), the cores (they exist and this process may run on them) and `accept_shards`
+/// (each names a shard). `larder serve --check-config` runs exactly these.
+pub fn preflight(config: &ServeConfig) -> Result<Preflight, NodeError> {
+    config.validate()?;
+    let root = resolve_root(&config.root)?;
+    let cpus = Topology::discover()?.select(&config.cores)?;
+    let shards = cpus.len();
+    for &shard in &config.accept_shards {
+        if shard as usize >= shards {
+            return Err(NodeError::AcceptShard { shard, shards });
+        }
+    }
+    Ok(Preflight { root, cpus })
+}
+
+/// ROOT as the node serves it: canonical, and a directory.
+fn resolve_root(root: &std::path::Path) -> Result<PathBuf, NodeError> {
     let resolved = std::fs::canonicalize(root).map_err(|source| NodeError::Root {
         root: root.to_path_buf(),
         source,
