@@ -327,6 +327,59 @@ mod tests {
     }
 
     #[test]
+    fn reload_reopens_the_access_log_so_a_rotated_file_is_let_go() {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let path = logs.path().join("access.log");
+        let (node, root) = start_with(1, PolicyKind::Wrr, |config| {
+            config.access_log = Some(crate::config::AccessLogConfig {
+                path: path.clone(),
+                format: crate::config::LogFormat::Common,
+            });
+        });
+        std::fs::write(root.path().join("a.txt"), "a").expect("write");
+        std::fs::write(root.path().join("b.txt"), "b").expect("write");
+        let shard_file = logs.path().join("access.log.0");
+        let rotated = logs.path().join("access.log.0.1");
+        let read = |file: &std::path::Path| std::fs::read_to_string(file).unwrap_or_default();
+
+        assert_eq!(status_of(&node, "/a.txt"), "HTTP/1.1 200 OK");
+        wait_until(
+            || read(&shard_file).contains("GET /a.txt"),
+            || format!("log: {:?}", read(&shard_file)),
+        );
+        std::fs::rename(&shard_file, &rotated).expect("rotate");
+        let steer = node.steer();
+        let file = steer.shared().config().as_ref().clone();
+        let report = steer.reload(&file).expect("the same file");
+        assert_eq!(report.applied, ["access_log (reopened)"]);
+        // The shard applies the reopen between two polls: once a request lands in the new file, it has.
+        wait_until(
+            || {
+                status_of(&node, "/b.txt") == "HTTP/1.1 200 OK"
+                    && read(&shard_file).contains("GET /b.txt")
+            },
+            || format!("new log: {:?}", read(&shard_file)),
+        );
+        assert_eq!(status_of(&node, "/c.txt"), "HTTP/1.1 404 Not Found");
+        wait_until(
+            || read(&shard_file).contains("GET /c.txt"),
+            || format!("new log: {:?}", read(&shard_file)),
+        );
+        assert!(!read(&shard_file).contains("GET /a.txt"), "a fresh file");
+        assert!(
+            !read(&rotated).contains("GET /c.txt"),
+            "nothing more goes to the rotated file"
+        );
+        let open_on_rotated = std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| *target == rotated)
+            .count();
+        assert_eq!(open_on_rotated, 0, "the rotated file is closed");
+        stop(node);
+    }
+
+    #[test]
     fn reload_swaps_a_changed_policy() {
         let (node, _root) = start_with(2, PolicyKind::Wrr, |_| {});
         let steer = node.steer();
