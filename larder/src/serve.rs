@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use larder_control::{ReloadOutcome, ReloadRefused as AgentReloadRefused};
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
-use larder_server::node::{NodeSteer, ReloadReport};
+use larder_server::node::{NodeSteer, ReloadError, ReloadReport, SteerError};
 use larder_server::{Node, ServeConfig};
 
 use crate::node_link::{self, ControlMode, NodeLink};
@@ -144,8 +144,8 @@ pub struct Reloader {
 pub enum ReloadRefused {
     #[error("no --config file: nothing to reload")]
     NoConfigFile,
-    /// The file could not be read or is invalid, or the node refused it; the message names the file and the
-    /// setting.
+    /// The file could not be read or is invalid, or the node refused it (the message names the file and the
+    /// setting), or a shard's queue did not take it (the message names the shard: reload again).
     #[error("{0}")]
     Invalid(String),
 }
@@ -177,11 +177,22 @@ impl Reloader {
             ReloadRefused::Invalid(error)
         };
         let file = config_from(&self.args).map_err(refused)?;
-        let report = self
-            .steer
-            .reload(&file)
-            .with_context(|| format!("config file {}", path.display()))
-            .map_err(refused)?;
+        let report = match self.steer.reload(&file) {
+            Ok(report) => report,
+            Err(ReloadError::Steer(SteerError::Delivery { shard, reason })) => {
+                // Not a bad file: a shard's queue stayed full. Those before it have the new configuration;
+                // a reload sends it to every shard again (it is idempotent).
+                let error =
+                    format!("shard {shard} did not take the reload ({reason}); reload again");
+                tracing::error!(file = %path.display(), %error, "reload reached only some shards");
+                return Err(ReloadRefused::Invalid(error));
+            }
+            Err(error) => {
+                return Err(refused(
+                    anyhow::Error::new(error).context(format!("config file {}", path.display())),
+                ))
+            }
+        };
         for kept in &report.kept {
             tracing::warn!(file = %path.display(), %kept, "reload: setting cannot change on a running node");
         }
