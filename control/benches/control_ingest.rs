@@ -53,6 +53,7 @@ fn report(node: usize, sequence: u64) -> pb::LoadReport {
                     rejections: 0,
                     poll_cpu_time_us: sequence * 40_000,
                     throttles: 0,
+                    ..ContainerLoad::default()
                 })
                 .collect(),
         })

@@ -7,12 +7,14 @@
 //! 1. Connect (at most [`CONNECT_TIMEOUT`]) and `Register` (at most
 //!    [`REGISTER_TIMEOUT`]); apply the steering in
 //!    the answer if it is new; learn the report interval.
-//! 2. Open `WatchSteering` and the `ReportLoad` client stream.
+//! 2. Open `WatchSteering`, `WatchReloads` and the `ReportLoad` client stream.
 //! 3. Every report interval call [`NodeHooks::load_report`] and queue the report
 //!    (at most [`REPORT_QUEUE_MAX`] waiting; when full the report is dropped and
 //!    counted, the next one carries fresher numbers anyway). Apply every steering
 //!    whose `(epoch, version)` differs from the last applied one: a new epoch (a
 //!    restarted control plane) always wins, within an epoch only a higher version.
+//!    For every `ReloadCommand` call [`NodeHooks::reload`] and answer with `ReloadDone` (at most
+//!    [`REGISTER_TIMEOUT`]; the control plane's `ReloadNode` call waits for it, `crate::reload`).
 //! 4. Any error ends the session, including HTTP/2 keepalive pings unanswered for
 //!    [`KEEPALIVE_TIMEOUT`] (a control plane that vanished without closing).
 //!
@@ -72,12 +74,32 @@ pub trait NodeHooks: Send + 'static {
     fn load_report(&mut self) -> NodeLoad;
     /// Apply new settings (called once per new steering, in order).
     fn apply(&mut self, steering: &Steering);
+    /// Re-read the node's configuration and put it in force (`ReloadNode`); the default refuses.
+    fn reload(&mut self) -> Result<ReloadOutcome, ReloadRefused> {
+        Err(ReloadRefused(
+            "this node cannot reload its configuration".to_string(),
+        ))
+    }
     /// The session with the control plane started (`true`) or was lost (`false`). Not called when the agent's
     /// owner stops it: that end is the owner's own doing.
     fn connection_changed(&mut self, connected: bool) {
         let _ = connected;
     }
 }
+
+/// What a node's reload changed ([`NodeHooks::reload`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Settings changed live.
+    pub applied: Vec<String>,
+    /// Settings kept at their running value, each with both values.
+    pub kept: Vec<String>,
+}
+
+/// Why a node's reload changed nothing: the node's message, naming the file and the setting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadRefused(pub String);
 
 /// How to run an agent.
 #[derive(Clone, Debug)]
@@ -318,6 +340,23 @@ impl<H: NodeHooks> Agent<H> {
         }
     }
 
+    /// One `ReloadCommand`: the node reloads; the answer for `ReloadDone`.
+    fn reload(&mut self, node_id: &NodeId, reload_id: u64) -> pb::ReloadResult {
+        let outcome = self.hooks.reload();
+        let (ok, outcome, error) = match outcome {
+            Ok(outcome) => (true, outcome, String::new()),
+            Err(refused) => (false, ReloadOutcome::default(), refused.0),
+        };
+        pb::ReloadResult {
+            node_id: node_id.0.clone(),
+            reload_id,
+            ok,
+            applied: outcome.applied,
+            kept: outcome.kept,
+            error,
+        }
+    }
+
     async fn session(&mut self) -> SessionEnd {
         let failed = |registered, error| SessionEnd::Failed { registered, error };
         let mut client = tokio::select! {
@@ -359,6 +398,15 @@ impl<H: NodeHooks> Agent<H> {
             Ok(stream) => stream.into_inner(),
             Err(error) => return failed(true, error),
         };
+        let mut reloads = match client
+            .watch_reloads(pb::WatchReloadsRequest {
+                node_id: node_id.0.clone(),
+            })
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(error) => return failed(true, error),
+        };
         let (reports, queue) = mpsc::channel(REPORT_QUEUE_MAX);
         let mut report_client = client.clone();
         let report_call = report_client.report_load(ReceiverStream::new(queue));
@@ -372,6 +420,18 @@ impl<H: NodeHooks> Agent<H> {
                 message = steering.message() => match message {
                     Ok(Some(message)) => self.apply(message),
                     Ok(None) => return failed(true, Status::unavailable("steering stream ended")),
+                    Err(error) => return failed(true, error),
+                },
+                command = reloads.message() => match command {
+                    Ok(Some(command)) => {
+                        let result = self.reload(&node_id, command.reload_id);
+                        let answer = tokio::time::timeout(REGISTER_TIMEOUT, client.reload_done(result)).await;
+                        if let Ok(Err(error)) = &answer {
+                            // Answered too late (the caller gave up): the reload itself happened.
+                            tracing::debug!(code = ?error.code(), message = error.message(), "ReloadDone not taken");
+                        }
+                    }
+                    Ok(None) => return failed(true, Status::unavailable("reload stream ended")),
                     Err(error) => return failed(true, error),
                 },
                 _ = ticks.tick() => {

@@ -25,15 +25,16 @@ pub enum CallClass {
 }
 
 /// The token a control plane requires, if any.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Authorizer {
-    token: Option<String>,
+    /// Read at every call, replaced by a reload of `larder control --config` ([`Authorizer::set_token`]).
+    token: std::sync::RwLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authorizer")
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token", &self.token().as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -47,7 +48,24 @@ fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
 
 impl Authorizer {
     pub fn new(token: Option<String>) -> Authorizer {
-        Authorizer { token }
+        Authorizer {
+            token: std::sync::RwLock::new(token),
+        }
+    }
+
+    fn token(&self) -> std::sync::RwLockReadGuard<'_, Option<String>> {
+        // Replaced whole: a panic elsewhere cannot leave it half-written.
+        self.token
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The token the next call is checked against (`None`: changes only from loopback).
+    pub fn set_token(&self, token: Option<String>) {
+        *self
+            .token
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = token;
     }
 
     /// Applies the rules to one call: its class, its peer and its `authorization` header.
@@ -57,7 +75,7 @@ impl Authorizer {
         peer: Option<SocketAddr>,
         authorization: Option<&str>,
     ) -> Result<(), Status> {
-        match &self.token {
+        match self.token().as_ref() {
             Some(token) => {
                 let presented = authorization
                     .and_then(|value| value.strip_prefix("Bearer "))

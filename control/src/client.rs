@@ -199,6 +199,13 @@ impl CtlClient {
         unary(&self.runtime, self.client.undrain(request))
     }
 
+    pub fn reload_node(&mut self, node_id: &str) -> Result<pb::ReloadNodeResponse, CtlError> {
+        let request = self.request(pb::ReloadNodeRequest {
+            node_id: node_id.to_string(),
+        });
+        unary(&self.runtime, self.client.reload_node(request))
+    }
+
     pub fn list_containers(&mut self) -> Result<pb::ListContainersResponse, CtlError> {
         let request = self.request(pb::ListContainersRequest {});
         unary(&self.runtime, self.client.list_containers(request))

@@ -50,29 +50,36 @@ pub fn node_info_to_pb(info: &NodeInfo) -> pb::NodeInfo {
 
 pub fn container(field: &str, container: Option<pb::Container>) -> Result<Container, Status> {
     let container = container.ok_or_else(|| missing(field))?;
-    let limits = container.limits.unwrap_or_default();
     Ok(Container {
         name: ContainerName(container.name),
         shares: container.shares,
-        limits: ContainerLimits {
-            connections_max: limits.connections_max,
-            queued_work_max: limits.queued_work_max,
-            cpu_percent_max: limits.cpu_percent_max,
-            send_rate_bytes_per_second: limits.send_rate_bytes_per_second,
-        },
+        limits: container_limits(container.limits.unwrap_or_default()),
     })
+}
+
+pub fn container_limits(limits: pb::ContainerLimits) -> ContainerLimits {
+    ContainerLimits {
+        connections_max: limits.connections_max,
+        queued_work_max: limits.queued_work_max,
+        cpu_percent_max: limits.cpu_percent_max,
+        send_rate_bytes_per_second: limits.send_rate_bytes_per_second,
+    }
+}
+
+pub fn container_limits_to_pb(limits: &ContainerLimits) -> pb::ContainerLimits {
+    pb::ContainerLimits {
+        connections_max: limits.connections_max,
+        queued_work_max: limits.queued_work_max,
+        cpu_percent_max: limits.cpu_percent_max,
+        send_rate_bytes_per_second: limits.send_rate_bytes_per_second,
+    }
 }
 
 pub fn container_to_pb(container: &Container) -> pb::Container {
     pb::Container {
         name: container.name.0.clone(),
         shares: container.shares,
-        limits: Some(pb::ContainerLimits {
-            connections_max: container.limits.connections_max,
-            queued_work_max: container.limits.queued_work_max,
-            cpu_percent_max: container.limits.cpu_percent_max,
-            send_rate_bytes_per_second: container.limits.send_rate_bytes_per_second,
-        }),
+        limits: Some(container_limits_to_pb(&container.limits)),
     }
 }
 
@@ -98,6 +105,8 @@ pub fn shard_load(load: pb::ShardLoad) -> ShardLoad {
                 rejections: container.rejections,
                 poll_cpu_time_us: container.poll_cpu_time_us,
                 throttles: container.throttles,
+                shares: container.shares,
+                limits: container.limits.map(container_limits).unwrap_or_default(),
             })
             .collect(),
     }
@@ -125,6 +134,8 @@ pub fn shard_load_to_pb(load: &ShardLoad) -> pb::ShardLoad {
                 rejections: container.rejections,
                 poll_cpu_time_us: container.poll_cpu_time_us,
                 throttles: container.throttles,
+                shares: container.shares,
+                limits: Some(container_limits_to_pb(&container.limits)),
             })
             .collect(),
     }

@@ -10,6 +10,8 @@
 //!   atomically after every change and read back at start.
 //! - [`convert`]: protobuf ↔ domain conversions; prost types stop here.
 //! - [`auth`]: bearer token / loopback-only rules for mutations.
+//! - [`reload`]: `ReloadNode`, relayed to one node over its `WatchReloads` stream and answered by its
+//!   `ReloadDone`.
 //! - [`server`]: [`ControlPlane::spawn`] runs `larder.v1.Control`,
 //!   `larder.v1.NodeService`, server reflection v1 + v1alpha and
 //!   `grpc.health.v1.Health` on its own thread and tokio runtime.
@@ -40,6 +42,7 @@ mod background;
 pub mod client;
 pub mod convert;
 pub mod persist;
+pub mod reload;
 pub mod server;
 pub mod state;
 
@@ -48,6 +51,7 @@ pub use larder_proto as proto;
 
 pub use agent::{
     AgentConfig, AgentError, AgentStats, AgentStatsReader, NodeAgent, NodeHooks, NodeLoad,
+    ReloadOutcome, ReloadRefused,
 };
 pub use assign::{Assignment, ASSIGN_TARGETS_MAX, ASSIGN_TTL_DEFAULT};
 pub use assign_client::{

@@ -223,6 +223,7 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     assign_ttl_ms: u64,
     store: Option<StateFile>,
+    reloads: crate::reload::ReloadRelay,
 }
 
 /// What happens to a settings change when the state file cannot be written (module docs, "State file").
@@ -528,6 +529,29 @@ impl Control for ControlService {
             steering_version: version,
         }))
     }
+
+    async fn reload_node(
+        &self,
+        request: Request<pb::ReloadNodeRequest>,
+    ) -> Result<Response<pb::ReloadNodeResponse>, Status> {
+        self.0
+            .auth
+            .check_request(CallClass::OperatorMutation, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let result = self.0.reloads.reload(&id).await?;
+        if !result.ok {
+            tracing::warn!(node = %id, error = %result.error, "node reload refused");
+            return Err(Status::failed_precondition(result.error));
+        }
+        tracing::info!(node = %id, applied = ?result.applied, kept = ?result.kept, "node reloaded");
+        Ok(Response::new(pb::ReloadNodeResponse {
+            applied: result.applied,
+            kept: result.kept,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -610,6 +634,33 @@ impl NodeService for NodeServiceImpl {
         }))
     }
 
+    type WatchReloadsStream = BoxStream<pb::ReloadCommand>;
+
+    async fn watch_reloads(
+        &self,
+        request: Request<pb::WatchReloadsRequest>,
+    ) -> Result<Response<Self::WatchReloadsStream>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let commands = ReceiverStream::new(self.0.reloads.watch(id)).map(Ok);
+        Ok(Response::new(until_shutdown(
+            commands,
+            self.0.shutdown.clone(),
+        )))
+    }
+
+    async fn reload_done(
+        &self,
+        request: Request<pb::ReloadResult>,
+    ) -> Result<Response<pb::ReloadDoneResponse>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        self.0.reloads.done(request.into_inner())?;
+        Ok(Response::new(pb::ReloadDoneResponse {}))
+    }
+
     type WatchSteeringStream = BoxStream<pb::Steering>;
 
     async fn watch_steering(
@@ -636,13 +687,21 @@ pub struct ControlPlane;
 
 /// A running control plane. Dropping it without [`ControlHandle::shutdown`] also
 /// stops it, without waiting.
-#[derive(Debug)]
 pub struct ControlHandle {
     local_addr: SocketAddr,
     /// A duplicate of the serving socket, for a process that hands it to its successor.
     listener: std::net::TcpListener,
+    shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ControlError>>>,
+}
+
+impl std::fmt::Debug for ControlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlHandle {
@@ -654,6 +713,28 @@ impl ControlHandle {
     /// The listening socket the server accepts on (a duplicate: `try_clone` it to pass it on).
     pub fn listener(&self) -> &std::net::TcpListener {
         &self.listener
+    }
+
+    /// Sets the policy's kind (its parameters keep their values), as SetPolicy would; returns the steering
+    /// version. `larder control` calls it when a reload of its file changed `policy`.
+    pub fn set_policy_kind(&self, kind: larder_lard::PolicyKind) -> Result<u64, StateError> {
+        let update = crate::state::PolicyUpdate {
+            kind: Some(kind),
+            ..crate::state::PolicyUpdate::default()
+        };
+        self.shared
+            .mutate(Durability::Required, |state, _| {
+                state.set_policy(update, Vec::new())
+            })
+            .map_err(|status| StateError::Invalid {
+                field: "policy".to_string(),
+                reason: status.message().to_string(),
+            })
+    }
+
+    /// The bearer token the next call is checked against (see [`crate::auth`]).
+    pub fn set_token(&self, token: Option<String>) {
+        self.shared.auth.set_token(token);
     }
 
     /// Stops gracefully (see the module docs) and waits for the thread.
@@ -752,9 +833,10 @@ impl ControlPlane {
             })
             .map_err(ControlError::Runtime)?;
         match bound_receiver.recv() {
-            Ok((local_addr, listener)) => Ok(ControlHandle {
+            Ok((local_addr, listener, shared)) => Ok(ControlHandle {
                 local_addr,
                 listener,
+                shared,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -767,8 +849,8 @@ impl ControlPlane {
     }
 }
 
-/// The bound address and a duplicate of the listening socket, sent back to `spawn`.
-type Bound = (SocketAddr, std::net::TcpListener);
+/// The bound address, a duplicate of the listening socket and the shared state, sent back to `spawn`.
+type Bound = (SocketAddr, std::net::TcpListener, Arc<Shared>);
 
 fn serve_on_this_thread(
     config: ControlConfig,
@@ -827,6 +909,7 @@ async fn serve(
         shutdown,
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
         store,
+        reloads: crate::reload::ReloadRelay::default(),
     });
 
     let reflection_v1 = reflection_builder()
@@ -864,7 +947,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ControlServer::new(ControlService(Arc::clone(&shared))))
         .add_service(NodeServiceServer::new(NodeServiceImpl(Arc::clone(&shared))));
-    if bound.send((local_addr, duplicate)).is_err() {
+    if bound.send((local_addr, duplicate, Arc::clone(&shared))).is_err() {
         return Ok(()); // The spawner is gone: nobody can stop us, so do not start.
     }
     let (graceful_sender, graceful) = oneshot::channel::<()>();

@@ -345,6 +345,24 @@ async fn every_control_method_works_through_reflection_alone() {
     assert_eq!(names, ["batch", "default"]);
     assert_eq!(containers[0]["containers"][1]["cpuTimeUs"], "1000");
 
+    let reloaded = ok(
+        "ReloadNode",
+        call("ReloadNode", r#"{"nodeId": "node-a"}"#).await,
+    );
+    let outcome = common::reload_outcome();
+    assert_eq!(reloaded[0]["applied"], serde_json::json!(outcome.applied));
+    assert_eq!(reloaded[0]["kept"], serde_json::json!(outcome.kept));
+    assert_eq!(
+        hooks.record.lock().unwrap().reloads,
+        1,
+        "the node reloaded once"
+    );
+    let unknown = call("ReloadNode", r#"{"nodeId": "node-z"}"#).await;
+    assert_eq!(
+        unknown.expect_err("not registered").code(),
+        tonic::Code::NotFound
+    );
+
     let every_method: BTreeSet<String> = control
         .methods()
         .map(|method| method.name().to_string())

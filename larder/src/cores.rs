@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 use larder_runtime::ShardSelection;
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct CoreFlags {
     /// How many shards, one per core: `all` (one per physical core) or a count (spread over cores before
     /// hyperthreads) [default: all].
@@ -20,6 +20,16 @@ pub struct CoreFlags {
 }
 
 impl CoreFlags {
+    /// `--cores`, as given.
+    pub fn cores(&self) -> Option<&str> {
+        self.cores.as_deref()
+    }
+
+    /// `--cpus`, as given.
+    pub fn cpus(&self) -> Option<&str> {
+        self.cpus.as_deref()
+    }
+
     /// The selection the flags give, `None` when neither is set; an error names the flag.
     pub fn selection(&self) -> anyhow::Result<Option<ShardSelection>> {
         let flag = if self.cpus.is_some() {

@@ -69,6 +69,11 @@ enum Call {
         /// The node's id: its HTTP address, as `list-nodes` shows it.
         node_id: String,
     },
+    /// Make a node re-read its configuration file, as SIGHUP does; prints what it applied and kept.
+    ReloadNode {
+        /// The node's id: its HTTP address, as `list-nodes` shows it.
+        node_id: String,
+    },
     /// Containers with shares, limits and cluster CPU time.
     ListContainers,
     /// Set a container's shares and limits (replaces all of them).
@@ -328,6 +333,19 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
         }
         Call::Drain { node_id } => set_drained(&mut client, json, &node_id, true),
         Call::Undrain { node_id } => set_drained(&mut client, json, &node_id, false),
+        Call::ReloadNode { node_id } => {
+            let answer = client.reload_node(&node_id)?;
+            show(json, "larder.v1.ReloadNodeResponse", &answer, |answer| {
+                if answer.applied.is_empty() {
+                    println!("{node_id} reloaded: nothing changed");
+                } else {
+                    println!("{node_id} reloaded: applied {}", answer.applied.join(", "));
+                }
+                for kept in &answer.kept {
+                    println!("  not live, {kept}");
+                }
+            })
+        }
         Call::ListContainers => {
             let answer = client.list_containers()?;
             show(
@@ -445,8 +463,9 @@ fn print_shards(shards: &[pb::ShardLoad]) {
         );
         for container in &shard.containers {
             println!(
-                "      container {:<16} cpu_us {:>12} poll_cpu_us {:>12} rejections {:>8} throttles {:>8}",
+                "      container {:<16} shares {:>5} cpu_us {:>12} poll_cpu_us {:>12} rejections {:>8} throttles {:>8}",
                 container.container,
+                container.shares,
                 container.cpu_time_us,
                 container.poll_cpu_time_us,
                 container.rejections,

@@ -54,6 +54,32 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
+/// Reads a TOML settings file (`--config` of `control` and `dispatch`) into `T`; errors name the file (and,
+/// from the parser, the line and the key).
+pub(crate) fn read_toml_file<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// The end of `--check-config` (`serve`, `dispatch`): the effective settings on stdout and exit 0, or the
+/// error on stderr and exit 1.
+pub(crate) fn print_check(checked: anyhow::Result<String>) -> ExitCode {
+    match checked {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("larder: configuration error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {

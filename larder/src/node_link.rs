@@ -35,6 +35,14 @@
 //! - Node weights and drain flags steer the distribution across nodes (dispatchers), not across the cores of
 //!   one node, so a node ignores them.
 //!
+//!   A container a reload added since the start starts from its configuration too. A reload applies only what
+//!   changed in the file, so a container's shares set from the control plane stay until the file changes them,
+//!   and a reloaded value stays until the control plane changes that container again.
+//!
+//! # Reloading (`ReloadNode`, [`ServeHooks::reload`])
+//! The same `Reloader` as SIGHUP (`serve.rs`, handed over as a [`ReloadFn`]) re-reads the file (flags over it) and puts it in force; the answer lists
+//! the settings applied and kept, or the refusal naming the file and the setting.
+//!
 //! A refused steering (e.g. a control plane with a policy this node cannot build) is logged and the node keeps
 //! its current settings (fail static). So does a lost control plane: the agent reconnects with backoff.
 //!
@@ -64,8 +72,13 @@ use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
     AgentConfig, AgentStatsReader, Container, ContainerLimits, ContainerLoad, ContainerName,
     ControlConfig, ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad,
-    ShardId, ShardLoad, Steering, TargetLoad,
+    ReloadOutcome, ReloadRefused, ShardId, ShardLoad, Steering, TargetLoad,
 };
+use larder_server::config::ContainerConfig;
+
+/// Re-reads the node's file and puts it in force (`larder serve`'s `Reloader`, shared with SIGHUP). A function,
+/// not the type, so this module stays free of `serve` (the steering benchmark includes it).
+pub type ReloadFn = Box<dyn Fn() -> Result<ReloadOutcome, ReloadRefused> + Send>;
 use larder_lard::PolicyConfig;
 use larder_runtime::StatsHandle;
 use larder_server::node::{
@@ -134,12 +147,14 @@ pub struct NodeLink {
 
 impl NodeLink {
     /// Start-up steps 1-3 (module docs). `control_listener`: the embedded control plane serves on it instead of
-    /// binding its address (binary handover: the predecessor's socket; `None` otherwise).
+    /// binding its address (binary handover: the predecessor's socket; `None` otherwise). `reloader`: what
+    /// `larder ctl reload-node` runs (the same as SIGHUP).
     pub fn start(
         mode: ControlMode,
         node: &Node,
         config: &ServeConfig,
         control_listener: Option<std::net::TcpListener>,
+        reloader: Option<ReloadFn>,
     ) -> anyhow::Result<NodeLink> {
         let containers = node_containers(config);
         let (plane, control_addr) = match mode {
@@ -190,7 +205,7 @@ impl NodeLink {
         };
         let mut agent_config = AgentConfig::new(control_addr, info);
         agent_config.containers = containers;
-        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config))
+        let agent = NodeAgent::spawn_with(agent_config, ServeHooks::new(node, config, reloader))
             .context("starting the node agent")?;
         Ok(NodeLink {
             plane,
@@ -259,6 +274,21 @@ struct Applied {
     limits: SchedulerLimits,
 }
 
+impl Applied {
+    /// As each shard builds the container from the node's configuration.
+    fn configured(container: &ContainerConfig) -> Applied {
+        Applied {
+            shares: container.shares,
+            limits: SchedulerLimits {
+                tasks_max: container.tasks_max,
+                queued_max: container.tasks_max,
+                cpu_percent_max: container.cpu_percent_max,
+                send_rate_bytes_per_second: container.send_rate_bytes_per_second,
+            },
+        }
+    }
+}
+
 /// [`NodeHooks`] for a running node.
 pub struct ServeHooks {
     stats: StatsReader,
@@ -268,10 +298,12 @@ pub struct ServeHooks {
     applied: HashMap<String, Applied>,
     /// The previous report's counters, for rates.
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
+    /// Re-reads the node's file (`ReloadNode`); `None`: the node refuses.
+    reloader: Option<ReloadFn>,
 }
 
 impl ServeHooks {
-    pub fn new(node: &Node, config: &ServeConfig) -> ServeHooks {
+    pub fn new(node: &Node, config: &ServeConfig, reloader: Option<ReloadFn>) -> ServeHooks {
         ServeHooks {
             stats: node.stats_reader(),
             runtime: node.runtime_stats_handles(),
@@ -279,21 +311,10 @@ impl ServeHooks {
             applied: config
                 .containers
                 .iter()
-                .map(|container| {
-                    let applied = Applied {
-                        shares: container.shares,
-                        // As each shard builds the container.
-                        limits: SchedulerLimits {
-                            tasks_max: container.tasks_max,
-                            queued_max: container.tasks_max,
-                            cpu_percent_max: container.cpu_percent_max,
-                            send_rate_bytes_per_second: container.send_rate_bytes_per_second,
-                        },
-                    };
-                    (container.name.clone(), applied)
-                })
+                .map(|container| (container.name.clone(), Applied::configured(container)))
                 .collect(),
             previous: None,
+            reloader,
         }
     }
 
@@ -310,8 +331,16 @@ impl ServeHooks {
     fn apply_containers(&mut self, containers: &[Container]) {
         for container in containers {
             let name = &container.name.0;
+            if !self.applied.contains_key(name) {
+                // Added by a reload since the start: its first "last applied" values are its configuration.
+                let Ok(configured) = self.steer.configured(name) else {
+                    continue; // another node's container
+                };
+                self.applied
+                    .insert(name.clone(), Applied::configured(&configured));
+            }
             let Some(applied) = self.applied.get_mut(name) else {
-                continue; // another node's container
+                continue;
             };
             let requested = node::ContainerLimits {
                 connections_max: container.limits.connections_max,
@@ -421,6 +450,14 @@ impl NodeHooks for ServeHooks {
                                     rejections: container.rejections,
                                     poll_cpu_time_us: container.poll_cpu_ns / 1000,
                                     throttles: container.throttles,
+                                    shares: container.shares,
+                                    limits: ContainerLimits {
+                                        connections_max: u64::from(container.tasks_max),
+                                        queued_work_max: u64::from(container.queued_max),
+                                        cpu_percent_max: container.cpu_percent_max,
+                                        send_rate_bytes_per_second: container
+                                            .send_rate_bytes_per_second,
+                                    },
                                 })
                                 .collect()
                         })
@@ -438,6 +475,15 @@ impl NodeHooks for ServeHooks {
     fn apply(&mut self, steering: &Steering) {
         self.apply_policy(&steering.policy);
         self.apply_containers(&steering.containers);
+    }
+
+    fn reload(&mut self) -> Result<ReloadOutcome, ReloadRefused> {
+        let Some(reloader) = &self.reloader else {
+            return Err(ReloadRefused(
+                "this node cannot reload its configuration".to_string(),
+            ));
+        };
+        reloader()
     }
 
     fn connection_changed(&mut self, connected: bool) {
@@ -523,7 +569,7 @@ mod tests {
             ..ServeConfig::default()
         };
         let node = Node::start(config.clone()).expect("node starts");
-        let link = NodeLink::start(mode, &node, &config, None).expect("link starts");
+        let link = NodeLink::start(mode, &node, &config, None, None).expect("link starts");
         Fixture {
             node,
             link,

@@ -2,22 +2,29 @@
 //! control link and its health listener (`metrics.rs`) → exit 0 after SIGINT/SIGTERM once in-flight responses
 //! are finished (`/readyz` answers 503 from the signal on). With `--take-over` it starts on the sockets of a
 //! running process instead of binding them, and with `--handover-socket` it offers its own (see `handover`).
+//!
+//! SIGHUP (and `larder ctl reload-node`) re-reads the file the same way, flags over it, and puts it in force
+//! ([`Reloader`], `larder_server::node::NodeSteer::reload`). `--check-config` stops after reading: it prints the
+//! effective settings as TOML and exits 0, or prints the error and exits 1.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use larder_control::{ReloadOutcome, ReloadRefused as AgentReloadRefused};
 use larder_server::config::{parse_cache_read, parse_io_driver, parse_policy};
+use larder_server::node::{NodeSteer, ReloadError, ReloadReport, SteerError};
 use larder_server::{Node, ServeConfig};
 
 use crate::cores::CoreFlags;
 use crate::handover::Handover;
 use crate::metrics::{self, ServeProbe, Stopping};
 use crate::node_link::{self, ControlMode, NodeLink};
-use crate::signals::TerminationSignals;
+use crate::signals::Signals;
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, value_name = "IP:PORT")]
@@ -37,9 +44,13 @@ pub struct ServeArgs {
     /// Request distribution across the cores: lard, lard-r, wrr or hash [default: lard].
     #[arg(long, value_name = "POLICY")]
     policy: Option<String>,
-    /// TOML file with any setting (README, "Serving"); flags override it.
+    /// TOML file with any setting (README, "Serving"); flags override it. SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check the configuration (the file and the flags, as serve reads them) and ROOT, print the effective
+    /// settings as TOML and exit 0; or print the error and exit 1. Starts nothing.
+    #[arg(long = "check-config")]
+    check_config: bool,
     /// Do not start the control plane.
     #[arg(long = "no-control")]
     no_control: bool,
@@ -118,15 +129,114 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     Ok(config)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging();
-    let config = config_from(&args)?;
-    let control = node_link::control_mode(
+fn control_mode_from(args: &ServeArgs) -> anyhow::Result<ControlMode> {
+    node_link::control_mode(
         args.no_control,
         args.control.as_deref(),
         args.join.as_deref(),
         args.state.clone(),
-    )?;
+    )
+}
+
+/// `--check-config`: every check `serve` makes before it binds anything.
+fn check_config(args: &ServeArgs) -> anyhow::Result<String> {
+    let config = config_from(args)?;
+    let control = control_mode_from(args)?;
+    // The error names the setting (or ROOT) and the cause already (its source would repeat the cause).
+    larder_server::node::preflight(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let source = match &args.config {
+        Some(path) => format!("{} and the flags", path.display()),
+        None => "the defaults and the flags".to_string(),
+    };
+    let control = match control {
+        ControlMode::Off => "none (--no-control)".to_string(),
+        ControlMode::Embedded { listen, .. } => format!("embedded on {listen}"),
+        ControlMode::Join(addr) => format!("join {addr}"),
+    };
+    Ok(format!(
+        "# larder serve: the configuration is valid (from {source})\n# control plane: {control}; cluster mode: {}\n{}",
+        config.cluster,
+        config.to_toml()
+    ))
+}
+
+/// Re-reads the configuration as `serve` read it at start (the file, then the flags) and puts it in force on
+/// the running node. Shared by SIGHUP (the main thread) and `larder ctl reload-node` (the node agent's thread).
+#[derive(Clone)]
+pub struct Reloader {
+    args: Arc<ServeArgs>,
+    steer: NodeSteer,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    #[error("no --config file: nothing to reload")]
+    NoConfigFile,
+    /// The file could not be read or is invalid, or the node refused it (the message names the file and the
+    /// setting), or a shard's queue did not take it (the message names the shard: reload again).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Reloader {
+    /// `ReloadNode`'s reload, for the node agent (`node_link`): the same reload, in the agent's terms.
+    fn for_agent(&self) -> node_link::ReloadFn {
+        let reloader = self.clone();
+        Box::new(move || {
+            let report = reloader
+                .reload()
+                .map_err(|refused| AgentReloadRefused(refused.to_string()))?;
+            Ok(ReloadOutcome {
+                applied: report.applied,
+                kept: report.kept.iter().map(ToString::to_string).collect(),
+            })
+        })
+    }
+
+    /// Reloads and logs the outcome: each kept setting as a warning, a refusal as an error.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadRefused> {
+        let Some(path) = &self.args.config else {
+            tracing::info!("reload: no --config file; nothing to reload");
+            return Err(ReloadRefused::NoConfigFile);
+        };
+        let refused = |error: anyhow::Error| {
+            let error = format!("{error:#}");
+            tracing::error!(file = %path.display(), %error, "reload refused; the running configuration is unchanged");
+            ReloadRefused::Invalid(error)
+        };
+        let file = config_from(&self.args).map_err(refused)?;
+        let report = match self.steer.reload(&file) {
+            Ok(report) => report,
+            Err(ReloadError::Steer(SteerError::Delivery { shard, reason })) => {
+                // Not a bad file: a shard's queue stayed full. Those before it have the new configuration;
+                // a reload sends it to every shard again (it is idempotent).
+                let error =
+                    format!("shard {shard} did not take the reload ({reason}); reload again");
+                tracing::error!(file = %path.display(), %error, "reload reached only some shards");
+                return Err(ReloadRefused::Invalid(error));
+            }
+            Err(error) => {
+                return Err(refused(
+                    anyhow::Error::new(error).context(format!("config file {}", path.display())),
+                ))
+            }
+        };
+        for kept in &report.kept {
+            tracing::warn!(file = %path.display(), %kept, "reload: setting cannot change on a running node");
+        }
+        tracing::info!(file = %path.display(), applied = ?report.applied, kept = report.kept.len(), "reload done");
+        Ok(report)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.check_config {
+        return Ok(crate::print_check(check_config(&args)));
+    }
+    crate::init_logging();
+    let config = config_from(&args)?;
+    let control = control_mode_from(&args)?;
     // Taking over, the old process's listener is adopted below (its port is taken until then).
     let metrics = match args.take_over {
         Some(_) => None,
@@ -136,9 +246,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             metrics::SERVE_METRICS_DEFAULT,
         )?,
     };
-    // Block SIGINT/SIGTERM before the shard threads start so that they inherit the mask and only this
+    // Block SIGINT/SIGTERM/SIGHUP before the shard threads start so that they inherit the mask and only this
     // thread receives them (in sigwait below).
-    let signals = TerminationSignals::block()?;
+    let signals = Signals::block()?;
     let mut handover = Handover::begin(
         args.take_over.as_deref(),
         args.handover_socket.as_deref(),
@@ -173,7 +283,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.local_addr(),
         node.shard_count()
     );
-    let link = match NodeLink::start(control.clone(), &node, &config, handover.control_listener()) {
+    let reloader = Reloader {
+        args: Arc::new(args.clone()),
+        steer: node.steer(),
+    };
+    let link = match NodeLink::start(
+        control.clone(),
+        &node,
+        &config,
+        handover.control_listener(),
+        Some(reloader.for_agent()),
+    ) {
         Ok(link) => link,
         Err(error) => {
             let error = error.context("starting the control link");
@@ -217,7 +337,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let metrics = metrics::start(metrics, probe)?;
-    let signal = signals.wait();
+    let signal = signals.run_until_stopped(|| {
+        let _ = reloader.reload();
+    });
     // Stop offering first: the offer's duplicates would keep the sockets open behind the drain.
     drop(offer);
     tracing::info!(signal, "shutting down: finishing in-flight responses");

@@ -194,6 +194,19 @@ impl ShardSelection {
             }),
         }
     }
+
+    /// The `cores` and `cpus` settings that [`ShardSelection::from_settings`] reads back to this selection
+    /// (exactly one is `Some`).
+    pub fn to_settings(&self) -> (Option<String>, Option<String>) {
+        match self {
+            ShardSelection::All => (Some("all".to_string()), None),
+            ShardSelection::Count(count) => (Some(count.to_string()), None),
+            ShardSelection::List(cpus) => {
+                let list: Vec<String> = cpus.iter().map(|cpu| cpu.0.to_string()).collect();
+                (None, Some(list.join(",")))
+            }
+        }
+    }
 }
 
 impl FromStr for ShardSelection {

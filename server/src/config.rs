@@ -15,6 +15,22 @@
 //! 1..=1,000,000, its `tasks_max` in 1..=1,048,576, its `cpu_percent_max` at most 100 (percent of a shard) and its
 //! `send_rate_bytes_per_second` at most 10,000,000,000 (10 GB/s): the container scheduler's own ranges, checked
 //! here so a bad file fails with the setting's name before any shard starts.
+//!
+//! # Reload ([`ServeConfig::plan_reload`])
+//! A running node re-reads its file (SIGHUP, `larder ctl reload-node`). The plan compares the file with the
+//! configuration in force:
+//! - live (the file's value applies): `policy`, the timeouts, `keepalive_requests_max`, `uri_bytes_max`,
+//!   `header_bytes_max`, `ranges_max`, `connections_max`, `allow_dotfiles`, `classify`, `access_log` (reopened
+//!   at every reload, for log rotation), and each container's `shares`, `tasks_max`, `cpu_percent_max`,
+//!   `send_rate_bytes_per_second`; a container new in the file is added;
+//! - kept at the running value and named ([`KeptSetting`]): `listen`, `cores`, `io_driver` (the shards and
+//!   their sockets), `cache_mb`, `cache_read`, `revalidate_interval_ms` (each shard's cache is built once),
+//!   `root` (cached objects belong to it), `shard_header`, `accept_shards`, and a container the file no longer
+//!   has (the scheduler cannot remove one; it stays with its running settings).
+//!
+//! Containers keep their order: the running ones first, the added ones after them, because a connection names
+//! its container by index. The result is validated again (at most [`CONTAINERS_MAX`] containers, kept ones
+//! included).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,7 +44,7 @@ use larder_runtime::container::{
 use larder_runtime::name::check_container_name;
 pub use larder_runtime::pool::IoDriver;
 use larder_runtime::topology::ShardSelection;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Most containers in one configuration.
 pub const CONTAINERS_MAX: usize = 64;
@@ -102,6 +118,12 @@ fn prefix_matches(network: &[u8], address: &[u8], prefix_len: u8) -> bool {
     }
     let mask = 0xffu8 << (8 - rest_bits);
     network[full_bytes] & mask == address[full_bytes] & mask
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
 }
 
 impl FromStr for Network {
@@ -266,6 +288,15 @@ pub fn parse_cache_read(name: &str) -> Result<ReadMode, ConfigError> {
     }
 }
 
+/// The name [`parse_cache_read`] reads back.
+pub fn cache_read_name(mode: ReadMode) -> &'static str {
+    match mode {
+        ReadMode::DirectOrDropCache => "direct",
+        ReadMode::DropCache => "drop-cache",
+        ReadMode::PageCache => "page-cache",
+    }
+}
+
 /// Parses the CLI policy names: `lard`, `lard-r`, `wrr`, `hash` (= consistent hashing), and lard's own names.
 pub fn parse_policy(name: &str) -> Result<PolicyKind, ConfigError> {
     match name {
@@ -276,7 +307,7 @@ pub fn parse_policy(name: &str) -> Result<PolicyKind, ConfigError> {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
@@ -306,14 +337,14 @@ struct RawConfig {
     classify: Vec<RawRule>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
     path: PathBuf,
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawContainer {
     name: String,
@@ -323,7 +354,7 @@ struct RawContainer {
     send_rate_bytes_per_second: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     container: String,
@@ -613,6 +644,165 @@ impl ServeConfig {
         }
     }
 
+    /// Every file setting as TOML that [`ServeConfig::from_toml_str`] reads back to this configuration
+    /// (`larder serve --check-config` prints it). `cluster` is a flag, not a file setting: it is not included.
+    pub fn to_toml(&self) -> String {
+        let (cores, cpus) = self.cores.to_settings();
+        let raw = RawConfig {
+            listen: Some(self.listen.to_string()),
+            cores,
+            cpus,
+            io_driver: Some(self.io_driver.to_string()),
+            cache_mb: Some(self.cache_mb),
+            cache_read: Some(cache_read_name(self.cache_read).to_string()),
+            policy: Some(self.policy.as_str().to_string()),
+            root: Some(self.root.clone()),
+            keepalive_timeout_ms: Some(self.keepalive_timeout_ms),
+            keepalive_requests_max: Some(self.keepalive_requests_max),
+            header_timeout_ms: Some(self.header_timeout_ms),
+            write_timeout_ms: Some(self.write_timeout_ms),
+            uri_bytes_max: Some(self.uri_bytes_max),
+            header_bytes_max: Some(self.header_bytes_max),
+            ranges_max: Some(self.ranges_max),
+            connections_max: Some(self.connections_max),
+            allow_dotfiles: Some(self.allow_dotfiles),
+            revalidate_interval_ms: Some(self.revalidate_interval_ms),
+            shard_header: Some(self.shard_header),
+            accept_shards: Some(self.accept_shards.clone()),
+            access_log: self.access_log.as_ref().map(|log| RawAccessLog {
+                path: log.path.clone(),
+                format: Some(
+                    match log.format {
+                        LogFormat::Common => "common",
+                        LogFormat::Combined => "combined",
+                    }
+                    .to_string(),
+                ),
+            }),
+            containers: self
+                .containers
+                .iter()
+                .map(|container| RawContainer {
+                    name: container.name.clone(),
+                    shares: Some(container.shares),
+                    tasks_max: Some(container.tasks_max),
+                    cpu_percent_max: Some(container.cpu_percent_max),
+                    send_rate_bytes_per_second: Some(container.send_rate_bytes_per_second),
+                })
+                .collect(),
+            classify: self
+                .classify
+                .iter()
+                .map(|rule| RawRule {
+                    container: rule.container.clone(),
+                    host: rule.host.clone(),
+                    path_prefix: rule.path_prefix.clone(),
+                    network: rule.network.map(|network| network.to_string()),
+                })
+                .collect(),
+        };
+        // Every field is a string, number, bool, array or table of those: serialising cannot fail.
+        toml::to_string(&raw).expect("a ServeConfig serialises as TOML")
+    }
+
+    /// What reloading `file` into a node running `self` does (module docs, "Reload"): the configuration that
+    /// comes into force, the settings that change live and those kept at their running value. `file` is the
+    /// new file's settings (flags applied), already valid on its own; the result is validated again.
+    pub fn plan_reload(&self, file: &ServeConfig) -> Result<ReloadPlan, ConfigError> {
+        let mut next = file.clone();
+        let mut applied = Vec::new();
+        let mut kept = Vec::new();
+        // Not live: the running value stays (named, with both values).
+        macro_rules! keep {
+            ($($field:ident: $show:expr),* $(,)?) => { $(
+                if next.$field != self.$field {
+                    let show = $show;
+                    kept.push(KeptSetting {
+                        setting: stringify!($field).to_string(),
+                        running: show(&self.$field),
+                        file: show(&next.$field),
+                    });
+                    next.$field = self.$field.clone();
+                }
+            )* };
+        }
+        keep!(
+            listen: |value: &SocketAddr| value.to_string(),
+            cores: |value: &ShardSelection| value.to_string(),
+            io_driver: |value: &IoDriver| value.to_string(),
+            cache_mb: |value: &u64| value.to_string(),
+            cache_read: |value: &ReadMode| cache_read_name(*value).to_string(),
+            root: |value: &PathBuf| value.display().to_string(),
+            revalidate_interval_ms: |value: &u64| value.to_string(),
+            shard_header: |value: &bool| value.to_string(),
+            accept_shards: |value: &Vec<u32>| format!("{value:?}"),
+            cluster: |value: &bool| value.to_string(),
+        );
+        // Live: named when they change.
+        macro_rules! live {
+            ($($field:ident),* $(,)?) => { $(
+                if next.$field != self.$field {
+                    applied.push(stringify!($field).to_string());
+                }
+            )* };
+        }
+        live!(
+            policy,
+            keepalive_timeout_ms,
+            keepalive_requests_max,
+            header_timeout_ms,
+            write_timeout_ms,
+            uri_bytes_max,
+            header_bytes_max,
+            ranges_max,
+            connections_max,
+            allow_dotfiles,
+            classify,
+        );
+        match (&self.access_log, &next.access_log) {
+            (_, Some(_)) => applied.push("access_log (reopened)".to_string()),
+            (Some(_), None) => applied.push("access_log (off)".to_string()),
+            (None, None) => {}
+        }
+        // Containers keep their order (a connection names its container by index): the running ones first, a
+        // removed one kept (the scheduler cannot remove a container), the added ones after them.
+        let mut containers = Vec::with_capacity(self.containers.len() + file.containers.len());
+        for running in &self.containers {
+            match file.containers.iter().find(|new| new.name == running.name) {
+                Some(new) => {
+                    applied.extend(container_changes(running, new));
+                    containers.push(new.clone());
+                }
+                None => {
+                    kept.push(KeptSetting {
+                        setting: format!("containers.{}", running.name),
+                        running: "configured".to_string(),
+                        file: "removed (a container cannot be removed from a running node)"
+                            .to_string(),
+                    });
+                    containers.push(running.clone());
+                }
+            }
+        }
+        for new in &file.containers {
+            if !self
+                .containers
+                .iter()
+                .any(|running| running.name == new.name)
+            {
+                applied.push(format!("containers.{} (added)", new.name));
+                containers.push(new.clone());
+            }
+        }
+        next.containers = containers;
+        next.validate()?;
+        Ok(ReloadPlan {
+            config: next,
+            applied,
+            kept,
+        })
+    }
+
     /// The index of the default container (where connections start when no network rule matches).
     pub fn default_container_index(&self) -> usize {
         // The defaults put "default" first and the file replaces it in place; a hand-built config may not.
@@ -625,6 +815,58 @@ impl ServeConfig {
                 .unwrap_or(0),
         }
     }
+}
+
+/// A setting a reload cannot change on a running node: it keeps `running`; the file says `file`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptSetting {
+    /// The setting's name, e.g. `listen` or `containers.api`.
+    pub setting: String,
+    pub running: String,
+    pub file: String,
+}
+
+impl std::fmt::Display for KeptSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: kept {} (the file says {})",
+            self.setting, self.running, self.file
+        )
+    }
+}
+
+/// What a reload does ([`ServeConfig::plan_reload`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReloadPlan {
+    /// The configuration in force after the reload: the file's, with the kept settings' running values.
+    pub config: ServeConfig,
+    /// The settings that change live, e.g. `keepalive_timeout_ms`, `containers.gold.shares`,
+    /// `containers.api (added)`, `access_log (reopened)`.
+    pub applied: Vec<String>,
+    /// The settings kept at their running value.
+    pub kept: Vec<KeptSetting>,
+}
+
+/// The names of `new`'s settings that differ from `running`'s (`containers.NAME.SETTING`).
+fn container_changes(running: &ContainerConfig, new: &ContainerConfig) -> Vec<String> {
+    let changed = [
+        ("shares", running.shares != new.shares),
+        ("tasks_max", running.tasks_max != new.tasks_max),
+        (
+            "cpu_percent_max",
+            running.cpu_percent_max != new.cpu_percent_max,
+        ),
+        (
+            "send_rate_bytes_per_second",
+            running.send_rate_bytes_per_second != new.send_rate_bytes_per_second,
+        ),
+    ];
+    changed
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(setting, _)| format!("containers.{}.{setting}", new.name))
+        .collect()
 }
 
 #[cfg(test)]
@@ -838,5 +1080,184 @@ mod tests {
         let v6: Network = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn to_toml_reads_back_to_the_same_configuration() {
+        let config = ServeConfig::from_toml_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            cpus = "0-1"
+            policy = "hash"
+            io_driver = "epoll"
+            cache_read = "drop-cache"
+            accept_shards = [0]
+            access_log = { path = "/tmp/access.log", format = "common" }
+            [[containers]]
+            name = "gold"
+            shares = 300
+            cpu_percent_max = 50
+            [[classify]]
+            container = "gold"
+            host = "gold.example"
+            network = "10.0.0.0/8"
+            "#,
+        )
+        .unwrap();
+        let text = config.to_toml();
+        assert_eq!(ServeConfig::from_toml_str(&text), Ok(config), "{text}");
+        assert_eq!(
+            ServeConfig::from_toml_str(&ServeConfig::default().to_toml()),
+            Ok(ServeConfig::default())
+        );
+        for setting in [
+            "listen",
+            "keepalive_timeout_ms",
+            "[[containers]]",
+            "[[classify]]",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+    }
+
+    fn reload(running: &str, file: &str) -> ReloadPlan {
+        let running = ServeConfig::from_toml_str(running).unwrap();
+        let file = ServeConfig::from_toml_str(file).unwrap();
+        running.plan_reload(&file).unwrap()
+    }
+
+    #[test]
+    fn reload_applies_live_settings_and_keeps_the_others_at_their_running_value() {
+        let plan = reload(
+            r#"
+            listen = "127.0.0.1:9000"
+            cores = "2"
+            keepalive_timeout_ms = 5000
+            "#,
+            r#"
+            listen = "127.0.0.1:9001"
+            cores = "2"
+            io_driver = "epoll"
+            cache_mb = 64
+            keepalive_timeout_ms = 6000
+            connections_max = 10
+            policy = "wrr"
+            "#,
+        );
+        assert_eq!(
+            plan.applied,
+            ["policy", "keepalive_timeout_ms", "connections_max"]
+        );
+        let kept: Vec<(&str, &str, &str)> = plan
+            .kept
+            .iter()
+            .map(|kept| {
+                (
+                    kept.setting.as_str(),
+                    kept.running.as_str(),
+                    kept.file.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("listen", "127.0.0.1:9000", "127.0.0.1:9001"),
+                ("io_driver", "auto", "epoll"),
+                ("cache_mb", "256", "64"),
+            ]
+        );
+        assert_eq!(plan.config.listen.port(), 9000, "listen kept");
+        assert_eq!(plan.config.io_driver, IoDriver::Auto, "io_driver kept");
+        assert_eq!(plan.config.cache_mb, 256, "cache_mb kept");
+        assert_eq!(plan.config.keepalive_timeout_ms, 6000, "live: the file's");
+        assert_eq!(plan.config.connections_max, 10);
+        assert_eq!(plan.config.policy, PolicyKind::Wrr);
+    }
+
+    #[test]
+    fn reload_of_the_same_file_changes_nothing() {
+        let text = "keepalive_timeout_ms = 5000\n[[containers]]\nname = \"gold\"\nshares = 100";
+        let plan = reload(text, text);
+        assert_eq!(plan.applied, Vec::<String>::new());
+        assert_eq!(plan.kept, Vec::new());
+        assert_eq!(plan.config, ServeConfig::from_toml_str(text).unwrap());
+    }
+
+    #[test]
+    fn reload_keeps_container_order_adds_at_the_end_and_keeps_removed_ones() {
+        let plan = reload(
+            r#"
+            [[containers]]
+            name = "gold"
+            shares = 100
+            [[containers]]
+            name = "bronze"
+            shares = 50
+            [[classify]]
+            container = "gold"
+            path_prefix = "/gold/"
+            "#,
+            r#"
+            [[containers]]
+            name = "silver"
+            shares = 200
+            [[containers]]
+            name = "gold"
+            shares = 300
+            tasks_max = 7
+            [[classify]]
+            container = "gold"
+            path_prefix = "/g/"
+            "#,
+        );
+        let names: Vec<&str> = plan
+            .config
+            .containers
+            .iter()
+            .map(|container| container.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["default", "gold", "bronze", "silver"],
+            "running order first (indices stay valid), bronze kept, silver added"
+        );
+        assert_eq!(plan.config.containers[1].shares, 300);
+        assert_eq!(plan.config.containers[2].shares, 50, "bronze as it ran");
+        assert_eq!(
+            plan.applied,
+            [
+                "classify",
+                "containers.gold.shares",
+                "containers.gold.tasks_max",
+                "containers.silver (added)"
+            ]
+        );
+        assert_eq!(plan.kept.len(), 1);
+        assert_eq!(plan.kept[0].setting, "containers.bronze");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(plan.config.classify_for_test(b"/g/x", local), "gold");
+        assert_eq!(plan.config.classify_for_test(b"/gold/x", local), "default");
+    }
+
+    #[test]
+    fn reload_names_the_access_log_reopened_or_turned_off() {
+        let on = "access_log = { path = \"/tmp/a.log\" }";
+        assert_eq!(reload(on, on).applied, ["access_log (reopened)"]);
+        assert_eq!(reload(on, "").applied, ["access_log (off)"]);
+        assert_eq!(reload("", "").applied, Vec::<String>::new());
+    }
+
+    #[test]
+    fn reload_that_would_exceed_the_container_limit_is_refused() {
+        let many = |prefix: &str, count: usize| {
+            (0..count)
+                .map(|n| format!("[[containers]]\nname = \"{prefix}{n}\"\n"))
+                .collect::<String>()
+        };
+        let running = ServeConfig::from_toml_str(&many("a", 40)).unwrap();
+        let file = ServeConfig::from_toml_str(&many("b", 40)).unwrap();
+        let error = running.plan_reload(&file).unwrap_err();
+        assert!(error.to_string().starts_with("containers = 81"), "{error}");
     }
 }

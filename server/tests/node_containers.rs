@@ -99,7 +99,10 @@ fn a_container_over_its_cpu_cap_waits_and_one_under_its_share_does_not() {
         capped.throttles > 0,
         "4 saturating connections spent the capped container's 10% budget: {capped:?}"
     );
-    assert_eq!(gold.throttles, 0, "gold has no cap and is never held back: {gold:?}");
+    assert_eq!(
+        gold.throttles, 0,
+        "gold has no cap and is never held back: {gold:?}"
+    );
     // The cap is an upper bound on the container's charged CPU: 10% of the run, plus at most one period's
     // budget (1 ms) and one turn (1 ms) of overshoot, carried as debt.
     let bound_ns = elapsed_ns / 10 + 2_000_000 + 1_000_000;
@@ -122,7 +125,9 @@ fn a_paced_container_sends_the_same_bytes() {
     let mut stream = served.connect();
     for _ in 0..2 {
         // Twice on one connection: a paced response leaves the connection ready for the next request.
-        stream.write_all(request("/slow/body.bin").as_bytes()).unwrap();
+        stream
+            .write_all(request("/slow/body.bin").as_bytes())
+            .unwrap();
         let response = read_response(&mut stream, false);
         assert_eq!(response.status, 200);
         assert_eq!(response.body, body);

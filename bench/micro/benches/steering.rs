@@ -49,7 +49,7 @@ fn main() {
         required: true,
         state_file: None,
     };
-    let link = node_link::NodeLink::start(mode, &node, &config, None).expect("control link");
+    let link = node_link::NodeLink::start(mode, &node, &config, None, None).expect("control link");
     let control = link.control_addr().expect("embedded control plane");
     let mut ctl = CtlClient::connect(&control.to_string(), None).expect("ctl connects");
     let steer = node.steer();

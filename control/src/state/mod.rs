@@ -476,6 +476,7 @@ mod tests {
                     rejections: 1,
                     poll_cpu_time_us: 8,
                     throttles: 3,
+                    ..ContainerLoad::default()
                 }],
                 ..ShardLoad::default()
             }],

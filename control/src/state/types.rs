@@ -47,7 +47,8 @@ pub struct NodeInfo {
     pub cache_bytes_budget: u64,
 }
 
-/// Cumulative CPU time, rejections and throttles of one container on one shard.
+/// Cumulative CPU time, rejections and throttles of one container on one shard, and its shares and limits in
+/// force there now.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerLoad {
     pub container: ContainerName,
@@ -58,6 +59,10 @@ pub struct ContainerLoad {
     pub poll_cpu_time_us: u64,
     /// Periods in which its `cpu_percent_max` budget ran out and it was held back.
     pub throttles: u64,
+    /// Its CPU shares on the shard now.
+    pub shares: u32,
+    /// Its limits on the shard now (the scheduler's values).
+    pub limits: ContainerLimits,
 }
 
 /// The load of one shard. Counters are cumulative; rates cover the last interval.

@@ -117,6 +117,7 @@ pub fn fixed_load(cores: u32) -> NodeLoad {
                     rejections: 2,
                     poll_cpu_time_us: 400,
                     throttles: 1,
+                    ..ContainerLoad::default()
                 }],
                 ..ShardLoad::default()
             })
@@ -134,9 +135,19 @@ pub fn fixed_load(cores: u32) -> NodeLoad {
 pub struct Record {
     pub applied: Vec<Steering>,
     pub connection_changes: Vec<bool>,
+    /// Reloads asked for (`ReloadNode`); each answers [`reload_outcome`].
+    pub reloads: u32,
 }
 
-/// Hooks that report [`fixed_load`] and record every steering.
+/// What every [`RecordingHooks`] reload answers.
+pub fn reload_outcome() -> larder_control::ReloadOutcome {
+    larder_control::ReloadOutcome {
+        applied: vec!["containers.default.shares".to_string()],
+        kept: vec!["listen: kept 127.0.0.1:8080 (the file says 127.0.0.1:9090)".to_string()],
+    }
+}
+
+/// Hooks that report [`fixed_load`], record every steering and count reloads.
 #[derive(Clone, Debug)]
 pub struct RecordingHooks {
     pub cores: u32,
@@ -171,6 +182,11 @@ impl NodeHooks for RecordingHooks {
 
     fn apply(&mut self, steering: &Steering) {
         self.record.lock().unwrap().applied.push(steering.clone());
+    }
+
+    fn reload(&mut self) -> Result<larder_control::ReloadOutcome, larder_control::ReloadRefused> {
+        self.record.lock().unwrap().reloads += 1;
+        Ok(reload_outcome())
     }
 
     fn connection_changed(&mut self, connected: bool) {

@@ -23,6 +23,20 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
+/// `larder ARGS` run to its end (a command that exits by itself: `ctl`, `serve --check-config`): its exit code,
+/// stdout and stderr.
+pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .output()
+        .expect("larder runs");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8(output.stdout).expect("utf-8 stdout"),
+        String::from_utf8(output.stderr).expect("utf-8 stderr"),
+    )
+}
+
 /// A `larder` child process, killed if the test fails before it is stopped.
 pub struct Process {
     child: Option<Child>,
@@ -91,8 +105,9 @@ impl Process {
         panic!("no line with {prefix:?}");
     }
 
-    /// Reads the kept log until a line contains `needle`; panics after 30 s or if the process ends first.
-    pub fn wait_for_log_line(&mut self, needle: &str) {
+    /// Reads the kept log until a line contains `needle` and returns that line; panics after 30 s or if the
+    /// process ends first.
+    pub fn wait_for_log_line(&mut self, needle: &str) -> String {
         let log = self
             .log
             .as_ref()
@@ -101,7 +116,7 @@ impl Process {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
+                Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!("timed out waiting for a log line with {needle:?}")
@@ -113,6 +128,14 @@ impl Process {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the running process.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        let result = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(result, 0, "kill({signal})");
+    }
+
     /// SIGTERM, then the exit code.
     pub fn terminate(self) -> i32 {
         self.terminate_with_log().0
@@ -120,10 +143,8 @@ impl Process {
 
     /// SIGTERM, then the exit code and the kept log's lines not read yet (empty without a kept log).
     pub fn terminate_with_log(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
         let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(result, 0, "kill");
         let code = child.wait().expect("wait").code().expect("exit code");
         (code, self.rest_of_log())
     }

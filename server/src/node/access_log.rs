@@ -53,12 +53,7 @@ pub struct LogEntry<'a> {
 impl AccessLog {
     /// Opens (appending) `<path>.<shard>` and starts its writer thread.
     pub fn open(path: &Path, shard: usize, format: LogFormat) -> std::io::Result<AccessLog> {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{shard}"));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(name)?;
+        let mut file = open_append(path, shard)?;
         let (to_writer, buffers) = sync_channel::<Vec<u8>>(QUEUE_BUFFERS_MAX);
         let (give_back, from_writer) = sync_channel::<Vec<u8>>(QUEUE_BUFFERS_MAX + 2);
         let writer = std::thread::Builder::new()
@@ -73,6 +68,12 @@ impl AccessLog {
             from_writer,
             writer: Some(writer),
         })
+    }
+
+    /// Whether `<path>.<shard>` opens for appending (created if absent), without starting a writer: a reload
+    /// checks every shard's file before it changes anything.
+    pub fn check_writable(path: &Path, shard: usize) -> std::io::Result<()> {
+        open_append(path, shard).map(drop)
     }
 
     /// Lines lost because the writer fell behind.
@@ -122,6 +123,16 @@ impl Drop for AccessLog {
             let _ = writer.join();
         }
     }
+}
+
+/// `<path>.<shard>`, opened for appending (created if absent).
+fn open_append(path: &Path, shard: usize) -> std::io::Result<File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{shard}"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(name)
 }
 
 fn write_loop(file: &mut File, buffers: Receiver<Vec<u8>>, give_back: SyncSender<Vec<u8>>) {

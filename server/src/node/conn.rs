@@ -197,8 +197,9 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
             return Step::Close(conn);
         }
     }
-    let limits = shard.limits;
-    let head = match parse_request(&conn.read[conn.start..], &limits) {
+    // The settings this request is served under, even if a reload replaces them meanwhile.
+    let live = shard.live();
+    let head = match parse_request(&conn.read[conn.start..], &live.limits) {
         Ok(Some(head)) => head,
         Ok(None) => {
             let error = RequestError::BadRequest("malformed head");
@@ -208,7 +209,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     };
     conn.requests += 1;
     conn.out.clear();
-    let config = &shard.node.config;
+    let config = &live.config;
     let keep_alive = head.keep_alive
         && conn.requests < config.keepalive_requests_max
         && !shard.context.is_shutting_down();
@@ -314,7 +315,7 @@ async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
     let send_rate = shard
         .context
         .containers()
-        .send_rate(shard.containers[conn.container]);
+        .send_rate(live.container_id(conn.container));
     let sent = if send_rate > 0 {
         // Boxed: the paced path's state (pacer, segment list, file stream) would otherwise enlarge every
         // request's future, which is built per request (measured: 3-4% of 4 KiB req/s on epoll).
@@ -386,14 +387,14 @@ async fn finish_simple(shard: &Rc<Shard>, conn: &mut Conn, answer: Answer) {
 /// Writes a short answer for a parsed request and consumes its head.
 /// (Error paths only: the head is parsed again after the write, since `conn` moved in here.)
 async fn finish(shard: &Rc<Shard>, mut conn: Conn, answer: Answer) -> Step {
-    let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &shard.limits)
-    {
+    let limits = shard.live().limits;
+    let (head_bytes, content_length) = match parse_request(&conn.read[conn.start..], &limits) {
         Ok(Some(head)) => (head.head_bytes, head.content_length),
         _ => (conn.read.len() - conn.start, 0),
     };
     let sent = write_out(shard, &mut conn.stream, &mut conn.out).await;
     {
-        let head = parse_request(&conn.read[conn.start..], &shard.limits)
+        let head = parse_request(&conn.read[conn.start..], &limits)
             .ok()
             .flatten();
         record(
@@ -429,8 +430,8 @@ fn record(
         500..=599 => ShardCounters::add(&counters.responses_5xx, 1),
         _ => {}
     }
-    if let Some(log) = &shard.log {
-        log.borrow_mut().record(&LogEntry {
+    if let Some(log) = shard.log.borrow_mut().as_mut() {
+        log.record(&LogEntry {
             client: conn.peer.ip(),
             unix_secs: unix_secs(std::time::SystemTime::now()),
             head,
@@ -489,7 +490,7 @@ async fn hand_off(shard: &Rc<Shard>, conn: Conn, owner: ServerId, target: Target
                     policy.on_start(ServerId(shard.index), target, shard.now_ms());
                 }
             }
-            let container = shard.node.config.classify(None, b"", peer.ip());
+            let container = shard.live().config.classify(None, b"", peer.ip());
             Step::Next(Conn::new(stream, peer, read, Some(target), container))
         }
     }
@@ -531,7 +532,7 @@ async fn read_head(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
 
 /// True while the bytes hold no complete head and no limit is exceeded yet.
 fn needs_more(bytes: &[u8], shard: &Shard) -> bool {
-    let limits = &shard.limits;
+    let limits = shard.live().limits;
     if bytes.len() > limits.header_bytes_max {
         return false;
     }
@@ -559,15 +560,18 @@ async fn read_more(shard: &Shard, conn: &mut Conn) -> Result<(), ReadEnd> {
         conn.start = 0;
     }
     if conn.read.len() == conn.read.capacity() {
-        let grown = (conn.read.capacity() * 2)
-            .clamp(READ_BUFFER_BYTES_INITIAL, shard.limits.header_bytes_max + 1);
+        let grown = (conn.read.capacity() * 2).clamp(
+            READ_BUFFER_BYTES_INITIAL,
+            shard.live().limits.header_bytes_max + 1,
+        );
         if grown <= conn.read.len() {
             return Err(ReadEnd::Closed);
         }
         conn.read.reserve_exact(grown - conn.read.len());
     }
     let idle = conn.read.is_empty() && conn.requests > 0;
-    let config = &shard.node.config;
+    let live = shard.live();
+    let config = &live.config;
     let timeout_ms = match (idle, shard.context.is_shutting_down()) {
         // Shutdown step 2: an idle keep-alive connection gets the drain grace for its next request.
         (true, true) => config.keepalive_timeout_ms.min(DRAIN_IDLE_GRACE_MS),
@@ -617,7 +621,7 @@ async fn write_out(
 ) -> Result<u64, ()> {
     out.seal();
     let total = out.bytes_total() as u64;
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut buffers = std::mem::take(out);
     loop {
         let written = shard
@@ -713,7 +717,7 @@ async fn write_paced(
     data: Bytes,
 ) -> Result<u64, ()> {
     let timers = shard.context.timers();
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut offset = 0;
     while offset < data.len() {
         let due_ns = pacer.due_ns();
@@ -778,7 +782,7 @@ async fn write_stream(
     stream: &mut TcpStream,
     mut file: FileStream,
 ) -> Result<u64, ()> {
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let mut sent = 0u64;
     loop {
         let chunk = match file.next_chunk() {

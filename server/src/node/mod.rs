@@ -36,6 +36,11 @@
 //!    before io_uring runs the asynchronous `close`.
 //! 3. The pool waits for every connection task (its drain deadline), then the shards exit.
 //!
+//! # Reload ([`NodeSteer::reload`], module `reload`)
+//! A re-read configuration is validated and planned first (`ServeConfig::plan_reload`), then sent to every
+//! shard's control queue; each shard swaps the settings its requests read (`shard::Live`). A request is answered
+//! under the settings it started with; no connection is closed.
+//!
 //! # Limits
 //! | limit | value | why |
 //! |---|---|---|
@@ -50,6 +55,7 @@ mod conn;
 pub mod hot;
 pub mod iov;
 mod pace;
+mod reload;
 mod respond;
 mod shard;
 mod splice;
@@ -68,6 +74,7 @@ use larder_runtime::Handoff;
 
 pub use access_log::{format_line, AccessLog, LogEntry};
 pub use hot::{HotCount, HotSketch, HotWindow};
+pub use reload::{ReloadError, ReloadReport};
 pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
 pub use steer::{
     ContainerLimits, NodeSteer, SchedulerLimits, ShardSteer, SteerError, DELIVERY_TIMEOUT,
@@ -129,7 +136,9 @@ pub enum NodeError {
 
 /// What every shard of a node shares (all `Send + Sync`).
 pub(crate) struct NodeShared {
-    pub config: ServeConfig,
+    /// The configuration in force: the one the node started with, then each reload's (`reload`); held by a
+    /// reload for its whole length, so reloads run one at a time. Shards read their own copy (`shard::Live`).
+    pub config: Mutex<Arc<ServeConfig>>,
     pub root: PathBuf,
     /// `None` with one shard.
     pub policy: Option<Mutex<Box<dyn Policy>>>,
@@ -142,6 +151,21 @@ pub(crate) struct NodeShared {
     pub shards: usize,
     /// Distributed mode's shared state (`config.cluster`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl NodeShared {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<ServeConfig> {
+        Arc::clone(&self.running_config())
+    }
+
+    /// The lock on the configuration in force (a panic elsewhere cannot leave it half-written: it is replaced
+    /// whole).
+    pub fn running_config(&self) -> std::sync::MutexGuard<'_, Arc<ServeConfig>> {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A running node. Dropping it does not stop the shards: call [`Node::shutdown`] and [`Node::join`].
@@ -207,15 +231,7 @@ impl Node {
         config: ServeConfig,
         listeners: Vec<std::net::TcpListener>,
     ) -> Result<Node, NodeError> {
-        config.validate()?;
-        let root = std::fs::canonicalize(&config.root).map_err(|source| NodeError::Root {
-            root: config.root.clone(),
-            source,
-        })?;
-        if !root.is_dir() {
-            return Err(NodeError::RootNotDirectory(root));
-        }
-        let cpus = Topology::discover()?.select(&config.cores)?;
+        let Preflight { root, cpus } = preflight(&config)?;
         let shards = cpus.len();
         let accepting = accepting_shards(&config, shards)?;
         let (listeners, local_addr) = assign_listeners(listeners, &accepting, shards)?;
@@ -248,7 +264,7 @@ impl Node {
                 .collect(),
             origin: Instant::now(),
             shards,
-            config,
+            config: Mutex::new(Arc::new(config)),
         });
         let for_shards = Arc::clone(&shared);
         let pool = ShardPool::start(pool_config, move |context| {
@@ -320,6 +336,24 @@ impl Node {
     }
 }
 
+/// What [`preflight`] found: ROOT as the node serves it and the CPUs of its shards.
+#[derive(Debug)]
+pub struct Preflight {
+    pub root: PathBuf,
+    pub cpus: Vec<larder_runtime::topology::CpuId>,
+}
+
+/// Every check [`Node::start`] makes before it binds a socket or starts a shard: the settings' ranges, ROOT (it
+/// exists and is a directory), the cores (they exist and this process may run on them) and `accept_shards`
+/// (each names a shard). `larder serve --check-config` runs exactly these.
+pub fn preflight(config: &ServeConfig) -> Result<Preflight, NodeError> {
+    config.validate()?;
+    let root = resolve_root(&config.root)?;
+    let cpus = Topology::discover()?.select(&config.cores)?;
+    accepting_shards(config, cpus.len())?;
+    Ok(Preflight { root, cpus })
+}
+
 /// The shards that accept (all, or `config.accept_shards`), checked against the shard count.
 fn accepting_shards(config: &ServeConfig, shards: usize) -> Result<Vec<u32>, NodeError> {
     for &shard in &config.accept_shards {
@@ -332,6 +366,18 @@ fn accepting_shards(config: &ServeConfig, shards: usize) -> Result<Vec<u32>, Nod
     Ok((0..shards as u32)
         .filter(|shard| config.accept_shards.is_empty() || config.accept_shards.contains(shard))
         .collect())
+}
+
+/// ROOT as the node serves it: canonical, and a directory.
+fn resolve_root(root: &std::path::Path) -> Result<PathBuf, NodeError> {
+    let resolved = std::fs::canonicalize(root).map_err(|source| NodeError::Root {
+        root: root.to_path_buf(),
+        source,
+    })?;
+    if !resolved.is_dir() {
+        return Err(NodeError::RootNotDirectory(resolved));
+    }
+    Ok(resolved)
 }
 
 /// Hands `listeners` to the accepting shards (see [`Node::start_on`]); binds the missing ones.

@@ -40,8 +40,8 @@ impl Pacer {
     /// A schedule starting at `now_ns` (shard clock) for a rate of at least 1 byte/s.
     pub(crate) fn new(rate_bytes_per_second: u64, now_ns: u64) -> Pacer {
         let rate_bytes_per_second = rate_bytes_per_second.max(1);
-        let per_interval =
-            (u128::from(rate_bytes_per_second) * u128::from(PACE_INTERVAL_NS) / 1_000_000_000) as u64;
+        let per_interval = (u128::from(rate_bytes_per_second) * u128::from(PACE_INTERVAL_NS)
+            / 1_000_000_000) as u64;
         Pacer {
             rate_bytes_per_second,
             start_ns: now_ns,
@@ -57,8 +57,8 @@ impl Pacer {
 
     /// The shard-clock time at which the next chunk may leave.
     pub(crate) fn due_ns(&self) -> u64 {
-        let offset_ns = u128::from(self.sent_bytes) * 1_000_000_000
-            / u128::from(self.rate_bytes_per_second);
+        let offset_ns =
+            u128::from(self.sent_bytes) * 1_000_000_000 / u128::from(self.rate_bytes_per_second);
         self.start_ns
             .saturating_add(u64::try_from(offset_ns).unwrap_or(u64::MAX))
     }
@@ -90,15 +90,23 @@ mod tests {
         }
         // The last chunk (what is left after whole chunks) leaves when all but it are sent.
         let last_chunk = total % 10_485;
-        let expected_ns = 5_000 + ((total - last_chunk) as u128 * 1_000_000_000 / rate as u128) as u64;
-        assert!(last_due.abs_diff(expected_ns) <= 1, "{last_due} vs {expected_ns}");
+        let expected_ns =
+            5_000 + ((total - last_chunk) as u128 * 1_000_000_000 / rate as u128) as u64;
+        assert!(
+            last_due.abs_diff(expected_ns) <= 1,
+            "{last_due} vs {expected_ns}"
+        );
         assert_eq!(pacer.due_ns(), 5_000 + 10_000_000_000, "all 10 MiB by 10 s");
     }
 
     #[test]
     fn chunks_are_clamped() {
         assert_eq!(Pacer::new(1, 0).chunk_bytes(), PACE_CHUNK_BYTES_MIN);
-        assert_eq!(Pacer::new(0, 0).chunk_bytes(), PACE_CHUNK_BYTES_MIN, "0 is read as 1 byte/s");
+        assert_eq!(
+            Pacer::new(0, 0).chunk_bytes(),
+            PACE_CHUNK_BYTES_MIN,
+            "0 is read as 1 byte/s"
+        );
         assert_eq!(
             Pacer::new(10_000_000_000, 0).chunk_bytes(),
             PACE_CHUNK_BYTES_MAX
@@ -116,7 +124,10 @@ mod tests {
             let chunk = pacer.chunk_bytes();
             pacer.sent(chunk);
             let sent = (pacer.sent_bytes) as usize;
-            assert!(sent <= allowed + chunk + 1, "sent {sent}, allowed {allowed} + {chunk}");
+            assert!(
+                sent <= allowed + chunk + 1,
+                "sent {sent}, allowed {allowed} + {chunk}"
+            );
         }
     }
 }

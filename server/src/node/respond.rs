@@ -305,7 +305,7 @@ fn send_file(
     let mut selection = select(
         request.head,
         &validators,
-        shard.node.config.ranges_max,
+        shard.live().config.ranges_max,
         ranges,
     );
     if selection == Selection::Partial && ranges.len() > 1 && matches!(source, Source::Large(_)) {

@@ -3,7 +3,8 @@
 //!
 //! Shard start-up (numbered as `run` does it):
 //! 1. Build the shard's cache (budget = `cache_mb` / shards), Date cache, access log and containers.
-//! 2. Spawn the handoff receiver (adopts connections other shards route here) and the access-log flusher.
+//! 2. Spawn the handoff receiver (adopts connections other shards route here; it also applies steering and
+//!    reloads from the control queue) and the access-log flusher.
 //! 3. Take this shard's listeners (if it accepts; one accept loop each) and accept until shutdown; each
 //!    connection task is spawned into the container its client network classifies it into. A connection the
 //!    kernel handed over as shutdown began is still served (see `accept_loop`).
@@ -26,7 +27,7 @@ use rustix::fs::{Mode, OFlags};
 use super::access_log::AccessLog;
 use super::conn::{self, Conn};
 use super::stats::ShardCounters;
-use super::{NodeShared, ShardMessage};
+use super::{NodeShared, ShardMessage, ShardSteer};
 use crate::cache::{CacheConfig, ShardCache};
 use crate::http::{DateCache, ParseLimits};
 
@@ -43,9 +44,10 @@ pub(crate) struct Shard {
     pub cache: RefCell<ShardCache>,
     pub splice_pipes: Rc<super::splice::PipeBudget>,
     pub date: RefCell<DateCache>,
-    pub log: Option<RefCell<AccessLog>>,
-    pub containers: Vec<ContainerId>,
-    pub limits: ParseLimits,
+    /// The access log (`None`: off); a reload reopens it.
+    pub log: RefCell<Option<AccessLog>>,
+    /// The settings requests read; a reload replaces them whole (`super::reload`).
+    pub live: RefCell<Rc<Live>>,
     pub root: PathBuf,
     /// ROOT opened once (`O_PATH`), the anchor of the one-call confined open on a miss (`respond::open_inside_root`).
     pub root_dir: OwnedFd,
@@ -59,7 +61,58 @@ pub(crate) struct Shard {
     pub cluster: Option<crate::cluster::Forwarder>,
 }
 
+/// The settings a shard's requests read, replaced whole by a reload. A request takes the `Rc` once and keeps
+/// it until it is answered, so it finishes under the settings it started with; reading them is a
+/// non-atomic `Rc` clone (no lock on the data path).
+pub(crate) struct Live {
+    pub config: Arc<crate::ServeConfig>,
+    pub limits: ParseLimits,
+    /// The shard's container of each of `config.containers`, in the same order (a connection's container index).
+    pub containers: Vec<ContainerId>,
+}
+
+impl Live {
+    /// The shard's container at `index` in `config.containers`. A connection handed off by a shard that has
+    /// already applied a reload adding containers may name one this shard has not added yet (its reload is
+    /// still in its queue): it runs in the default container until its next request is classified here.
+    pub fn container_id(&self, index: usize) -> ContainerId {
+        match self.containers.get(index) {
+            Some(&id) => id,
+            None => self.containers[self.config.default_container_index()],
+        }
+    }
+
+    pub fn new(config: Arc<crate::ServeConfig>, containers: Vec<ContainerId>) -> Live {
+        Live {
+            limits: ParseLimits {
+                uri_bytes_max: config.uri_bytes_max,
+                header_bytes_max: config.header_bytes_max,
+            },
+            config,
+            containers,
+        }
+    }
+}
+
+/// The scheduler's spec of a configured container (at start, and for one a reload adds).
+pub(crate) fn container_spec(container: &crate::config::ContainerConfig) -> ContainerSpec {
+    ContainerSpec {
+        name: container.name.clone(),
+        shares: container.shares,
+        latency_class: LatencyClass::Interactive,
+        tasks_max: container.tasks_max,
+        queued_max: container.tasks_max,
+        cpu_percent_max: container.cpu_percent_max,
+        send_rate_bytes_per_second: container.send_rate_bytes_per_second,
+    }
+}
+
 impl Shard {
+    /// The settings in force now (see [`Live`]).
+    pub fn live(&self) -> Rc<Live> {
+        Rc::clone(&self.live.borrow())
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.node.origin.elapsed().as_millis() as u64
     }
@@ -81,8 +134,7 @@ impl Shard {
     }
 
     pub fn flush_log(&self) {
-        if let Some(log) = &self.log {
-            let mut log = log.borrow_mut();
+        if let Some(log) = self.log.borrow_mut().as_mut() {
             log.flush();
             self.counters
                 .access_log_lines_dropped
@@ -104,9 +156,8 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
     };
     context.spawn(receive_handoffs(Rc::clone(&shard)));
     context.spawn(super::hot::publish_periodically(Rc::clone(&shard)));
-    if shard.log.is_some() {
-        context.spawn(flush_log_periodically(Rc::clone(&shard)));
-    }
+    // Always: a reload may turn the access log on.
+    context.spawn(flush_log_periodically(Rc::clone(&shard)));
     // Only accepting shards were given listeners (see `assign_listeners`); usually one, several after a
     // handover from a node with more accepting shards.
     let listeners = node.listeners[index as usize]
@@ -117,7 +168,8 @@ pub(crate) async fn run(context: ShardContext<ShardMessage>, node: Arc<NodeShare
         // The accept loop is a task of the default container: accepting is work for the connections it admits,
         // charged to that container and scheduled by its share (a flood of new connections waits in the kernel's
         // backlog while the container is over its share, instead of taking the shard from the others).
-        let id = shard.containers[node.config.default_container_index()];
+        let live = shard.live();
+        let id = live.containers[live.config.default_container_index()];
         let accepting = {
             let shard = Rc::clone(&shard);
             async move { accept_loop(&shard, listener).await }
@@ -157,7 +209,7 @@ fn build(
     node: Arc<NodeShared>,
     index: u32,
 ) -> Result<Shard, String> {
-    let config = &node.config;
+    let config = node.config();
     let budget_bytes = (config.cache_mb << 20) / node.shards as u64;
     let mut cache_config = CacheConfig::with_budget(budget_bytes.max(1 << 20));
     cache_config.revalidate_interval_ms = config.revalidate_interval_ms;
@@ -170,28 +222,19 @@ fn build(
     )
     .map_err(|error| format!("opening ROOT {}: {error}", node.root.display()))?;
     let log = match &config.access_log {
-        Some(log) => Some(RefCell::new(
+        Some(log) => Some(
             AccessLog::open(&log.path, index as usize, log.format)
                 .map_err(|error| format!("access log {}: {error}", log.path.display()))?,
-        )),
+        ),
         None => None,
     };
     let mut containers = Vec::with_capacity(config.containers.len());
     for container in &config.containers {
-        let spec = ContainerSpec {
-            name: container.name.clone(),
-            shares: container.shares,
-            latency_class: LatencyClass::Interactive,
-            tasks_max: container.tasks_max,
-            queued_max: container.tasks_max,
-            cpu_percent_max: container.cpu_percent_max,
-            send_rate_bytes_per_second: container.send_rate_bytes_per_second,
-        };
         let id = match context.containers().lookup(&container.name) {
             Some(id) => id,
             None => context
                 .containers()
-                .add_container(spec)
+                .add_container(container_spec(container))
                 .map_err(|error| error.to_string())?,
         };
         containers.push(id);
@@ -210,12 +253,8 @@ fn build(
         cache: RefCell::new(cache),
         splice_pipes: super::splice::PipeBudget::new(super::splice::PIPES_PER_SHARD_MAX),
         date: RefCell::new(DateCache::new(SystemTime::now())),
-        log,
-        containers,
-        limits: ParseLimits {
-            uri_bytes_max: config.uri_bytes_max,
-            header_bytes_max: config.header_bytes_max,
-        },
+        log: RefCell::new(log),
+        live: RefCell::new(Rc::new(Live::new(config, containers))),
         root: node.root.clone(),
         root_dir,
         shard_field,
@@ -307,13 +346,14 @@ fn admit(shard: &Rc<Shard>, stream: monoio::net::TcpStream, peer: std::net::Sock
         .counters
         .connections_active
         .load(std::sync::atomic::Ordering::Relaxed);
-    if active as usize >= shard.node.config.connections_max {
+    let live = shard.live();
+    if active as usize >= live.config.connections_max {
         ShardCounters::add(&shard.counters.connections_refused, 1);
         refuse_connection(stream);
         return;
     }
     let _ = stream.set_nodelay(true);
-    let container = shard.node.config.classify(None, b"", peer.ip());
+    let container = live.config.classify(None, b"", peer.ip());
     let conn = Conn::new(stream, peer, Vec::new(), None, container);
     place(shard, conn);
 }
@@ -335,6 +375,10 @@ async fn receive_handoffs(shard: Rc<Shard>) {
                 target,
                 container,
             } => (handoff, target, container),
+            ShardMessage::Steer(ShardSteer::Reload(config)) => {
+                super::reload::apply_on_shard(&shard, config);
+                continue;
+            }
             ShardMessage::Steer(steer) => {
                 super::steer::apply_on_shard(shard.index, shard.context.containers(), steer);
                 continue;
@@ -400,7 +444,7 @@ pub(crate) fn place(shard: &Rc<Shard>, conn: Conn) {
             }
         }
     };
-    let id = shard.containers[container];
+    let id = shard.live().container_id(container);
     if shard.context.containers().spawn(id, task).is_err() {
         let conn = slot.borrow_mut().take();
         if let Some(conn) = conn {

@@ -256,7 +256,7 @@ pub(crate) async fn send(
 ) -> Result<u64, SendError> {
     let body: &[u8] = body.bytes();
     let socket = stream.as_raw_fd();
-    let timeout = Duration::from_millis(shard.node.config.write_timeout_ms);
+    let timeout = Duration::from_millis(shard.live().config.write_timeout_ms);
     let _nonblocking =
         NonBlocking::set(socket, shard.context.driver()).map_err(SendError::Unsupported)?;
     if !pipe.socket_tuned.replace(true) {

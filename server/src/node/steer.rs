@@ -79,7 +79,7 @@ use super::{NodeShared, ShardMessage};
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A change one shard applies to itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ShardSteer {
     /// Give the container `container` `shares` CPU shares on this shard.
     SetShares { container: String, shares: u32 },
@@ -88,6 +88,8 @@ pub enum ShardSteer {
         container: String,
         limits: SchedulerLimits,
     },
+    /// Put this configuration in force on this shard (`super::reload`).
+    Reload(Arc<crate::ServeConfig>),
 }
 
 /// One container's limits per shard as the control plane sets them; 0 = no limit set there, the node's
@@ -233,6 +235,10 @@ impl NodeSteer {
         NodeSteer { shared, controls }
     }
 
+    pub(super) fn shared(&self) -> &NodeShared {
+        &self.shared
+    }
+
     fn recorded(&self) -> MutexGuard<'_, PolicyConfig> {
         // Written only after validation: a panic elsewhere cannot leave it half-written.
         self.shared
@@ -272,17 +278,21 @@ impl NodeSteer {
     }
 
     /// The node's configuration of `container`.
-    fn configured(&self, container: &str) -> Result<&crate::config::ContainerConfig, SteerError> {
+    pub fn configured(
+        &self,
+        container: &str,
+    ) -> Result<crate::config::ContainerConfig, SteerError> {
         self.shared
-            .config
+            .config()
             .containers
             .iter()
             .find(|configured| configured.name == container)
+            .cloned()
             .ok_or_else(|| SteerError::UnknownContainer(container.to_string()))
     }
 
     /// Sends `steer` to every shard's control queue.
-    fn deliver(&self, steer: &ShardSteer) -> Result<(), SteerError> {
+    pub(super) fn deliver(&self, steer: &ShardSteer) -> Result<(), SteerError> {
         for control in &self.controls {
             control
                 .send_timeout(ShardMessage::Steer(steer.clone()), DELIVERY_TIMEOUT)
@@ -396,7 +406,7 @@ fn copy_members(
 
 /// Why a shard did not apply a [`ShardSteer`] (logged by [`apply_on_shard`]).
 #[derive(Debug, thiserror::Error)]
-enum ApplyError {
+pub(super) enum ApplyError {
     #[error("not on this shard")]
     NotOnShard,
     #[error(transparent)]
@@ -416,6 +426,7 @@ pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: 
             .lookup(container)
             .ok_or(ApplyError::NotOnShard)
             .and_then(|id| apply_limits(scheduler, id, container, limits)),
+        ShardSteer::Reload(_) => unreachable!("the shard applies a reload itself (super::reload)"),
     };
     match outcome {
         Ok(()) => tracing::debug!(shard, ?steer, "container changed"),
@@ -424,7 +435,7 @@ pub(crate) fn apply_on_shard(shard: u32, scheduler: &ContainerScheduler, steer: 
 }
 
 /// Module docs, container limits steps 3-4: checks every setting, then applies them all.
-fn apply_limits(
+pub(super) fn apply_limits(
     scheduler: &ContainerScheduler,
     id: ContainerId,
     container: &str,
@@ -452,7 +463,7 @@ fn with_policy<T>(steer: &NodeSteer, f: impl FnOnce(&mut dyn Policy) -> T) -> Op
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
     use std::time::Instant;
 
@@ -470,7 +481,7 @@ mod tests {
         start_with(shards, policy, |_| {})
     }
 
-    fn start_with(
+    pub(in crate::node) fn start_with(
         shards: usize,
         policy: PolicyKind,
         edit: impl FnOnce(&mut ServeConfig),
@@ -511,13 +522,16 @@ mod tests {
         with_policy(steer, |policy| policy.members()).unwrap_or_default()
     }
 
-    fn stop(node: Node) {
+    pub(in crate::node) fn stop(node: Node) {
         node.shutdown();
         node.join().expect("node stops");
     }
 
     /// Waits (bounded) until `condition` holds; `describe` says what was seen instead.
-    fn wait_until(mut condition: impl FnMut() -> bool, describe: impl Fn() -> String) {
+    pub(in crate::node) fn wait_until(
+        mut condition: impl FnMut() -> bool,
+        describe: impl Fn() -> String,
+    ) {
         let started = Instant::now();
         let mut attempts = 0;
         while !condition() {

@@ -146,7 +146,6 @@ pub fn request(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 
-
 /// Pages of `path` resident in the page cache (mincore over a mapping of the file).
 pub fn resident_pages(path: &Path) -> usize {
     use std::os::fd::AsRawFd;
