@@ -5,7 +5,7 @@
 //! plane's gRPC listener, labelled `control`), checks them against the new configuration, and turns the outcome
 //! into what each process does.
 //!
-//! # Protocol (numbered as the processes do it; docs/OPERATIONS-handover.md is the operator's version)
+//! # Protocol (numbered as the processes do it; docs/OPERATIONS.md, "Binary handover", is the operator's version)
 //! 1. The running process, started with `--handover-socket PATH`, keeps a duplicate of each listening socket and
 //!    offers them on PATH ([`Offer`]).
 //! 2. The new process validates its flags and config file first (a bad one exits 2 before anything is asked).
