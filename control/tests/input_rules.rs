@@ -173,6 +173,22 @@ fn table() -> Vec<(String, Call, Expect)> {
             Call::Undrain("ghost".into()),
             Refused(Code::NotFound, "ghost"),
         ),
+        // ReloadNode: the registered node has no reload stream here (no agent runs): UNAVAILABLE, nothing moves.
+        (
+            "ReloadNode longest id, not connected",
+            Call::ReloadNode(node_id_max()),
+            Refused(Code::Unavailable, "is not connected"),
+        ),
+        (
+            "ReloadNode unknown",
+            Call::ReloadNode("ghost".into()),
+            Refused(Code::NotFound, "ghost"),
+        ),
+        (
+            "ReloadNode empty",
+            Call::ReloadNode(String::new()),
+            invalid("node_id"),
+        ),
         // SetPolicy: an empty request changes nothing but is accepted.
         ("SetPolicy empty", weights(vec![]), Changed),
         (
@@ -409,6 +425,7 @@ fn table() -> Vec<(String, Call, Expect)> {
             ("GetNode", Call::GetNode(name.clone()), "node_id"),
             ("Drain", Call::Drain(name.clone()), "node_id"),
             ("Undrain", Call::Undrain(name.clone()), "node_id"),
+            ("ReloadNode", Call::ReloadNode(name.clone()), "node_id"),
             (
                 "SetPolicy weight",
                 weights(vec![(name.clone(), 2)]),

@@ -264,6 +264,7 @@ pub enum Call {
     Undrain(String),
     ListContainers,
     SetContainer(pb::SetContainerRequest),
+    ReloadNode(String),
 }
 
 impl Call {
@@ -287,6 +288,10 @@ impl Call {
                 .await
                 .map(drop),
             Call::Drain(node_id) => control.drain(pb::DrainRequest { node_id }).await.map(drop),
+            Call::ReloadNode(node_id) => control
+                .reload_node(pb::ReloadNodeRequest { node_id })
+                .await
+                .map(drop),
             Call::Undrain(node_id) => control
                 .undrain(pb::UndrainRequest { node_id })
                 .await
