@@ -210,6 +210,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stopping = Stopping::default();
     let probe = ServeProbe {
         shards: node.runtime_stats_handles(),
+        node: node.stats_reader(),
+        title: format!("larder serve {}", node.local_addr()),
         stopping: stopping.clone(),
         joined: match (&control, link.agent_stats_reader()) {
             (ControlMode::Join(addr), Some(agent)) => Some((agent, *addr)),

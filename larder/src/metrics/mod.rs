@@ -1,6 +1,7 @@
-//! `--metrics ADDR` / `--no-metrics` of `serve` and `dispatch`: where their operations listener
-//! (`larder_server::ops`: `/healthz`, `/readyz`; `/metrics` with issue 15) listens, and the probes each command
-//! answers with.
+//! `--metrics ADDR` / `--no-metrics` of `serve`, `dispatch` and `control`: where their operations listener
+//! (`larder_server::ops`: `/healthz`, `/readyz`, `/metrics`, the status page `/` and its `/status.json`) listens,
+//! and the probe each command answers with. The figures each probe writes are in [`shards`] (a node's and any
+//! process's shards) and [`planes`] (the dispatcher's back-ends, the control plane's nodes).
 //!
 //! Defaults are on loopback and collide with no other default of the project (HTTP 8080 for `serve`, 8000 for
 //! `dispatch`, gRPC 50051) nor with the usual monitoring ports (Prometheus 9090, Pushgateway 9091,
@@ -16,7 +17,11 @@ use anyhow::Context as _;
 use larder_control::AgentStatsReader;
 use larder_dispatch::DispatchHandle;
 use larder_runtime::StatsHandle;
+use larder_server::exposition::Exposition;
+use larder_server::node::StatsReader;
 use larder_server::ops::{shards_alive, OpsBound, OpsListener, OpsProbe};
+
+pub mod shards;
 
 /// Default address of `larder serve`'s listener.
 pub const SERVE_METRICS_DEFAULT: &str = "127.0.0.1:9180";
@@ -102,6 +107,9 @@ impl Stopping {
 /// control plane (a joined node unknown to its control plane gets no assignments and no steering).
 pub struct ServeProbe {
     pub shards: Vec<StatsHandle>,
+    pub node: StatsReader,
+    /// The status page's title (e.g. `larder serve 127.0.0.1:8080`).
+    pub title: String,
     pub stopping: Stopping,
     /// The agent of a `--join`ed node, and the control plane's address.
     pub joined: Option<(AgentStatsReader, SocketAddr)>,
@@ -122,6 +130,21 @@ impl OpsProbe for ServeProbe {
             _ => Ok(()),
         }
     }
+
+    fn metrics(&self, out: &mut Exposition) {
+        let runtime = snapshots(&self.shards);
+        shards::write_runtime(out, &runtime);
+        shards::write_node(out, &self.node, &runtime);
+    }
+
+    fn status_json(&self) -> String {
+        let runtime = snapshots(&self.shards);
+        shards::node_status(self.title.clone(), &self.node, &runtime).to_string()
+    }
+}
+
+fn snapshots(shards: &[StatsHandle]) -> Vec<larder_runtime::ShardStats> {
+    shards.iter().map(StatsHandle::snapshot).collect()
 }
 
 /// `larder dispatch`: alive = every shard alive; ready = alive, not stopping, and at least one back-end that
