@@ -55,9 +55,10 @@ pub use assign_client::{
 };
 pub use client::{CtlClient, CtlError};
 pub use server::{
-    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,
+    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ControlStats,
+    ControlStatsReader, ManualClock, SystemClock,
 };
 pub use state::{
-    Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,
+    ClusterLoad, NodeState, NodeView, Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,
     ShardId, ShardLoad, Steering, TargetLoad,
 };

@@ -68,7 +68,7 @@ use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
-use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Steering};
+use crate::state::{ClusterLoad, ClusterState, Container, NodeId, StateConfig, StateError, Steering};
 
 /// Default interval of node load reports.
 pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
@@ -221,6 +221,8 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     assign_ttl_ms: u64,
     store: Option<StateFile>,
+    /// `Assign` calls answered (a node's batch of targets each), for the metrics.
+    assignment_batches: std::sync::atomic::AtomicU64,
 }
 
 /// What happens to a settings change when the state file cannot be written (module docs, "State file").
@@ -587,6 +589,9 @@ impl NodeService for NodeServiceImpl {
         // Assign never changes the steering version: no publish, no down detection
         // (the sweeper runs it every report interval).
         let outcome = self.0.lock().assign(now, &id, request.targets);
+        self.0
+            .assignment_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let assignments = outcome.map_err(|error| match error {
             AssignError::State(error) => convert::status(error),
             AssignError::NoLiveNode => Status::unavailable(error.to_string()),
@@ -623,6 +628,41 @@ impl NodeService for NodeServiceImpl {
     }
 }
 
+/// What the control plane's metrics show: the cluster as `GetCluster` sees it, the steering version, and the
+/// `Assign` batches answered.
+#[derive(Clone, Debug)]
+pub struct ControlStats {
+    pub load: ClusterLoad,
+    pub steering_version: u64,
+    pub assignment_batches: u64,
+}
+
+/// Reads [`ControlStats`] from any thread. Each read takes the cluster state's lock once (as a gRPC query does):
+/// the control plane's handlers take it, no data-plane shard does.
+#[derive(Clone)]
+pub struct ControlStatsReader(Arc<Shared>);
+
+impl std::fmt::Debug for ControlStatsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlStatsReader")
+    }
+}
+
+impl ControlStatsReader {
+    pub fn stats(&self) -> ControlStats {
+        let (load, steering_version) =
+            self.0.read(|state, now| (state.cluster_load(now), state.version()));
+        ControlStats {
+            load,
+            steering_version,
+            assignment_batches: self
+                .0
+                .assignment_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Entry point: runs a control plane on its own thread.
 #[derive(Debug)]
 pub struct ControlPlane;
@@ -634,6 +674,7 @@ pub struct ControlHandle {
     local_addr: SocketAddr,
     /// A duplicate of the serving socket, for a process that hands it to its successor.
     listener: std::net::TcpListener,
+    stats: ControlStatsReader,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ControlError>>>,
 }
@@ -647,6 +688,11 @@ impl ControlHandle {
     /// The listening socket the server accepts on (a duplicate: `try_clone` it to pass it on).
     pub fn listener(&self) -> &std::net::TcpListener {
         &self.listener
+    }
+
+    /// A reader of the control plane's figures for its metrics listener (any thread).
+    pub fn stats_reader(&self) -> ControlStatsReader {
+        self.stats.clone()
     }
 
     /// Stops gracefully (see the module docs) and waits for the thread.
@@ -745,9 +791,10 @@ impl ControlPlane {
             })
             .map_err(ControlError::Runtime)?;
         match bound_receiver.recv() {
-            Ok((local_addr, listener)) => Ok(ControlHandle {
+            Ok((local_addr, listener, stats)) => Ok(ControlHandle {
                 local_addr,
                 listener,
+                stats,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -761,7 +808,7 @@ impl ControlPlane {
 }
 
 /// The bound address and a duplicate of the listening socket, sent back to `spawn`.
-type Bound = (SocketAddr, std::net::TcpListener);
+type Bound = (SocketAddr, std::net::TcpListener, ControlStatsReader);
 
 fn serve_on_this_thread(
     config: ControlConfig,
@@ -820,6 +867,7 @@ async fn serve(
         shutdown,
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
         store,
+        assignment_batches: std::sync::atomic::AtomicU64::new(0),
     });
 
     let reflection_v1 = reflection_builder()
@@ -857,7 +905,8 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ControlServer::new(ControlService(Arc::clone(&shared))))
         .add_service(NodeServiceServer::new(NodeServiceImpl(Arc::clone(&shared))));
-    if bound.send((local_addr, duplicate)).is_err() {
+    let stats = ControlStatsReader(Arc::clone(&shared));
+    if bound.send((local_addr, duplicate, stats)).is_err() {
         return Ok(()); // The spawner is gone: nobody can stop us, so do not start.
     }
     let (graceful_sender, graceful) = oneshot::channel::<()>();

@@ -14,6 +14,7 @@ use anyhow::Context;
 use larder_control::{ControlConfig, ControlPlane};
 use larder_lard::{PolicyConfig, PolicyKind};
 
+use crate::metrics::{self, ControlProbe, Stopping};
 use crate::signals::TerminationSignals;
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +39,13 @@ pub struct ControlArgs {
     /// start (a bad file stops the start), rewritten atomically after every change, created at the first one.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+    /// Address of the operations listener (`/metrics`, the status page `/` with the nodes, `/healthz`, `/readyz`)
+    /// [default: 127.0.0.1:9182; if taken, none runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the operations listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
@@ -49,11 +57,27 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     config.down_after_intervals = args.down_after_intervals;
     config.policy = PolicyConfig::new(kind);
     config.state_file = args.state;
+    let metrics = metrics::bind(
+        args.no_metrics,
+        args.metrics.as_deref(),
+        metrics::CONTROL_METRICS_DEFAULT,
+    )?;
     let signals = TerminationSignals::block()?;
     let plane = ControlPlane::spawn(config).context("starting the control plane")?;
     println!("larder control: listening on {}", plane.local_addr());
+    let stopping = Stopping::default();
+    let probe = ControlProbe {
+        stats: plane.stats_reader(),
+        stopping: stopping.clone(),
+        title: format!("larder control {}", plane.local_addr()),
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.wait();
     tracing::info!(signal, "stopping the control plane");
+    stopping.set();
     plane.shutdown().context("stopping the control plane")?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
+    }
     Ok(ExitCode::SUCCESS)
 }

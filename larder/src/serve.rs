@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// and this one exits 2.
     #[arg(long = "take-over", value_name = "PATH")]
     take_over: Option<PathBuf>,
-    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
+    /// Address of the operations listener (`/metrics`, the status page `/`, `/healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
     /// runs].
     #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
     metrics: Option<String>,

@@ -5,7 +5,7 @@
 //!
 //! Defaults are on loopback and collide with no other default of the project (HTTP 8080 for `serve`, 8000 for
 //! `dispatch`, gRPC 50051) nor with the usual monitoring ports (Prometheus 9090, Pushgateway 9091,
-//! Alertmanager 9093, node_exporter 9100): `serve` 127.0.0.1:9180, `dispatch` 127.0.0.1:9181. As with the embedded
+//! Alertmanager 9093, node_exporter 9100): `serve` 127.0.0.1:9180, `dispatch` 127.0.0.1:9181, `control` 127.0.0.1:9182. As with the embedded
 //! control plane, a default address already taken (a second node on this machine) is a warning and the process
 //! runs without the listener; an explicit `--metrics ADDR` that cannot be bound is an error.
 
@@ -21,12 +21,15 @@ use larder_server::exposition::Exposition;
 use larder_server::node::StatsReader;
 use larder_server::ops::{shards_alive, OpsBound, OpsListener, OpsProbe};
 
+pub mod planes;
 pub mod shards;
 
 /// Default address of `larder serve`'s listener.
 pub const SERVE_METRICS_DEFAULT: &str = "127.0.0.1:9180";
 /// Default address of `larder dispatch`'s listener.
 pub const DISPATCH_METRICS_DEFAULT: &str = "127.0.0.1:9181";
+/// Default address of `larder control`'s listener.
+pub const CONTROL_METRICS_DEFAULT: &str = "127.0.0.1:9182";
 
 /// Binds the listener the flags ask for, before anything else starts: none with `--no-metrics`; `metrics`, else
 /// `default` (where a taken address only warns).
@@ -154,6 +157,8 @@ pub struct DispatchProbe {
     pub shards: Vec<StatsHandle>,
     pub stopping: Stopping,
     pub handle: DispatchHandle,
+    /// The status page's title.
+    pub title: String,
 }
 
 impl OpsProbe for DispatchProbe {
@@ -171,5 +176,50 @@ impl OpsProbe for DispatchProbe {
             ),
             _ => Ok(()),
         }
+    }
+
+    fn metrics(&self, out: &mut Exposition) {
+        let (counters, backends) = self.figures();
+        shards::write_runtime(out, &snapshots(&self.shards));
+        planes::write_dispatch(out, &counters, &backends);
+    }
+
+    fn status_json(&self) -> String {
+        let (counters, backends) = self.figures();
+        let runtime = snapshots(&self.shards);
+        planes::dispatch_status(self.title.clone(), &counters, &backends, &runtime).to_string()
+    }
+}
+
+impl DispatchProbe {
+    /// The dispatcher's counters and its back-ends as the health thread last published them (module [`planes`]).
+    fn figures(&self) -> (larder_dispatch::CountersSnapshot, Vec<larder_dispatch::BackendStatus>) {
+        (self.handle.counters(), self.handle.published_backends())
+    }
+}
+
+/// `larder control`: alive = its thread is serving (the process exits when it is not); ready = the same, and not
+/// stopping.
+pub struct ControlProbe {
+    pub stats: larder_control::ControlStatsReader,
+    pub stopping: Stopping,
+    pub title: String,
+}
+
+impl OpsProbe for ControlProbe {
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.stopping.check()
+    }
+
+    fn metrics(&self, out: &mut Exposition) {
+        planes::write_control(out, &self.stats.stats());
+    }
+
+    fn status_json(&self) -> String {
+        planes::control_status(self.title.clone(), &self.stats.stats()).to_string()
     }
 }
