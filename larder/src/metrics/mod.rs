@@ -137,7 +137,7 @@ impl OpsProbe for ServeProbe {
     fn metrics(&self, out: &mut Exposition) {
         let runtime = snapshots(&self.shards);
         shards::write_runtime(out, &runtime);
-        shards::write_node(out, &self.node, &runtime);
+        shards::write_node(out, &shards::NodeFigures::read(&self.node), &runtime);
     }
 
     fn status_json(&self) -> String {
@@ -221,5 +221,78 @@ impl OpsProbe for ControlProbe {
 
     fn status_json(&self) -> String {
         planes::control_status(self.title.clone(), &self.stats.stats()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use larder_server::exposition::Format;
+
+    use super::*;
+
+    /// Every metric name the exporters can emit (families are declared even without samples), with the
+    /// suffixes of their samples.
+    fn emitted_names() -> BTreeSet<String> {
+        let mut out = Exposition::new(Format::Prometheus);
+        shards::write_runtime(&mut out, &[]);
+        shards::write_node(&mut out, &shards::NodeFigures::default(), &[]);
+        planes::write_dispatch(&mut out, &Default::default(), &[]);
+        let load = larder_control::ClusterLoad {
+            nodes_up: 0,
+            nodes_down: 0,
+            total: Default::default(),
+            nodes: Vec::new(),
+            reports_received: 0,
+        };
+        let control = larder_control::ControlStats {
+            load,
+            steering_version: 0,
+            assignment_batches: 0,
+        };
+        planes::write_control(&mut out, &control);
+        let mut names = BTreeSet::new();
+        for line in out.finish().lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_the_exporters_emit() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/larder.json");
+        let text = std::fs::read_to_string(path).expect("docs/grafana/larder.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let emitted = emitted_names();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 4, "heatmap, req/s, CPU by container, p99");
+        let mut queried = 0;
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("larder_") {
+                        queried += 1;
+                        assert!(
+                            emitted.contains(word),
+                            "panel {:?} queries {word}, which no exporter emits",
+                            panel["title"]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(queried >= 10, "the panels query larder metrics ({queried})");
+        assert!(emitted.contains("larder_request_duration_seconds_bucket"));
     }
 }

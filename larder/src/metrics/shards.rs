@@ -12,7 +12,7 @@
 use larder_runtime::ShardStats;
 use larder_server::exposition::{Exposition, Kind};
 use larder_server::node::{
-    quantile_of, ShardSnapshot, StatsReader, LATENCY_BUCKETS_US, LATENCY_CELLS,
+    quantile_of, NodeStats, ShardSnapshot, StatsReader, LATENCY_BUCKETS_US, LATENCY_CELLS,
 };
 use serde_json::{json, Value};
 
@@ -82,9 +82,29 @@ pub fn write_runtime(out: &mut Exposition, runtime: &[ShardStats]) {
     write_rows(out, RUNTIME_COUNTERS, &shards);
 }
 
+/// What a node's families are written from: one read of its published counters.
+#[derive(Default)]
+pub struct NodeFigures {
+    pub stats: NodeStats,
+    /// The configured containers' names, by container index.
+    pub container_names: Vec<String>,
+    /// Per shard, requests per container index.
+    pub container_requests: Vec<Vec<u64>>,
+}
+
+impl NodeFigures {
+    pub fn read(reader: &StatsReader) -> NodeFigures {
+        NodeFigures {
+            stats: reader.stats(),
+            container_names: reader.container_names(),
+            container_requests: reader.container_requests(),
+        }
+    }
+}
+
 /// A node's families (besides the runtime's).
-pub fn write_node(out: &mut Exposition, reader: &StatsReader, runtime: &[ShardStats]) {
-    let stats = reader.stats();
+pub fn write_node(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardStats]) {
+    let stats = &figures.stats;
     let shards: Vec<(String, &ShardSnapshot)> = stats
         .shards
         .iter()
@@ -115,13 +135,12 @@ pub fn write_node(out: &mut Exposition, reader: &StatsReader, runtime: &[ShardSt
         let sum_seconds = histogram.sum_us as f64 / MICROS_PER_SECOND;
         latency.histogram(&[("shard", shard)], &bounds, &histogram.buckets, sum_seconds);
     }
-    write_containers(out, reader, runtime);
+    write_containers(out, figures, runtime);
 }
 
 /// Per container per shard (labels `shard`, `container`).
-fn write_containers(out: &mut Exposition, reader: &StatsReader, runtime: &[ShardStats]) {
-    let names = reader.container_names();
-    let requests = reader.container_requests();
+fn write_containers(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardStats]) {
+    let (names, requests) = (&figures.container_names, &figures.container_requests);
     type ContainerRow = (&'static str, Kind, &'static str, fn(&larder_runtime::container::ContainerStats) -> f64);
     const ROWS: &[ContainerRow] = &[
         ("larder_container_cpu_seconds", Kind::Counter, "CPU time charged to the container on the shard.", |c| c.cpu_ns as f64 / 1e9),
@@ -169,7 +188,8 @@ pub fn runtime_rows(runtime: &[ShardStats]) -> Vec<Value> {
 
 /// The status document of a node: shards, containers, hottest targets.
 pub fn node_status(title: String, reader: &StatsReader, runtime: &[ShardStats]) -> Value {
-    let stats = reader.stats();
+    let figures = NodeFigures::read(reader);
+    let stats = &figures.stats;
     let mut shards = runtime_rows(runtime);
     for (row, snapshot) in shards.iter_mut().zip(&stats.shards) {
         row["requests"] = json!(snapshot.requests);
@@ -180,8 +200,7 @@ pub fn node_status(title: String, reader: &StatsReader, runtime: &[ShardStats]) 
         row["handoffs_out"] = json!(snapshot.handoffs_out);
         row["latency_buckets"] = json!(snapshot.latency.buckets);
     }
-    let requests = reader.container_requests();
-    let names = reader.container_names();
+    let (names, requests) = (&figures.container_names, &figures.container_requests);
     let mut containers = Vec::new();
     for shard in runtime {
         for container in &shard.containers {
