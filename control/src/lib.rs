@@ -59,6 +59,6 @@ pub use server::{
     ControlStatsReader, ManualClock, SystemClock,
 };
 pub use state::{
-    ClusterLoad, NodeState, NodeView, Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,
-    ShardId, ShardLoad, Steering, TargetLoad,
+    ClusterLoad, Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo,
+    NodeState, NodeSteering, NodeView, ShardId, ShardLoad, Steering, TargetLoad,
 };

@@ -68,7 +68,9 @@ use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
-use crate::state::{ClusterLoad, ClusterState, Container, NodeId, StateConfig, StateError, Steering};
+use crate::state::{
+    ClusterLoad, ClusterState, Container, NodeId, StateConfig, StateError, Steering,
+};
 
 /// Default interval of node load reports.
 pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
@@ -650,8 +652,9 @@ impl std::fmt::Debug for ControlStatsReader {
 
 impl ControlStatsReader {
     pub fn stats(&self) -> ControlStats {
-        let (load, steering_version) =
-            self.0.read(|state, now| (state.cluster_load(now), state.version()));
+        let (load, steering_version) = self
+            .0
+            .read(|state, now| (state.cluster_load(now), state.version()));
         ControlStats {
             load,
             steering_version,

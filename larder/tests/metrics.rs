@@ -227,13 +227,17 @@ fn metrics_parse_with_prometheus_client_and_count_every_request() {
     let samples = parse(&python, "text", &text);
     let (_, shards) = sum_of(&samples, "larder_requests_total");
     assert_eq!(shards, 2, "one requests counter per shard");
-    let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
+    let accept =
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
     let (head, openmetrics) = fetch(&node.metrics, "/metrics", accept);
     assert!(
         head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
         "{head}"
     );
-    assert!(openmetrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(
+        openmetrics.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF"
+    );
     let samples = parse(&python, "openmetrics", &openmetrics);
     let (inf_buckets, _) = samples
         .iter()
@@ -276,17 +280,22 @@ fn metrics_parse_with_prometheus_client_and_count_every_request() {
     let (busy, _) = sum_of(&samples, "larder_shard_busy_seconds_total");
     assert!(busy > 0.0, "the shards used CPU");
     let (container_requests, _) = sum_of(&samples, "larder_container_requests_total");
-    assert_eq!(container_requests, histogram_count, "every request in a container");
+    assert_eq!(
+        container_requests, histogram_count,
+        "every request in a container"
+    );
     assert_eq!(node.process.terminate(), 0);
 }
 
 /// Headless Chromium, installed with apt-get when missing; `None` (with a loud message) when it cannot be.
 fn chromium() -> Option<PathBuf> {
     let installed = || {
-        ["chromium", "chromium-browser"].into_iter().find_map(|name| {
-            let path = Path::new("/usr/bin").join(name);
-            path.exists().then_some(path)
-        })
+        ["chromium", "chromium-browser"]
+            .into_iter()
+            .find_map(|name| {
+                let path = Path::new("/usr/bin").join(name);
+                path.exists().then_some(path)
+            })
     };
     if let Some(path) = installed() {
         return Some(path);
@@ -383,7 +392,10 @@ fn the_status_page_shows_every_shard_live_in_a_browser() {
     );
     let first_rows = shard_requests(&first);
     assert_eq!(
-        first_rows.iter().map(|(shard, _)| *shard).collect::<Vec<_>>(),
+        first_rows
+            .iter()
+            .map(|(shard, _)| *shard)
+            .collect::<Vec<_>>(),
         vec![0, 1],
         "one row per shard, drawn by the page's script:\n{first}"
     );
@@ -391,10 +403,7 @@ fn the_status_page_shows_every_shard_live_in_a_browser() {
         first.contains("<svg class=\"spark\""),
         "a sparkline per shard"
     );
-    assert!(
-        first.contains("id=\"containers\""),
-        "the containers table"
-    );
+    assert!(first.contains("id=\"containers\""), "the containers table");
     let answered_between = load.answered.load(Ordering::Relaxed);
     wait_for("more requests answered between the two loads", || {
         load.answered.load(Ordering::Relaxed) > answered_between + 100

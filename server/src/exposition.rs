@@ -131,7 +131,11 @@ impl Exposition {
 impl Family<'_> {
     /// One sample of a counter or gauge.
     pub fn sample(&mut self, labels: Labels<'_>, value: f64) {
-        debug_assert!(self.kind != Kind::Histogram, "{}: use histogram()", self.name);
+        debug_assert!(
+            self.kind != Kind::Histogram,
+            "{}: use histogram()",
+            self.name
+        );
         let suffix = if self.kind == Kind::Counter {
             "_total"
         } else {
@@ -165,7 +169,14 @@ impl Family<'_> {
             );
         }
         write_line(self.out, self.name, "_sum", labels, None, sum);
-        write_line(self.out, self.name, "_count", labels, None, cumulative as f64);
+        write_line(
+            self.out,
+            self.name,
+            "_count",
+            labels,
+            None,
+            cumulative as f64,
+        );
     }
 }
 
@@ -278,7 +289,10 @@ mod tests {
             .family("larder_up", Kind::Gauge, "a \\ help\nline")
             .sample(&[("container", "a\"b\\c\nd"), ("node", "n")], 1.0);
         let text = exposition.finish();
-        assert!(text.contains("# HELP larder_up a \\\\ help\\nline\n"), "{text}");
+        assert!(
+            text.contains("# HELP larder_up a \\\\ help\\nline\n"),
+            "{text}"
+        );
         assert!(
             text.contains("larder_up{container=\"a\\\"b\\\\c\\nd\",node=\"n\"} 1\n"),
             "{text}"

@@ -193,7 +193,12 @@ impl OpsProbe for DispatchProbe {
 
 impl DispatchProbe {
     /// The dispatcher's counters and its back-ends as the health thread last published them (module [`planes`]).
-    fn figures(&self) -> (larder_dispatch::CountersSnapshot, Vec<larder_dispatch::BackendStatus>) {
+    fn figures(
+        &self,
+    ) -> (
+        larder_dispatch::CountersSnapshot,
+        Vec<larder_dispatch::BackendStatus>,
+    ) {
         (self.handle.counters(), self.handle.published_backends())
     }
 }

@@ -16,11 +16,30 @@ use serde_json::{json, Value};
 use super::shards;
 
 /// The dispatcher's families (besides the runtime's per-shard ones).
-pub fn write_dispatch(out: &mut Exposition, counters: &CountersSnapshot, backends: &[BackendStatus]) {
+pub fn write_dispatch(
+    out: &mut Exposition,
+    counters: &CountersSnapshot,
+    backends: &[BackendStatus],
+) {
     let totals: [(&str, Kind, &str, u64); 3] = [
-        ("larder_dispatch_requests", Kind::Counter, "Requests the dispatcher took.", counters.requests),
-        ("larder_dispatch_retries", Kind::Counter, "Requests retried on another back-end.", counters.retries),
-        ("larder_dispatch_backends_marked_down", Kind::Counter, "Times a back-end was marked down by health checks.", counters.backends_marked_down),
+        (
+            "larder_dispatch_requests",
+            Kind::Counter,
+            "Requests the dispatcher took.",
+            counters.requests,
+        ),
+        (
+            "larder_dispatch_retries",
+            Kind::Counter,
+            "Requests retried on another back-end.",
+            counters.retries,
+        ),
+        (
+            "larder_dispatch_backends_marked_down",
+            Kind::Counter,
+            "Times a back-end was marked down by health checks.",
+            counters.backends_marked_down,
+        ),
     ];
     for (name, kind, help, value) in totals {
         out.family(name, kind, help).sample(&[], value as f64);
@@ -39,11 +58,36 @@ pub fn write_dispatch(out: &mut Exposition, counters: &CountersSnapshot, backend
     }
     type BackendRow = (&'static str, Kind, &'static str, fn(&BackendStatus) -> f64);
     const ROWS: &[BackendRow] = &[
-        ("larder_backend_requests", Kind::Counter, "Requests started on the back-end (tries and retries).", |b| b.requests as f64),
-        ("larder_backend_in_flight", Kind::Gauge, "Requests in flight on the back-end.", |b| b.in_flight as f64),
-        ("larder_backend_up", Kind::Gauge, "1 if health checks and the control plane find the back-end up.", |b| f64::from(u8::from(!b.down && !b.control_down))),
-        ("larder_backend_drained", Kind::Gauge, "1 if the back-end is drained (takes no new requests).", |b| f64::from(u8::from(b.drained))),
-        ("larder_backend_weight", Kind::Gauge, "The back-end's weight.", |b| b.weight as f64),
+        (
+            "larder_backend_requests",
+            Kind::Counter,
+            "Requests started on the back-end (tries and retries).",
+            |b| b.requests as f64,
+        ),
+        (
+            "larder_backend_in_flight",
+            Kind::Gauge,
+            "Requests in flight on the back-end.",
+            |b| b.in_flight as f64,
+        ),
+        (
+            "larder_backend_up",
+            Kind::Gauge,
+            "1 if health checks and the control plane find the back-end up.",
+            |b| f64::from(u8::from(!b.down && !b.control_down)),
+        ),
+        (
+            "larder_backend_drained",
+            Kind::Gauge,
+            "1 if the back-end is drained (takes no new requests).",
+            |b| f64::from(u8::from(b.drained)),
+        ),
+        (
+            "larder_backend_weight",
+            Kind::Gauge,
+            "The back-end's weight.",
+            |b| b.weight as f64,
+        ),
     ];
     for (name, kind, help, value) in ROWS {
         let mut family = out.family(name, *kind, help);
@@ -84,28 +128,68 @@ pub fn dispatch_status(
 /// The control plane's families.
 pub fn write_control(out: &mut Exposition, stats: &ControlStats) {
     let load = &stats.load;
-    let mut nodes = out.family("larder_control_nodes", Kind::Gauge, "Nodes registered, by state.");
+    let mut nodes = out.family(
+        "larder_control_nodes",
+        Kind::Gauge,
+        "Nodes registered, by state.",
+    );
     nodes.sample(&[("state", "up")], f64::from(load.nodes_up));
     nodes.sample(&[("state", "down")], f64::from(load.nodes_down));
     let totals: [(&str, Kind, &str, u64); 3] = [
-        ("larder_control_reports_received", Kind::Counter, "Load reports received from nodes.", load.reports_received),
-        ("larder_control_steering_version", Kind::Gauge, "Version of the steering pushed to nodes.", stats.steering_version),
-        ("larder_control_assignment_batches", Kind::Counter, "Assign calls answered (a node's batch of targets each).", stats.assignment_batches),
+        (
+            "larder_control_reports_received",
+            Kind::Counter,
+            "Load reports received from nodes.",
+            load.reports_received,
+        ),
+        (
+            "larder_control_steering_version",
+            Kind::Gauge,
+            "Version of the steering pushed to nodes.",
+            stats.steering_version,
+        ),
+        (
+            "larder_control_assignment_batches",
+            Kind::Counter,
+            "Assign calls answered (a node's batch of targets each).",
+            stats.assignment_batches,
+        ),
     ];
     for (name, kind, help, value) in totals {
         out.family(name, kind, help).sample(&[], value as f64);
     }
-    let mut up = out.family("larder_control_node_up", Kind::Gauge, "1 if the node reports in time.");
+    let mut up = out.family(
+        "larder_control_node_up",
+        Kind::Gauge,
+        "1 if the node reports in time.",
+    );
     for node in &load.nodes {
-        up.sample(&[("node", &node.info.node_id.0)], f64::from(u8::from(node.state == NodeState::Up)));
+        up.sample(
+            &[("node", &node.info.node_id.0)],
+            f64::from(u8::from(node.state == NodeState::Up)),
+        );
     }
-    let mut reports = out.family("larder_control_node_reports_received", Kind::Counter, "Load reports received from the node.");
+    let mut reports = out.family(
+        "larder_control_node_reports_received",
+        Kind::Counter,
+        "Load reports received from the node.",
+    );
     for node in &load.nodes {
-        reports.sample(&[("node", &node.info.node_id.0)], node.reports_received as f64);
+        reports.sample(
+            &[("node", &node.info.node_id.0)],
+            node.reports_received as f64,
+        );
     }
-    let mut rate = out.family("larder_control_node_requests_per_second", Kind::Gauge, "Requests per second the node last reported (all shards).");
+    let mut rate = out.family(
+        "larder_control_node_requests_per_second",
+        Kind::Gauge,
+        "Requests per second the node last reported (all shards).",
+    );
     for node in &load.nodes {
-        rate.sample(&[("node", &node.info.node_id.0)], node.total.requests_per_second);
+        rate.sample(
+            &[("node", &node.info.node_id.0)],
+            node.total.requests_per_second,
+        );
     }
 }
 

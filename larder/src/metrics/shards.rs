@@ -23,41 +23,179 @@ const MICROS_PER_SECOND: f64 = 1e6;
 
 /// Per-shard figures of the runtime (label `shard`).
 pub const RUNTIME_COUNTERS: &[Row<ShardStats>] = &[
-    ("larder_shard_busy_seconds", Kind::Counter, "CPU time the shard's thread used (user + system).", |s| s.busy_us as f64 / MICROS_PER_SECOND),
-    ("larder_shard_idle_seconds", Kind::Counter, "Wall time the shard's thread did not use CPU (parked in the kernel).", |s| s.idle_us as f64 / MICROS_PER_SECOND),
-    ("larder_shard_loop_turns", Kind::Counter, "Turns of the shard's scheduler loop.", |s| s.loop_turns as f64),
-    ("larder_shard_tasks_spawned", Kind::Counter, "Tracked tasks spawned on the shard.", |s| s.tasks_spawned as f64),
-    ("larder_shard_tasks_polled", Kind::Counter, "Polls of the shard's tracked tasks.", |s| s.tasks_polled as f64),
-    ("larder_shard_timers_armed", Kind::Counter, "Timers armed on the shard's timer wheel.", |s| s.timers_armed as f64),
-    ("larder_shard_timers_active", Kind::Gauge, "Timers in the shard's wheel now.", |s| s.timers_active as f64),
-    ("larder_shard_mesh_sent_messages", Kind::Counter, "Mesh messages the shard sent to other shards.", |s| s.mesh_sent as f64),
-    ("larder_shard_mesh_received_messages", Kind::Counter, "Mesh messages the shard received from other shards.", |s| s.mesh_received as f64),
-    ("larder_shard_mesh_refused_messages", Kind::Counter, "Mesh sends refused because the destination queue was full.", |s| s.mesh_refused_full as f64),
-    ("larder_shard_mesh_queued_messages", Kind::Gauge, "Messages waiting in the shard's incoming queues.", |s| s.queue_depths.iter().sum::<usize>() as f64),
+    (
+        "larder_shard_busy_seconds",
+        Kind::Counter,
+        "CPU time the shard's thread used (user + system).",
+        |s| s.busy_us as f64 / MICROS_PER_SECOND,
+    ),
+    (
+        "larder_shard_idle_seconds",
+        Kind::Counter,
+        "Wall time the shard's thread did not use CPU (parked in the kernel).",
+        |s| s.idle_us as f64 / MICROS_PER_SECOND,
+    ),
+    (
+        "larder_shard_loop_turns",
+        Kind::Counter,
+        "Turns of the shard's scheduler loop.",
+        |s| s.loop_turns as f64,
+    ),
+    (
+        "larder_shard_tasks_spawned",
+        Kind::Counter,
+        "Tracked tasks spawned on the shard.",
+        |s| s.tasks_spawned as f64,
+    ),
+    (
+        "larder_shard_tasks_polled",
+        Kind::Counter,
+        "Polls of the shard's tracked tasks.",
+        |s| s.tasks_polled as f64,
+    ),
+    (
+        "larder_shard_timers_armed",
+        Kind::Counter,
+        "Timers armed on the shard's timer wheel.",
+        |s| s.timers_armed as f64,
+    ),
+    (
+        "larder_shard_timers_active",
+        Kind::Gauge,
+        "Timers in the shard's wheel now.",
+        |s| s.timers_active as f64,
+    ),
+    (
+        "larder_shard_mesh_sent_messages",
+        Kind::Counter,
+        "Mesh messages the shard sent to other shards.",
+        |s| s.mesh_sent as f64,
+    ),
+    (
+        "larder_shard_mesh_received_messages",
+        Kind::Counter,
+        "Mesh messages the shard received from other shards.",
+        |s| s.mesh_received as f64,
+    ),
+    (
+        "larder_shard_mesh_refused_messages",
+        Kind::Counter,
+        "Mesh sends refused because the destination queue was full.",
+        |s| s.mesh_refused_full as f64,
+    ),
+    (
+        "larder_shard_mesh_queued_messages",
+        Kind::Gauge,
+        "Messages waiting in the shard's incoming queues.",
+        |s| s.queue_depths.iter().sum::<usize>() as f64,
+    ),
 ];
 
 /// Per-shard figures of a node (label `shard`).
 pub const NODE_COUNTERS: &[Row<ShardSnapshot>] = &[
-    ("larder_requests", Kind::Counter, "Requests answered (any status).", |s| s.requests as f64),
-    ("larder_sent_bytes", Kind::Counter, "Bytes written to clients.", |s| s.bytes_sent as f64),
-    ("larder_requests_active", Kind::Gauge, "Requests being answered now.", |s| s.requests_active as f64),
-    ("larder_connections_open", Kind::Gauge, "Client connections open now.", |s| s.connections_active as f64),
-    ("larder_connections_accepted", Kind::Counter, "Client connections accepted.", |s| s.connections_accepted as f64),
-    ("larder_connections_refused", Kind::Counter, "Connections answered 503 at accept (connections_max open).", |s| s.connections_refused as f64),
-    ("larder_header_timeouts", Kind::Counter, "Requests answered 408: the head did not arrive in time.", |s| s.header_timeouts as f64),
-    ("larder_handoffs_in", Kind::Counter, "Connections handed to this shard by another.", |s| s.handoffs_in as f64),
-    ("larder_handoffs_out", Kind::Counter, "Connections this shard handed to another.", |s| s.handoffs_out as f64),
-    ("larder_handoffs_refused", Kind::Counter, "Handoffs that could not be queued (served locally instead).", |s| s.handoffs_refused as f64),
-    ("larder_cache_hits", Kind::Counter, "Cache lookups that found the object.", |s| s.cache_hits as f64),
-    ("larder_cache_misses", Kind::Counter, "Cache lookups that did not.", |s| s.cache_misses as f64),
-    ("larder_cache_evictions", Kind::Counter, "Objects evicted from the shard's cache.", |s| s.cache_evictions as f64),
-    ("larder_cache_bytes", Kind::Gauge, "Bytes held in the shard's cache.", |s| s.cache_bytes as f64),
-    ("larder_cache_objects", Kind::Gauge, "Objects held in the shard's cache.", |s| s.cache_objects as f64),
-    ("larder_container_rejected_connections", Kind::Counter, "Connections answered 503 because their container was at its limit.", |s| s.container_rejections as f64),
+    (
+        "larder_requests",
+        Kind::Counter,
+        "Requests answered (any status).",
+        |s| s.requests as f64,
+    ),
+    (
+        "larder_sent_bytes",
+        Kind::Counter,
+        "Bytes written to clients.",
+        |s| s.bytes_sent as f64,
+    ),
+    (
+        "larder_requests_active",
+        Kind::Gauge,
+        "Requests being answered now.",
+        |s| s.requests_active as f64,
+    ),
+    (
+        "larder_connections_open",
+        Kind::Gauge,
+        "Client connections open now.",
+        |s| s.connections_active as f64,
+    ),
+    (
+        "larder_connections_accepted",
+        Kind::Counter,
+        "Client connections accepted.",
+        |s| s.connections_accepted as f64,
+    ),
+    (
+        "larder_connections_refused",
+        Kind::Counter,
+        "Connections answered 503 at accept (connections_max open).",
+        |s| s.connections_refused as f64,
+    ),
+    (
+        "larder_header_timeouts",
+        Kind::Counter,
+        "Requests answered 408: the head did not arrive in time.",
+        |s| s.header_timeouts as f64,
+    ),
+    (
+        "larder_handoffs_in",
+        Kind::Counter,
+        "Connections handed to this shard by another.",
+        |s| s.handoffs_in as f64,
+    ),
+    (
+        "larder_handoffs_out",
+        Kind::Counter,
+        "Connections this shard handed to another.",
+        |s| s.handoffs_out as f64,
+    ),
+    (
+        "larder_handoffs_refused",
+        Kind::Counter,
+        "Handoffs that could not be queued (served locally instead).",
+        |s| s.handoffs_refused as f64,
+    ),
+    (
+        "larder_cache_hits",
+        Kind::Counter,
+        "Cache lookups that found the object.",
+        |s| s.cache_hits as f64,
+    ),
+    (
+        "larder_cache_misses",
+        Kind::Counter,
+        "Cache lookups that did not.",
+        |s| s.cache_misses as f64,
+    ),
+    (
+        "larder_cache_evictions",
+        Kind::Counter,
+        "Objects evicted from the shard's cache.",
+        |s| s.cache_evictions as f64,
+    ),
+    (
+        "larder_cache_bytes",
+        Kind::Gauge,
+        "Bytes held in the shard's cache.",
+        |s| s.cache_bytes as f64,
+    ),
+    (
+        "larder_cache_objects",
+        Kind::Gauge,
+        "Objects held in the shard's cache.",
+        |s| s.cache_objects as f64,
+    ),
+    (
+        "larder_container_rejected_connections",
+        Kind::Counter,
+        "Connections answered 503 because their container was at its limit.",
+        |s| s.container_rejections as f64,
+    ),
 ];
 
 /// Status classes of `larder_responses_total{class}`.
-const CLASSES: [(&str, fn(&ShardSnapshot) -> u64); 5] = [
+/// A status class and its counter.
+type Class = (&'static str, fn(&ShardSnapshot) -> u64);
+
+const CLASSES: [Class; 5] = [
     ("1xx", |s| s.responses_1xx),
     ("2xx", |s| s.responses_2xx),
     ("3xx", |s| s.responses_3xx),
@@ -118,7 +256,10 @@ pub fn write_node(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardS
     );
     for (shard, snapshot) in &shards {
         for (class, count) in CLASSES {
-            responses.sample(&[("shard", shard), ("class", class)], count(snapshot) as f64);
+            responses.sample(
+                &[("shard", shard), ("class", class)],
+                count(snapshot) as f64,
+            );
         }
     }
     let bounds: Vec<f64> = LATENCY_BUCKETS_US
@@ -133,7 +274,12 @@ pub fn write_node(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardS
     for (shard, snapshot) in &shards {
         let histogram = snapshot.latency;
         let sum_seconds = histogram.sum_us as f64 / MICROS_PER_SECOND;
-        latency.histogram(&[("shard", shard)], &bounds, &histogram.buckets, sum_seconds);
+        latency.histogram(
+            &[("shard", shard)],
+            &bounds,
+            &histogram.buckets,
+            sum_seconds,
+        );
     }
     write_containers(out, figures, runtime);
 }
@@ -141,21 +287,59 @@ pub fn write_node(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardS
 /// Per container per shard (labels `shard`, `container`).
 fn write_containers(out: &mut Exposition, figures: &NodeFigures, runtime: &[ShardStats]) {
     let (names, requests) = (&figures.container_names, &figures.container_requests);
-    type ContainerRow = (&'static str, Kind, &'static str, fn(&larder_runtime::container::ContainerStats) -> f64);
+    type ContainerRow = (
+        &'static str,
+        Kind,
+        &'static str,
+        fn(&larder_runtime::container::ContainerStats) -> f64,
+    );
     const ROWS: &[ContainerRow] = &[
-        ("larder_container_cpu_seconds", Kind::Counter, "CPU time charged to the container on the shard.", |c| c.cpu_ns as f64 / 1e9),
-        ("larder_container_tasks_queued", Kind::Gauge, "Tasks of the container ready to run (queued work).", |c| c.tasks_queued as f64),
-        ("larder_container_tasks_active", Kind::Gauge, "Tasks (connections) of the container alive.", |c| c.tasks_active as f64),
-        ("larder_container_rejections", Kind::Counter, "Spawns refused by the container's limit (each answered 503).", |c| c.rejections as f64),
-        ("larder_container_throttles", Kind::Counter, "Times the container's CPU cap held it back.", |c| c.throttles as f64),
-        ("larder_container_shares", Kind::Gauge, "The container's CPU shares.", |c| c.shares as f64),
+        (
+            "larder_container_cpu_seconds",
+            Kind::Counter,
+            "CPU time charged to the container on the shard.",
+            |c| c.cpu_ns as f64 / 1e9,
+        ),
+        (
+            "larder_container_tasks_queued",
+            Kind::Gauge,
+            "Tasks of the container ready to run (queued work).",
+            |c| c.tasks_queued as f64,
+        ),
+        (
+            "larder_container_tasks_active",
+            Kind::Gauge,
+            "Tasks (connections) of the container alive.",
+            |c| c.tasks_active as f64,
+        ),
+        (
+            "larder_container_rejections",
+            Kind::Counter,
+            "Spawns refused by the container's limit (each answered 503).",
+            |c| c.rejections as f64,
+        ),
+        (
+            "larder_container_throttles",
+            Kind::Counter,
+            "Times the container's CPU cap held it back.",
+            |c| c.throttles as f64,
+        ),
+        (
+            "larder_container_shares",
+            Kind::Gauge,
+            "The container's CPU shares.",
+            |c| c.shares as f64,
+        ),
     ];
     for (name, kind, help, value) in ROWS {
         let mut family = out.family(name, *kind, help);
         for shard in runtime {
             let label = shard.shard.0.to_string();
             for container in &shard.containers {
-                family.sample(&[("shard", &label), ("container", &container.name)], value(container));
+                family.sample(
+                    &[("shard", &label), ("container", &container.name)],
+                    value(container),
+                );
             }
         }
     }
@@ -225,7 +409,12 @@ pub fn node_status(title: String, reader: &StatsReader, runtime: &[ShardStats]) 
             }));
         }
     }
-    hot.sort_by(|a, b| b["req_per_s"].as_f64().partial_cmp(&a["req_per_s"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+    hot.sort_by(|a, b| {
+        b["req_per_s"]
+            .as_f64()
+            .partial_cmp(&a["req_per_s"].as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     hot.truncate(HOT_TARGETS_SHOWN);
     let total = stats.total(|s| s.requests);
     let p99 = {

@@ -64,7 +64,7 @@ pub(super) fn shard_thread<M, F, Fut>(
         run_shard(seed, config, init, shutdown.clone(), &events)
     }));
     let outcome = match result {
-        Ok(Ok(exit)) => Outcome::Exited(exit),
+        Ok(Ok(exit)) => Outcome::Exited(Box::new(exit)),
         Ok(Err(reason)) => Outcome::StartupFailed(reason),
         Err(payload) => {
             let message = panic_message(payload.as_ref());
