@@ -59,9 +59,10 @@ pub use assign_client::{
 };
 pub use client::{CtlClient, CtlError};
 pub use server::{
-    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ManualClock, SystemClock,
+    Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ControlStats,
+    ControlStatsReader, ManualClock, SystemClock,
 };
 pub use state::{
-    Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo, NodeSteering,
-    ShardId, ShardLoad, Steering, TargetLoad,
+    ClusterLoad, Container, ContainerLimits, ContainerLoad, ContainerName, NodeId, NodeInfo,
+    NodeState, NodeSteering, NodeView, ShardId, ShardLoad, Steering, TargetLoad,
 };

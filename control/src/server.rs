@@ -69,7 +69,8 @@ use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
 use crate::state::{
-    validate_node_id, ClusterState, Container, NodeId, StateConfig, StateError, Steering, NODES_MAX,
+    validate_node_id, ClusterLoad, ClusterState, Container, NodeId, StateConfig, StateError, Steering,
+    NODES_MAX,
 };
 
 /// Default interval of node load reports.
@@ -224,6 +225,8 @@ struct Shared {
     assign_ttl_ms: u64,
     store: Option<StateFile>,
     reloads: crate::reload::ReloadRelay,
+    /// `Assign` calls answered (a node's batch of targets each), for the metrics.
+    assignment_batches: std::sync::atomic::AtomicU64,
 }
 
 /// What happens to a settings change when the state file cannot be written (module docs, "State file").
@@ -618,6 +621,9 @@ impl NodeService for NodeServiceImpl {
         // Assign never changes the steering version: no publish, no down detection
         // (the sweeper runs it every report interval).
         let outcome = self.0.lock().assign(now, &id, request.targets);
+        self.0
+            .assignment_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let assignments = outcome.map_err(|error| match error {
             AssignError::State(error) => convert::status(error),
             AssignError::NoLiveNode => Status::unavailable(error.to_string()),
@@ -681,6 +687,42 @@ impl NodeService for NodeServiceImpl {
     }
 }
 
+/// What the control plane's metrics show: the cluster as `GetCluster` sees it, the steering version, and the
+/// `Assign` batches answered.
+#[derive(Clone, Debug)]
+pub struct ControlStats {
+    pub load: ClusterLoad,
+    pub steering_version: u64,
+    pub assignment_batches: u64,
+}
+
+/// Reads [`ControlStats`] from any thread. Each read takes the cluster state's lock once (as a gRPC query does):
+/// the control plane's handlers take it, no data-plane shard does.
+#[derive(Clone)]
+pub struct ControlStatsReader(Arc<Shared>);
+
+impl std::fmt::Debug for ControlStatsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlStatsReader")
+    }
+}
+
+impl ControlStatsReader {
+    pub fn stats(&self) -> ControlStats {
+        let (load, steering_version) = self
+            .0
+            .read(|state, now| (state.cluster_load(now), state.version()));
+        ControlStats {
+            load,
+            steering_version,
+            assignment_batches: self
+                .0
+                .assignment_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Entry point: runs a control plane on its own thread.
 #[derive(Debug)]
 pub struct ControlPlane;
@@ -735,6 +777,11 @@ impl ControlHandle {
     /// The bearer token the next call is checked against (see [`crate::auth`]).
     pub fn set_token(&self, token: Option<String>) {
         self.shared.auth.set_token(token);
+    }
+
+    /// A reader of the control plane's figures for its metrics listener (any thread).
+    pub fn stats_reader(&self) -> ControlStatsReader {
+        ControlStatsReader(Arc::clone(&self.shared))
     }
 
     /// Stops gracefully (see the module docs) and waits for the thread.
@@ -910,6 +957,7 @@ async fn serve(
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
         store,
         reloads: crate::reload::ReloadRelay::default(),
+        assignment_batches: std::sync::atomic::AtomicU64::new(0),
     });
 
     let reflection_v1 = reflection_builder()

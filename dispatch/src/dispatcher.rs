@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     /// Back-ends that take requests (not down, not drained), as of the health thread's last round: what a
     /// readiness probe reads without taking the balancer's lock.
     usable_backends: AtomicUsize,
+    /// The back-ends' status as of the health thread's last round: what the metrics read, so that a scrape never
+    /// takes the balancer's lock (the shards take it per request). Taken once per round and once per read.
+    published_backends: Mutex<Vec<BackendStatus>>,
 }
 
 impl Shared {
@@ -84,13 +87,16 @@ impl Shared {
 
     /// Counts the back-ends that take requests and publishes the count (the health thread, once per round).
     pub(crate) fn publish_usable_backends(&self) {
-        let usable = self
-            .balancer()
-            .status()
+        let status = self.balancer().status();
+        let usable = status
             .iter()
             .filter(|backend| !backend.down && !backend.control_down && !backend.drained)
             .count();
         self.usable_backends.store(usable, Ordering::Relaxed);
+        *self
+            .published_backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = status;
     }
 
     /// Records a health verdict about the back-end at `addr` and logs a change.
@@ -187,6 +193,16 @@ impl DispatchHandle {
         self.shared.balancer().status()
     }
 
+    /// Every back-end as of the health thread's last round (every `health_interval_ms`), without the balancer's
+    /// lock: for metrics.
+    pub fn published_backends(&self) -> Vec<BackendStatus> {
+        self.shared
+            .published_backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     pub fn counters(&self) -> CountersSnapshot {
         self.shared.counters.snapshot()
     }
@@ -239,6 +255,7 @@ impl Dispatcher {
             counters: Counters::default(),
             listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
             usable_backends: AtomicUsize::new(0),
+            published_backends: Mutex::new(Vec::new()),
             config,
         });
         shared.publish_usable_backends();

@@ -20,6 +20,7 @@ use larder_control::{ControlConfig, ControlHandle, ControlPlane};
 use larder_lard::{PolicyConfig, PolicyKind};
 use serde::Deserialize;
 
+use crate::metrics::{self, ControlProbe, Stopping};
 use crate::signals::Signals;
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +50,13 @@ pub struct ControlArgs {
     /// start (a bad file stops the start), rewritten atomically after every change, created at the first one.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+    /// Address of the operations listener (`/metrics`, the status page `/` with the nodes, `/healthz`, `/readyz`)
+    /// [default: 127.0.0.1:9182; if taken, none runs].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
+    metrics: Option<String>,
+    /// Do not start the operations listener.
+    #[arg(long = "no-metrics")]
+    no_metrics: bool,
 }
 
 /// The settings of `larder control`: defaults, then the file, then the flags.
@@ -181,12 +189,28 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     config.down_after_intervals = running.down_after_intervals;
     config.policy = PolicyConfig::new(running.policy);
     config.state_file = args.state.clone();
+    let metrics = metrics::bind(
+        args.no_metrics,
+        args.metrics.as_deref(),
+        metrics::CONTROL_METRICS_DEFAULT,
+    )?;
     let signals = Signals::block()?;
     let plane = ControlPlane::spawn(config).context("starting the control plane")?;
     println!("larder control: listening on {}", plane.local_addr());
+    let stopping = Stopping::default();
+    let probe = ControlProbe {
+        stats: plane.stats_reader(),
+        stopping: stopping.clone(),
+        title: format!("larder control {}", plane.local_addr()),
+    };
+    let metrics = metrics::start(metrics, probe)?;
     let signal = signals.run_until_stopped(|| reload(&args, &mut running, &plane));
     tracing::info!(signal, "stopping the control plane");
+    stopping.set();
     plane.shutdown().context("stopping the control plane")?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -203,6 +227,8 @@ mod tests {
             policy: None,
             config,
             state: None,
+            metrics: None,
+            no_metrics: false,
         }
     }
 

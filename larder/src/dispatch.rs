@@ -48,7 +48,7 @@ pub struct DispatchArgs {
     /// Requests in flight to one back-end before 503 + Retry-After [default: 1024].
     #[arg(long = "pending-max", value_name = "N")]
     pending_max: Option<u32>,
-    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9181; if taken, none
+    /// Address of the operations listener (`/metrics`, the status page `/`, `/healthz`, `/readyz`) [default: 127.0.0.1:9181; if taken, none
     /// runs].
     #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
     metrics: Option<String>,
@@ -364,6 +364,7 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         shards: dispatcher.runtime_stats_handles(),
         stopping: stopping.clone(),
         handle: dispatcher.handle(),
+        title: format!("larder dispatch {}", dispatcher.local_addr()),
     };
     let metrics = metrics::start(metrics, probe)?;
     let handle = dispatcher.handle();

@@ -456,6 +456,7 @@ mod tests {
             addr: addr(port),
             weight: 1,
             in_flight: 0,
+            requests: 0,
             external_load: 0,
             drained: false,
             down: false,

@@ -80,7 +80,7 @@ pub struct ServeArgs {
     /// and this one exits 2.
     #[arg(long = "take-over", value_name = "PATH")]
     take_over: Option<PathBuf>,
-    /// Address of the health and metrics listener (`GET /healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
+    /// Address of the operations listener (`/metrics`, the status page `/`, `/healthz`, `/readyz`) [default: 127.0.0.1:9180; if taken, none
     /// runs].
     #[arg(long, value_name = "IP:PORT", conflicts_with = "no_metrics")]
     metrics: Option<String>,
@@ -330,6 +330,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stopping = Stopping::default();
     let probe = ServeProbe {
         shards: node.runtime_stats_handles(),
+        node: node.stats_reader(),
+        title: format!("larder serve {}", node.local_addr()),
         stopping: stopping.clone(),
         joined: match (&control, link.agent_stats_reader()) {
             (ControlMode::Join(addr), Some(agent)) => Some((agent, *addr)),

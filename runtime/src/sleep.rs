@@ -42,6 +42,8 @@ struct State {
     target_ns: Cell<u64>,
     driver: RefCell<Option<Waker>>,
     expired: RefCell<Vec<Waker>>,
+    /// Timers armed since the shard started (published with the statistics).
+    armed_total: Cell<u64>,
 }
 
 /// The shard's timer facility: a cheap `Rc` handle; clone it into tasks.
@@ -69,6 +71,7 @@ impl ShardTimers {
                 target_ns: Cell::new(u64::MAX),
                 driver: RefCell::new(None),
                 expired: RefCell::new(Vec::new()),
+                armed_total: Cell::new(0),
             }),
         })
     }
@@ -86,6 +89,11 @@ impl ShardTimers {
     /// Armed timers.
     pub fn armed(&self) -> usize {
         self.state.wheel.borrow().len()
+    }
+
+    /// Timers armed since the shard started (a counter: only grows).
+    pub fn armed_total(&self) -> u64 {
+        self.state.armed_total.get()
     }
 
     /// Resolves `duration` from now.
@@ -154,6 +162,7 @@ impl ShardTimers {
 
     fn arm(&self, deadline_ns: u64, waker: Waker) -> Result<TimerId, TimerError> {
         let id = self.state.wheel.borrow_mut().insert(deadline_ns, waker)?;
+        self.state.armed_total.set(self.state.armed_total.get() + 1);
         if deadline_ns < self.state.target_ns.get() {
             // The driver sleeps too long for this timer: make it recompute its target (driving step 3).
             self.state.target_ns.set(deadline_ns);

@@ -12,6 +12,8 @@
 //! - Per-container accounting (from the shard's container scheduler) is copied into a `Mutex<Vec<_>>` at the same
 //!   sampling points; the lock is taken once per interval by the shard and once per snapshot by the reader, never
 //!   per task or per message.
+//! - Loop turns and timers armed are plain `Cell` counters of the shard's scheduler and timer wheel (not even an
+//!   atomic on the hot path), copied into the cell at each sample like the CPU time: as stale as it.
 //! - Incoming queue depths are read at snapshot time straight from the mesh's bounded channels (`len()`).
 //!
 //! Invariants: counters only grow; `tasks_completed <= tasks_spawned`; `busy_us <= wall_us` up to sampling skew
@@ -64,6 +66,9 @@ pub(crate) struct StatsCell {
     pub(crate) control_received: AtomicU64,
     cpu_user_us: AtomicU64,
     cpu_system_us: AtomicU64,
+    loop_turns: AtomicU64,
+    timers_armed: AtomicU64,
+    timers_active: AtomicU64,
     /// Microseconds from `started` to the last sample: the shard's heartbeat (see [`ShardLiveness`]).
     sampled_us: AtomicU64,
     /// Set once by the shard thread as its very last act (after a clean exit, a failed start or a panic).
@@ -118,6 +123,12 @@ pub struct ShardStats {
     pub mesh_refused_full: u64,
     /// Messages received from the control plane.
     pub control_received: u64,
+    /// Turns of the shard's scheduler loop, as of the last sample.
+    pub loop_turns: u64,
+    /// Timers armed since the shard started, as of the last sample.
+    pub timers_armed: u64,
+    /// Timers armed now (in the wheel), as of the last sample.
+    pub timers_active: u64,
     /// Messages waiting in this shard's incoming queues: index 0 is the control queue, index 1 + i is from shard i.
     pub queue_depths: Vec<usize>,
     /// Per-container accounting from the shard's container scheduler, as of the last sample.
@@ -140,6 +151,9 @@ impl StatsCell {
             control_received: AtomicU64::new(0),
             cpu_user_us: AtomicU64::new(0),
             cpu_system_us: AtomicU64::new(0),
+            loop_turns: AtomicU64::new(0),
+            timers_armed: AtomicU64::new(0),
+            timers_active: AtomicU64::new(0),
             sampled_us: AtomicU64::new(0),
             exited: AtomicBool::new(false),
             containers: Mutex::new(Vec::new()),
@@ -170,6 +184,13 @@ impl StatsCell {
         }
         let now_us = self.started.elapsed().as_micros() as u64;
         self.sampled_us.store(now_us, Ordering::Relaxed);
+    }
+
+    /// Publishes the loop's counters (sampled by the shard with its CPU time).
+    pub(crate) fn publish_loop(&self, loop_turns: u64, timers_armed: u64, timers_active: u64) {
+        self.loop_turns.store(loop_turns, Ordering::Relaxed);
+        self.timers_armed.store(timers_armed, Ordering::Relaxed);
+        self.timers_active.store(timers_active, Ordering::Relaxed);
     }
 
     /// The shard thread has ended (called once, last, by the thread itself).
@@ -236,6 +257,9 @@ impl StatsHandle {
             mesh_received: load(&c.mesh_received),
             mesh_refused_full: load(&c.mesh_refused_full),
             control_received: load(&c.control_received),
+            loop_turns: load(&c.loop_turns),
+            timers_armed: load(&c.timers_armed),
+            timers_active: load(&c.timers_active),
             queue_depths: (c.queue_depths)(),
             containers: c
                 .containers

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod exposition;
 pub mod http;
 pub mod node;
 pub mod ops;

@@ -1,8 +1,10 @@
 //! The operations listener: a small HTTP/1.1 endpoint beside the data plane for orchestrators and monitoring.
 //! `GET /healthz` answers whether the process and its shards are alive (a liveness probe), `GET /readyz` whether
 //! it should get traffic (a readiness probe); `larder serve` and `larder dispatch` each run one (`--metrics ADDR`,
-//! `--no-metrics`). Issue 15 adds `/metrics` here: a route is one arm of [`route`] and, if it needs the node, one
-//! method of [`OpsProbe`].
+//! `--no-metrics`; `larder control` too). `GET /metrics` answers the process's metrics in Prometheus' text format
+//! or OpenMetrics ([`crate::exposition`], negotiated with `Accept`), `GET /` a status page (one HTML file,
+//! `ops_status.html`, no external assets) that fetches `GET /status.json` every second and draws it. A route is
+//! one arm of [`route`] and, if it needs the process's state, one method of [`OpsProbe`].
 //!
 //! # Why plain threads, reading only published state
 //! A probe matters most when the shards are in trouble, and must never cost a shard anything. So the listener runs
@@ -17,7 +19,8 @@
 //! 2. A thread per connection reads the request head: at most [`REQUEST_BYTES_MAX`] bytes, all within
 //!    [`TIMEOUT_MS`]; the body, if any, is not read.
 //! 3. It answers and closes (`Connection: close`): `GET`/`HEAD` `/healthz` or `/readyz` → 200 `ok` or 503 with the
-//!    reason as the body; another path → 404; another method → 405; a head that does not parse → 400; a head over
+//!    reason as the body; `/metrics`, `/status.json`, `/` → 200 with the probe's figures (read from published
+//!    snapshots on this thread, at the request: nothing is cached, nothing is sent to a shard); another path → 404; another method → 405; a head that does not parse → 400; a head over
 //!    the limit → 431; a client silent past the deadline gets nothing.
 //!
 //! # Shutdown ([`OpsListener::shutdown`])
@@ -32,6 +35,8 @@
 //! | [`REQUEST_BYTES_MAX`] | 4 KiB request head | a probe's head is ~100 bytes |
 //! | [`TIMEOUT_MS`] | 2,000 ms per connection | Kubernetes' probe timeout is 1 s by default |
 //! | [`HEARTBEAT_STALE_MS`] | 10,000 ms | a shard samples every 100 ms; 100 missed samples mean a stuck loop |
+//! | `/metrics` size | ~6 KiB per shard, ~0.6 KiB per container per shard | written whole, then sent |
+//! | status page | 15 KiB of HTML; `/status.json` ~1 KiB per shard | the page keeps 60 samples of history |
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -41,6 +46,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use larder_runtime::StatsHandle;
+
+use crate::exposition::{Exposition, Format};
+
+/// The status page (`GET /`): it draws whatever `/status.json` holds (a node's shards, a dispatcher's back-ends,
+/// a control plane's nodes).
+pub const STATUS_PAGE_HTML: &str = include_str!("ops_status.html");
 
 /// Most connections open at once.
 pub const CONNECTIONS_MAX: usize = 16;
@@ -59,6 +70,12 @@ pub trait OpsProbe: Send + Sync + 'static {
     fn healthy(&self) -> Result<(), String>;
     /// Readiness: the process should get traffic now (a failure takes it out of a load balancer).
     fn ready(&self) -> Result<(), String>;
+    /// `GET /metrics`: writes the process's metric families (none by default).
+    fn metrics(&self, _out: &mut Exposition) {}
+    /// `GET /status.json`: the status page's document (a JSON object; `{}` by default).
+    fn status_json(&self) -> String {
+        "{}".to_string()
+    }
 }
 
 /// Liveness of a set of shards: every thread still running and every heartbeat younger than
@@ -283,6 +300,7 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, HeadE
 
 struct Answer {
     status: u16,
+    content_type: &'static str,
     body: String,
     /// `HEAD`: headers only.
     head_only: bool,
@@ -293,6 +311,7 @@ impl Answer {
     fn new(status: u16, body: impl Into<String>) -> Answer {
         Answer {
             status,
+            content_type: "text/plain; charset=utf-8",
             body: body.into(),
             head_only: false,
             allow: false,
@@ -314,9 +333,10 @@ impl Answer {
             ""
         };
         let mut bytes = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
              Cache-Control: no-store\r\n{allow}Connection: close\r\n\r\n",
             self.status,
+            self.content_type,
             self.body.len()
         )
         .into_bytes();
@@ -343,17 +363,39 @@ fn answer_for(head: &[u8], probe: &dyn OpsProbe) -> Answer {
         return answer;
     }
     let path = target.split('?').next().unwrap_or(target);
-    let mut answer = route(path, probe);
+    let accept = request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("accept"))
+        .and_then(|header| std::str::from_utf8(header.value).ok());
+    let mut answer = route(path, accept, probe);
     answer.head_only = head_only;
     answer
 }
 
 /// The routes.
-fn route(path: &str, probe: &dyn OpsProbe) -> Answer {
+fn route(path: &str, accept: Option<&str>, probe: &dyn OpsProbe) -> Answer {
+    let with_type = |content_type, body| Answer {
+        content_type,
+        ..Answer::new(200, body)
+    };
     let verdict = match path {
         "/healthz" => probe.healthy(),
         "/readyz" => probe.ready(),
-        _ => return Answer::new(404, "not found: /healthz, /readyz\n"),
+        "/metrics" => {
+            let mut exposition = Exposition::new(Format::negotiate(accept));
+            probe.metrics(&mut exposition);
+            let content_type = exposition.format().content_type();
+            return with_type(content_type, exposition.finish());
+        }
+        "/status.json" => return with_type("application/json", probe.status_json()),
+        "/" => return with_type("text/html; charset=utf-8", STATUS_PAGE_HTML.to_string()),
+        _ => {
+            return Answer::new(
+                404,
+                "not found: /, /status.json, /metrics, /healthz, /readyz\n",
+            )
+        }
     };
     match verdict {
         Ok(()) => Answer::new(200, "ok\n"),
@@ -392,6 +434,23 @@ mod tests {
         assert!(draining.starts_with("HTTP/1.1 503 "), "{draining}");
         assert!(draining.ends_with("\r\n\r\ndraining\n"), "{draining}");
         assert!(answer(&get("/metricz"), Ok(())).starts_with("HTTP/1.1 404 "));
+        let metrics = answer(&get("/metrics"), Ok(()));
+        assert!(
+            metrics.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{metrics}"
+        );
+        let openmetrics = answer(
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+            Ok(()),
+        );
+        assert!(
+            openmetrics.starts_with("HTTP/1.1 200 ") && openmetrics.ends_with("\r\n\r\n# EOF\n"),
+            "{openmetrics}"
+        );
+        let page = answer(&get("/"), Ok(()));
+        assert!(page.contains("Content-Type: text/html"), "{page}");
+        assert!(page.ends_with("</html>\n"), "the whole page");
+        assert!(answer(&get("/status.json"), Ok(())).ends_with("\r\n\r\n{}"));
         let post = answer("POST /readyz HTTP/1.1\r\n\r\n", Ok(()));
         assert!(
             post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD\r\n"),

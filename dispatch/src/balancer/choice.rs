@@ -130,6 +130,7 @@ impl Balancer {
             let state = &mut self.backends[backend.0 as usize];
             if state.in_flight < cap {
                 state.in_flight += 1;
+                state.requests += 1;
                 self.policy.on_start(ServerId(backend.0), target, now_ms);
                 return Some(Ticket {
                     backend,

@@ -47,6 +47,8 @@ pub(super) struct BackendState {
     pub(super) addr: SocketAddr,
     pub(super) weight: u32,
     pub(super) in_flight: u32,
+    /// Requests started on it since it was added (a counter for the metrics).
+    pub(super) requests: u64,
     /// Requests in flight that were started on a policy replaced since (`balancer` module docs, policy swap).
     pub(super) carried: u32,
     /// Load last reported from elsewhere (the control plane).
@@ -66,6 +68,7 @@ impl BackendState {
             addr,
             weight,
             in_flight: 0,
+            requests: 0,
             carried: 0,
             external_load: 0,
             drained: false,
@@ -84,6 +87,8 @@ pub struct BackendStatus {
     pub addr: SocketAddr,
     pub weight: u32,
     pub in_flight: u32,
+    /// Requests started on it since it was added (tries, retries included).
+    pub requests: u64,
     /// Load last set with [`crate::DispatchHandle::set_external_load`].
     pub external_load: u32,
     pub drained: bool,
@@ -189,6 +194,7 @@ impl Balancer {
                 addr: state.addr,
                 weight: state.weight,
                 in_flight: state.in_flight,
+                requests: state.requests,
                 external_load: state.external_load,
                 drained: state.drained,
                 down: state.down,

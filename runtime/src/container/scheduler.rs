@@ -26,7 +26,7 @@
 //!   `bench/micro`).
 //! - `stats`: O(containers), allocates the snapshot.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -104,6 +104,8 @@ pub(super) struct Shared<C> {
     pub(super) config: SchedulerConfig,
     pub(super) inbox: Arc<Inbox>,
     pub(super) state: RefCell<State>,
+    /// Turns of [`ContainerScheduler::run`] (the shard's loop turns), published with the statistics.
+    pub(super) loop_turns: Cell<u64>,
 }
 
 /// The per-shard container scheduler; a cheap `Rc` handle (clone it into tasks that spawn).
@@ -153,6 +155,7 @@ impl<C: Clock> ContainerScheduler<C> {
                 clock,
                 config,
                 inbox: Arc::new(Inbox::default()),
+                loop_turns: Cell::new(0),
                 state: RefCell::new(State {
                     containers: Vec::new(),
                     awake: Vec::new(),
@@ -305,6 +308,11 @@ impl<C: Clock> ContainerScheduler<C> {
         self.shared.inbox.wake_outer();
     }
 
+    /// Turns [`run`](Self::run) has taken (a counter: only grows).
+    pub fn loop_turns(&self) -> u64 {
+        self.shared.loop_turns.get()
+    }
+
     /// Runs the scheduler as one task of the shard's monoio runtime until [`stop`](Self::stop): turns
     /// ([`run_turn`](Self::run_turn)), a yield to monoio after each turn, a sleep (no spinning) when idle.
     ///
@@ -320,6 +328,7 @@ impl<C: Clock> ContainerScheduler<C> {
             if let Some(timers) = timers {
                 timers.fire_due();
             }
+            self.shared.loop_turns.set(self.shared.loop_turns.get() + 1);
             let turn = self.run_turn();
             if turn.polls > 0 || turn.anticipating {
                 YieldNow { yielded: false }.await;

@@ -64,7 +64,7 @@ pub(super) fn shard_thread<M, F, Fut>(
         run_shard(seed, config, init, shutdown.clone(), &events)
     }));
     let outcome = match result {
-        Ok(Ok(exit)) => Outcome::Exited(exit),
+        Ok(Ok(exit)) => Outcome::Exited(Box::new(exit)),
         Ok(Err(reason)) => Outcome::StartupFailed(reason),
         Err(payload) => {
             let message = panic_message(payload.as_ref());
@@ -231,6 +231,11 @@ where
         monoio::spawn(async move {
             loop {
                 stats.sample_thread_cpu();
+                stats.publish_loop(
+                    containers.loop_turns(),
+                    timers.armed_total(),
+                    timers.armed() as u64,
+                );
                 stats.publish_containers(containers.stats().containers);
                 if timers.sleep(interval).await.is_err() {
                     // The wheel is full: sample again after the next poll of this task rather than never.

@@ -158,7 +158,7 @@ impl<M: Send + 'static> ShardPool<M> {
                 Ok(Event::Exit { shard, outcome }) => {
                     reported[shard.index()] = true;
                     match outcome {
-                        Outcome::Exited(exit) => exits[shard.index()] = Some(exit),
+                        Outcome::Exited(exit) => exits[shard.index()] = Some(*exit),
                         Outcome::Panicked(message) => {
                             first_panic.get_or_insert((shard, message));
                         }

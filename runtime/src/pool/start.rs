@@ -57,7 +57,8 @@ pub(super) enum Event {
 }
 
 pub(super) enum Outcome {
-    Exited(ShardExit),
+    /// Boxed: a `ShardExit` carries the shard's final statistics (~200 bytes), the other variants a string.
+    Exited(Box<ShardExit>),
     StartupFailed(String),
     Panicked(String),
 }

@@ -69,6 +69,8 @@ pub(crate) struct Conn {
     routed: Option<TargetId>,
     /// Index of the container this connection's task runs in.
     pub container: usize,
+    /// When the current request's head was whole in `read` (the start of its latency; see `stats`).
+    head_at: std::time::Instant,
 }
 
 enum ReadEnd {
@@ -103,6 +105,7 @@ impl Conn {
             discard: 0,
             routed,
             container,
+            head_at: std::time::Instant::now(),
         }
     }
 }
@@ -179,7 +182,9 @@ pub(crate) async fn reject_over_limit(shard: Rc<Shard>, mut conn: Conn) {
 
 /// One request.
 async fn serve_one(shard: &Rc<Shard>, mut conn: Conn) -> Step {
-    match read_head(shard, &mut conn).await {
+    let read = read_head(shard, &mut conn).await;
+    conn.head_at = std::time::Instant::now();
+    match read {
         Ok(()) => {}
         Err(ReadEnd::Closed) => return Step::Close(conn),
         Err(ReadEnd::HeaderTimeout) => {
@@ -421,14 +426,10 @@ fn record(
 ) {
     let counters = &shard.counters;
     super::hot::record(shard, head.is_some(), status, &conn.path);
-    ShardCounters::add(&counters.requests, 1);
+    let latency_us = conn.head_at.elapsed().as_micros() as u64;
+    counters.record_response(status.code(), latency_us, conn.container);
     if let Some(sent) = sent {
         ShardCounters::add(&counters.bytes_sent, sent);
-    }
-    match status.code() {
-        400..=499 => ShardCounters::add(&counters.responses_4xx, 1),
-        500..=599 => ShardCounters::add(&counters.responses_5xx, 1),
-        _ => {}
     }
     if let Some(log) = shard.log.borrow_mut().as_mut() {
         log.record(&LogEntry {

@@ -75,7 +75,10 @@ use larder_runtime::Handoff;
 pub use access_log::{format_line, AccessLog, LogEntry};
 pub use hot::{HotCount, HotSketch, HotWindow};
 pub use reload::{ReloadError, ReloadReport};
-pub use stats::{NodeStats, ShardCounters, ShardSnapshot};
+pub use stats::{
+    quantile_of, LatencySnapshot, NodeStats, ShardCounters, ShardSnapshot, LATENCY_BUCKETS_US,
+    LATENCY_CELLS,
+};
 pub use steer::{
     ContainerLimits, NodeSteer, SchedulerLimits, ShardSteer, SteerError, DELIVERY_TIMEOUT,
 };
@@ -185,6 +188,18 @@ impl StatsReader {
     pub fn stats(&self) -> NodeStats {
         node_stats(&self.shared)
     }
+
+    /// The configured containers' names, by container index.
+    pub fn container_names(&self) -> Vec<String> {
+        let config = self.shared.config();
+        config.containers.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Per shard, requests answered per container (by container index).
+    pub fn container_requests(&self) -> Vec<Vec<u64>> {
+        let counters = &self.shared.counters;
+        counters.iter().map(|c| c.container_requests()).collect()
+    }
 }
 
 fn node_stats(shared: &NodeShared) -> NodeStats {
@@ -260,7 +275,7 @@ impl Node {
             policy_config: Mutex::new(PolicyConfig::new(config.policy)),
             listeners: listeners.into_iter().map(Mutex::new).collect(),
             counters: (0..shards)
-                .map(|_| Arc::new(ShardCounters::default()))
+                .map(|_| Arc::new(ShardCounters::new(config.containers.len())))
                 .collect(),
             origin: Instant::now(),
             shards,
