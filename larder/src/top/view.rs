@@ -375,7 +375,7 @@ impl Widget for &Screen<'_> {
         if targets_height < 3 {
             targets_height = 0; // a blank line and a header alone say nothing
         }
-        let cores_height = rest - targets_height;
+        let cores_height = (rest - targets_height).min(cores_needed);
         self.cores(
             Rect {
                 y: area.y + 2,
@@ -515,7 +515,7 @@ mod tests {
     #[test]
     fn a_wide_screen_shows_every_core_of_both_nodes_sorted_with_the_indicator() {
         let snapshot = two_nodes();
-        let lines = draw(&snapshot, &ViewState::default(), 140, 20);
+        let lines = draw(&snapshot, &ViewState::default(), 140, 40);
         let header = line_with(
             &lines,
             &[
@@ -551,7 +551,8 @@ mod tests {
         );
         let targets = line_with(&lines, &["HOTTEST TARGETS", "REQ/S", "SERVED BY"]);
         let index = line_with(&lines, &["/index.html", "1234", "node-a/0 node-b/1"]);
-        assert!(b1 < targets && targets < index, "targets below the cores");
+        assert_eq!(targets, b1 + 2, "the targets one blank line below the cores, not at the bottom");
+        assert!(targets < index);
         line_with(&lines, &["node:", "all", "node-a", "node-b"]);
         line_with(&lines, &["q quit", "Tab"]);
     }
