@@ -551,7 +551,11 @@ mod tests {
         );
         let targets = line_with(&lines, &["HOTTEST TARGETS", "REQ/S", "SERVED BY"]);
         let index = line_with(&lines, &["/index.html", "1234", "node-a/0 node-b/1"]);
-        assert_eq!(targets, b1 + 2, "the targets one blank line below the cores, not at the bottom");
+        assert_eq!(
+            targets,
+            b1 + 2,
+            "the targets one blank line below the cores, not at the bottom"
+        );
         assert!(targets < index);
         line_with(&lines, &["node:", "all", "node-a", "node-b"]);
         line_with(&lines, &["q quit", "Tab"]);
