@@ -297,6 +297,10 @@ impl Screen<'_> {
                 });
                 style = style.add_modifier(Modifier::UNDERLINED);
             }
+            let title = match column {
+                Column::Node | Column::Containers => Line::from(title),
+                _ => Line::from(title).right_aligned(), // over right-aligned figures
+            };
             Cell::from(title).style(style)
         }));
         let widths = columns.iter().map(|column| match column {
@@ -314,8 +318,12 @@ impl Screen<'_> {
     }
 
     fn targets(&self, area: Rect, buf: &mut Buffer) {
-        let header = Row::new(["HOTTEST TARGETS", "REQ/S", "SERVED BY (NODE/CORE)"])
-            .style(Style::default().add_modifier(Modifier::BOLD));
+        let header = Row::new([
+            Cell::from("HOTTEST TARGETS"),
+            Cell::from(Line::from("REQ/S").right_aligned()),
+            Cell::from("SERVED BY (NODE/CORE)"),
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD));
         let rows: Vec<Row> = if self.snapshot.targets.is_empty() {
             vec![Row::new(["(none reported)"])]
         } else {
@@ -334,9 +342,9 @@ impl Screen<'_> {
                 .collect()
         };
         let widths = [
-            Constraint::Fill(2),
-            Constraint::Length(9),
             Constraint::Fill(1),
+            Constraint::Length(9),
+            Constraint::Fill(2),
         ];
         Widget::render(
             Table::new(rows, widths).header(header).column_spacing(1),
@@ -394,7 +402,7 @@ impl Widget for &Screen<'_> {
         }
         if self.keys {
             Line::from(
-                "q quit  Tab/n next node  Shift-Tab/p previous  s/S sort column  c u r l h o sort by core, util, req/s, p99, hit, handoffs",
+                "q quit  Tab n p: node  s S: sort  c u r l h o: sort by core util req/s p99 hit handoffs",
             )
             .style(Style::default().add_modifier(Modifier::DIM))
             .render(line(area.height - 1), buf);
