@@ -613,22 +613,23 @@ pub(crate) mod tests {
         assert_eq!(names, vec![("web", 0.4), ("api", 0.3), ("batch", 0.1)]);
     }
 
+    /// Nodes of two cores with every counter at 0, in their first report at time 0.
+    pub(crate) fn idle_nodes(ids: &[&str]) -> Vec<NodeSample> {
+        ids.iter()
+            .map(|id| {
+                node(
+                    id,
+                    1,
+                    0,
+                    vec![load(0, 0, 0, 0, 0, 0), load(1, 0, 0, 0, 0, 0)],
+                )
+            })
+            .collect()
+    }
+
     fn two_nodes() -> Snapshot {
         let mut model = Model::default();
-        model.update(&sample(vec![
-            node(
-                "a",
-                1,
-                0,
-                vec![load(0, 0, 0, 0, 0, 0), load(1, 0, 0, 0, 0, 0)],
-            ),
-            node(
-                "b",
-                1,
-                0,
-                vec![load(0, 0, 0, 0, 0, 0), load(1, 0, 0, 0, 0, 0)],
-            ),
-        ]));
+        model.update(&sample(idle_nodes(&["a", "b"])));
         // 1 s later. utilisation: a/0 10%, a/1 90%, b/0 50%, b/1 50%; req/s: 300, 100, 200, 400.
         // b/1 did no cache lookups (hit ratio unknown).
         model.update(&sample(vec![

@@ -440,7 +440,7 @@ mod tests {
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
-    use super::super::model::tests::{load, node};
+    use super::super::model::tests::{idle_nodes, load, node};
     use super::super::model::{Model, Sample, TargetRow};
     use super::*;
 
@@ -460,20 +460,7 @@ mod tests {
             },
         ];
         model.update(&Sample {
-            nodes: vec![
-                node(
-                    "node-a",
-                    1,
-                    0,
-                    vec![load(0, 0, 0, 0, 0, 0), load(1, 0, 0, 0, 0, 0)],
-                ),
-                node(
-                    "node-b",
-                    1,
-                    0,
-                    vec![load(0, 0, 0, 0, 0, 0), load(1, 0, 0, 0, 0, 0)],
-                ),
-            ],
+            nodes: idle_nodes(&["node-a", "node-b"]),
             targets: targets.clone(),
         });
         let mut with_p99 = load(1, 4_000, 900_000, 90, 10, 7);
