@@ -56,6 +56,8 @@ fn report(node: usize, sequence: u64) -> pb::LoadReport {
                     ..ContainerLoad::default()
                 })
                 .collect(),
+            requests: sequence * 1_234,
+            latency_p99_us: Some(900),
         })
         .collect();
     convert::load_report_to_pb(&larder_control::state::LoadReport {

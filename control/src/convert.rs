@@ -96,6 +96,8 @@ pub fn shard_load(load: pb::ShardLoad) -> ShardLoad {
         cache_evictions: load.cache_evictions,
         handoffs: load.handoffs,
         cpu_time_us: load.cpu_time_us,
+        requests: load.requests,
+        latency_p99_us: load.latency_p99_us,
         containers: load
             .containers
             .into_iter()
@@ -125,6 +127,8 @@ pub fn shard_load_to_pb(load: &ShardLoad) -> pb::ShardLoad {
         cache_evictions: load.cache_evictions,
         handoffs: load.handoffs,
         cpu_time_us: load.cpu_time_us,
+        requests: load.requests,
+        latency_p99_us: load.latency_p99_us,
         containers: load
             .containers
             .iter()
@@ -414,6 +418,20 @@ mod tests {
         let back = super::container("container", Some(container_to_pb(&container)))
             .expect("a complete container");
         assert_eq!(back, container);
+    }
+
+    #[test]
+    fn shard_requests_and_latency_round_trip_and_an_absent_p99_stays_absent() {
+        let load = ShardLoad {
+            shard: ShardId(3),
+            requests: 12_345,
+            latency_p99_us: Some(850),
+            ..ShardLoad::default()
+        };
+        assert_eq!(shard_load(shard_load_to_pb(&load)), load);
+        let unmeasured = ShardLoad::default();
+        assert_eq!(shard_load_to_pb(&unmeasured).latency_p99_us, None);
+        assert_eq!(shard_load(shard_load_to_pb(&unmeasured)), unmeasured);
     }
 
     #[test]

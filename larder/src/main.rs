@@ -17,6 +17,7 @@ mod metrics;
 mod node_link;
 mod serve;
 mod signals;
+mod top;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,8 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a content-aware front-end dispatcher.
     Dispatch(dispatch::DispatchArgs),
+    /// A live per-core view of the cluster (or one snapshot with --once / --json).
+    Top(top::TopArgs),
 }
 
 /// The log of the long-running commands (`serve`, `control`, `dispatch`): to stderr, so stdout keeps only what
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Dispatch(args) => dispatch::run(args),
+        Command::Top(args) => top::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -439,6 +439,9 @@ impl NodeHooks for ServeHooks {
                     cache_evictions: shard.cache_evictions,
                     handoffs: shard.handoffs_out,
                     cpu_time_us: runtime.map_or(0, |runtime| runtime.busy_us),
+                    requests: shard.requests,
+                    // The node keeps no latency histogram yet: `larder top` shows "-".
+                    latency_p99_us: None,
                     containers: runtime
                         .map(|runtime| {
                             runtime

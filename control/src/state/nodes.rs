@@ -54,6 +54,8 @@ impl ShardLoad {
         self.cache_evictions += other.cache_evictions;
         self.handoffs += other.handoffs;
         self.cpu_time_us += other.cpu_time_us;
+        self.requests += other.requests;
+        // No latency percentile: percentiles of shards do not add up to the node's.
     }
 }
 

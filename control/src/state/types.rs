@@ -80,6 +80,10 @@ pub struct ShardLoad {
     pub handoffs: u64,
     pub cpu_time_us: u64,
     pub containers: Vec<ContainerLoad>,
+    /// Requests served since the node started.
+    pub requests: u64,
+    /// p99 request latency over the last report interval; `None` when the node does not measure it.
+    pub latency_p99_us: Option<u64>,
 }
 /// A hot target as one node sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
