@@ -775,8 +775,7 @@ fn throttled_container_resumes_when_its_budget_refills(driver: IoDriver) {
             })
             .unwrap();
         // (done, the waiting body's waker): set by the container task, awaited by the body below.
-        let done: std::rc::Rc<std::cell::RefCell<(bool, Option<std::task::Waker>)>> =
-            Default::default();
+        let done: std::rc::Rc<std::cell::RefCell<(bool, Option<std::task::Waker>)>> = Default::default();
         let finished = done.clone();
         let mut polls = 0;
         containers
@@ -812,10 +811,7 @@ fn throttled_container_resumes_when_its_budget_refills(driver: IoDriver) {
         .await;
         containers.container_stats(id).unwrap().throttles
     });
-    assert!(
-        throttles >= 10,
-        "the container was throttled {throttles} times"
-    );
+    assert!(throttles >= 10, "the container was throttled {throttles} times");
     pool.shutdown();
     pool.join().unwrap();
 }
