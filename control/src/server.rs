@@ -68,7 +68,10 @@ use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
-use crate::state::{ClusterState, Container, NodeId, StateConfig, StateError, Steering};
+use crate::profile::{ProfileDesk, ProfileRequest, PROFILE_ANSWER_GRACE};
+use crate::state::{
+    ClusterState, Container, NodeId, NodeState, ShardId, StateConfig, StateError, Steering,
+};
 
 /// Default interval of node load reports.
 pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
@@ -221,6 +224,7 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     assign_ttl_ms: u64,
     store: Option<StateFile>,
+    profiles: ProfileDesk,
 }
 
 /// What happens to a settings change when the state file cannot be written (module docs, "State file").
@@ -521,6 +525,52 @@ impl Control for ControlService {
             steering_version: version,
         }))
     }
+    async fn profile_node(
+        &self,
+        request: Request<pb::ProfileNodeRequest>,
+    ) -> Result<Response<pb::ProfileNodeResponse>, Status> {
+        // It costs the node CPU and shows its code: the same rule as a change.
+        self.0
+            .auth
+            .check_request(CallClass::OperatorMutation, &request)?;
+        let request = request.into_inner();
+        let duration = larder_profile::validate_seconds(request.seconds)
+            .map_err(|error| Status::invalid_argument(format!("invalid seconds: {error}")))?;
+        let id = node_id("node_id", request.node_id)?;
+        let (view, _) = self
+            .0
+            .read(|state, now| state.node(now, &id))
+            .map_err(convert::status)?;
+        if let Some(shard) = request.shard {
+            if shard >= view.info.cores {
+                return Err(Status::invalid_argument(format!(
+                    "invalid shard: {shard} is outside 0..{} (node {id} has {} cores)",
+                    view.info.cores, view.info.cores
+                )));
+            }
+        }
+        if view.state != NodeState::Up {
+            return Err(Status::unavailable(format!("node {id} is down")));
+        }
+        let pending = self.0.profiles.order(
+            &id,
+            ProfileRequest {
+                shard: request.shard.map(ShardId),
+                seconds: request.seconds,
+            },
+        )?;
+        tracing::info!(node = %id, shard = ?request.shard, seconds = request.seconds, "profile ordered");
+        let mut shutdown = self.0.shutdown.clone();
+        let profile = tokio::select! {
+            answer = pending.answer(duration + PROFILE_ANSWER_GRACE) => answer?,
+            () = stop_requested(&mut shutdown) => {
+                return Err(Status::unavailable("the control plane is shutting down"));
+            }
+        };
+        Ok(Response::new(pb::ProfileNodeResponse {
+            profile: Some(convert::profile_to_pb(&profile)),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -601,6 +651,37 @@ impl NodeService for NodeServiceImpl {
                 .collect(),
             ttl_ms: self.0.assign_ttl_ms,
         }))
+    }
+
+    type WatchProfileOrdersStream = BoxStream<pb::ProfileOrder>;
+
+    async fn watch_profile_orders(
+        &self,
+        request: Request<pb::WatchProfileOrdersRequest>,
+    ) -> Result<Response<Self::WatchProfileOrdersStream>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let orders = ReceiverStream::new(self.0.profiles.open_stream(id))
+            .map(|order| Ok(convert::profile_order_to_pb(&order)));
+        Ok(Response::new(until_shutdown(
+            orders,
+            self.0.shutdown.clone(),
+        )))
+    }
+
+    async fn submit_profile(
+        &self,
+        request: Request<pb::SubmitProfileRequest>,
+    ) -> Result<Response<pb::SubmitProfileResponse>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let request = request.into_inner();
+        let id = node_id("node_id", request.node_id)?;
+        let outcome = convert::profile_outcome(request.outcome)?;
+        self.0.profiles.submit(&id, request.order_id, outcome)?;
+        Ok(Response::new(pb::SubmitProfileResponse {}))
     }
 
     type WatchSteeringStream = BoxStream<pb::Steering>;
@@ -820,6 +901,7 @@ async fn serve(
         shutdown,
         assign_ttl_ms: u64::try_from(config.assign_ttl.as_millis()).unwrap_or(u64::MAX),
         store,
+        profiles: ProfileDesk::default(),
     });
 
     let reflection_v1 = reflection_builder()
