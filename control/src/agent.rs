@@ -402,6 +402,7 @@ impl<H: NodeHooks> Agent<H> {
         if let Some(steering) = registered.steering {
             self.apply(steering);
         }
+        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         let interval = Duration::from_millis(registered.report_interval_ms.max(1));
         let node_id = self.config.node.node_id.clone();
         let mut steering = match client
@@ -426,7 +427,6 @@ impl<H: NodeHooks> Agent<H> {
         // Connected once every stream is open: a profile ordered after this reaches the node.
         self.hooks.connection_changed(true);
         self.counters.connected.store(true, Ordering::Relaxed);
-        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         let (reports, queue) = mpsc::channel(REPORT_QUEUE_MAX);
         let mut report_client = client.clone();
         let report_call = report_client.report_load(ReceiverStream::new(queue));

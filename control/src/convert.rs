@@ -371,52 +371,6 @@ pub fn container_view_to_pb(view: &ContainerView) -> pb::ContainerStatus {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_round_trips_through_the_wire() {
-        let mut config = PolicyConfig::new(PolicyKind::LardR);
-        config.lard.t_low = 3;
-        config.balance_factor = 1.5;
-        assert_eq!(policy_config(Some(policy_to_pb(&config))), config);
-    }
-
-    #[test]
-    fn container_limits_round_trip_through_the_wire() {
-        let container = Container {
-            name: ContainerName("batch".into()),
-            shares: 2,
-            limits: ContainerLimits {
-                connections_max: 10,
-                queued_work_max: 20,
-                cpu_percent_max: 25,
-                send_rate_bytes_per_second: 1_000_000,
-            },
-        };
-        let wire = container_to_pb(&container);
-        assert_eq!(
-            wire.limits.expect("limits").send_rate_bytes_per_second,
-            1_000_000
-        );
-        let back = super::container("container", Some(container_to_pb(&container)))
-            .expect("a complete container");
-        assert_eq!(back, container);
-    }
-
-    #[test]
-    fn unknown_policy_kind_is_invalid_argument() {
-        let policy = pb::Policy {
-            kind: 99,
-            ..pb::Policy::default()
-        };
-        let error = policy_update(Some(policy)).unwrap_err();
-        assert_eq!(error.code(), Code::InvalidArgument);
-        assert!(error.message().contains("policy.kind"), "{error:?}");
-    }
-}
-
 /// A profile for the wire.
 pub fn profile_to_pb(profile: &crate::profile::Profile) -> pb::ProfileData {
     pb::ProfileData {
@@ -512,5 +466,51 @@ pub fn profile_order(order: pb::ProfileOrder) -> crate::profile::ProfileOrder {
             shard: order.shard.map(ShardId),
             seconds: order.seconds,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_round_trips_through_the_wire() {
+        let mut config = PolicyConfig::new(PolicyKind::LardR);
+        config.lard.t_low = 3;
+        config.balance_factor = 1.5;
+        assert_eq!(policy_config(Some(policy_to_pb(&config))), config);
+    }
+
+    #[test]
+    fn container_limits_round_trip_through_the_wire() {
+        let container = Container {
+            name: ContainerName("batch".into()),
+            shares: 2,
+            limits: ContainerLimits {
+                connections_max: 10,
+                queued_work_max: 20,
+                cpu_percent_max: 25,
+                send_rate_bytes_per_second: 1_000_000,
+            },
+        };
+        let wire = container_to_pb(&container);
+        assert_eq!(
+            wire.limits.expect("limits").send_rate_bytes_per_second,
+            1_000_000
+        );
+        let back = super::container("container", Some(container_to_pb(&container)))
+            .expect("a complete container");
+        assert_eq!(back, container);
+    }
+
+    #[test]
+    fn unknown_policy_kind_is_invalid_argument() {
+        let policy = pb::Policy {
+            kind: 99,
+            ..pb::Policy::default()
+        };
+        let error = policy_update(Some(policy)).unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().contains("policy.kind"), "{error:?}");
     }
 }

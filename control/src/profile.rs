@@ -172,12 +172,21 @@ impl ProfileDesk {
         };
         let sent = stream.try_send(order);
         desk.next_order_id = order.order_id;
-        if sent.is_err() {
-            // Closed (the node's session ended) or, impossibly, full (one order at a time).
-            desk.streams.remove(node);
-            return Err(Status::unavailable(format!(
-                "node {node} is not listening for profile orders"
-            )));
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The node has not taken an earlier order off its stream (its agent is stuck or slow).
+                return Err(Status::unavailable(format!(
+                    "node {node} has not taken its last profile order yet"
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The node's session ended.
+                desk.streams.remove(node);
+                return Err(Status::unavailable(format!(
+                    "node {node} is not listening for profile orders"
+                )));
+            }
         }
         let (answer_sender, answer) = oneshot::channel();
         desk.outstanding.insert(
@@ -330,8 +339,9 @@ mod tests {
     #[tokio::test]
     async fn an_unanswered_order_times_out_and_frees_the_node() {
         let desk = ProfileDesk::default();
-        let _orders = desk.open_stream(node());
+        let mut orders = desk.open_stream(node());
         let pending = desk.order(&node(), REQUEST).unwrap();
+        orders.recv().await.unwrap();
         let status = pending.answer(Duration::from_millis(1)).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
         assert!(desk.order(&node(), REQUEST).is_ok());
