@@ -41,11 +41,12 @@
 //! `CAP_SYS_ADMIN`); that is a refusal too.
 //!
 //! # Stacks: frame pointers
-//! The kernel unwinds user stacks by frame pointers, and rustc omits them on x86-64 Linux in debug and release
-//! builds alike (measured: a debug test thread's samples go from the leaf straight to `start_thread`). So with
-//! the workspace's profiles a stack is the sampled function, the functions inlined into it (from debug info),
-//! and a few outer frames where a chain happens to hold: enough to see *which* code burns a shard's CPU, not
-//! always *who called it*. Build with `RUSTFLAGS="-C force-frame-pointers=yes"` for whole stacks (about 1% of
+//! The kernel unwinds user stacks by frame pointers, and rustc does not promise them on x86-64 Linux in debug
+//! or release builds. Measured in a debug build: a loaded shard's samples came back with whole chains
+//! (`start_thread` … `shard_body` … `node::conn::serve` … `memcpy`), while a tight loop in a test thread lost
+//! its caller (leaf straight to `start_thread`). So a stack is always the sampled function and the functions
+//! inlined into it (from debug info), and as many outer frames as the chain holds: enough to see *which* code
+//! burns a shard's CPU, not always *who called it*. Release builds (opt-level 3) lose more. Build with `RUSTFLAGS="-C force-frame-pointers=yes"` for whole stacks (about 1% of
 //! CPU); frames of the prebuilt standard library may still be skipped. DWARF unwinding
 //! (`PERF_SAMPLE_STACK_USER` and an `.eh_frame` unwinder such as `framehop`) would give whole stacks without
 //! the flag, at the cost of copying ~16 KiB of stack a sample; it is the next step if operators need it.
