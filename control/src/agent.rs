@@ -15,7 +15,12 @@
 //!    restarted control plane) always wins, within an epoch only a higher version.
 //!    For every `ReloadCommand` call [`NodeHooks::reload`] and answer with `ReloadDone` (at most
 //!    [`REGISTER_TIMEOUT`]; the control plane's `ReloadNode` call waits for it, `crate::reload`).
-//! 4. Any error ends the session, including HTTP/2 keepalive pings unanswered for
+//! 4. Open `WatchProfileOrders` too (a control plane without it answers UNIMPLEMENTED: the session goes on
+//!    without profiles). For each order, [`NodeHooks::profile`] gives a job; it runs on a thread of its own
+//!    (`larder-profile`, it takes the order's seconds) and its answer goes back with `SubmitProfile`. A job
+//!    still running when the agent stops is left to finish on its own (at most 60 s), so stopping never waits
+//!    for a profile.
+//! 5. Any error ends the session, including HTTP/2 keepalive pings unanswered for
 //!    [`KEEPALIVE_TIMEOUT`] (a control plane that vanished without closing).
 //!
 //! # Between sessions (fail static)
@@ -41,6 +46,7 @@ use tonic::Status;
 
 use crate::background::Worker;
 use crate::convert;
+use crate::profile::{ProfileFailure, ProfileFailureKind, ProfileOutcome, ProfileRequest};
 use crate::server::stop_requested;
 use crate::state::{Container, LoadReport, NodeId, NodeInfo, ShardLoad, Steering, TargetLoad};
 
@@ -66,6 +72,9 @@ pub struct NodeLoad {
     pub hot_targets: Vec<TargetLoad>,
 }
 
+/// A profile to take: run once, on a thread of its own, for the order's seconds.
+pub type ProfileJob = Box<dyn FnOnce() -> ProfileOutcome + Send>;
+
 /// What the server implements for the agent. Called on the agent's thread only,
 /// never concurrently; implementations hand work to the shards through their own
 /// bounded channels and must not block for long.
@@ -84,6 +93,18 @@ pub trait NodeHooks: Send + 'static {
     /// owner stops it: that end is the owner's own doing.
     fn connection_changed(&mut self, connected: bool) {
         let _ = connected;
+    }
+    /// A profile order (step 4 of the module docs): check it and return the job that samples. Checks that
+    /// need no sampling (a shard out of range, a profile already running) should fail at once, in the job.
+    /// By default a node cannot profile.
+    fn profile(&mut self, request: ProfileRequest) -> ProfileJob {
+        let _ = request;
+        Box::new(|| {
+            Err(ProfileFailure::new(
+                ProfileFailureKind::Unsupported,
+                "this node does not take profiles",
+            ))
+        })
     }
 }
 
@@ -357,6 +378,42 @@ impl<H: NodeHooks> Agent<H> {
         }
     }
 
+    /// Step 4 of the module docs: runs the hook's job on its own thread and sends its answer back.
+    fn start_profile(&mut self, client: &Client, order: pb::ProfileOrder) {
+        let order = convert::profile_order(order);
+        let job = self.hooks.profile(order.request);
+        let (answer_sender, answer) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("larder-profile".to_string())
+            .spawn(move || {
+                let _ = answer_sender.send(job());
+            });
+        let mut client = client.clone();
+        let node_id = self.config.node.node_id.0.clone();
+        tokio::spawn(async move {
+            let outcome = match spawned {
+                Ok(_) => answer.await.unwrap_or_else(|_| {
+                    Err(ProfileFailure::new(
+                        ProfileFailureKind::Internal,
+                        "the profile job panicked",
+                    ))
+                }),
+                Err(error) => Err(ProfileFailure::new(
+                    ProfileFailureKind::Internal,
+                    format!("cannot start the profile thread: {error}"),
+                )),
+            };
+            let submit = pb::SubmitProfileRequest {
+                node_id,
+                order_id: order.order_id,
+                outcome: Some(convert::profile_outcome_to_pb(&outcome)),
+            };
+            if let Err(error) = client.submit_profile(submit).await {
+                tracing::warn!(code = ?error.code(), message = error.message(), "profile answer not delivered");
+            }
+        });
+    }
+
     async fn session(&mut self) -> SessionEnd {
         let failed = |registered, error| SessionEnd::Failed { registered, error };
         let mut client = tokio::select! {
@@ -384,8 +441,6 @@ impl<H: NodeHooks> Agent<H> {
         if let Some(steering) = registered.steering {
             self.apply(steering);
         }
-        self.hooks.connection_changed(true);
-        self.counters.connected.store(true, Ordering::Relaxed);
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         let interval = Duration::from_millis(registered.report_interval_ms.max(1));
         let node_id = self.config.node.node_id.clone();
@@ -407,6 +462,19 @@ impl<H: NodeHooks> Agent<H> {
             Ok(stream) => stream.into_inner(),
             Err(error) => return failed(true, error),
         };
+        let mut orders = match client
+            .watch_profile_orders(pb::WatchProfileOrdersRequest {
+                node_id: node_id.0.clone(),
+            })
+            .await
+        {
+            Ok(stream) => Some(stream.into_inner()),
+            Err(error) if error.code() == tonic::Code::Unimplemented => None,
+            Err(error) => return failed(true, error),
+        };
+        // Connected once every stream is open: a reload or profile ordered after this reaches the node.
+        self.hooks.connection_changed(true);
+        self.counters.connected.store(true, Ordering::Relaxed);
         let (reports, queue) = mpsc::channel(REPORT_QUEUE_MAX);
         let mut report_client = client.clone();
         let report_call = report_client.report_load(ReceiverStream::new(queue));
@@ -417,6 +485,11 @@ impl<H: NodeHooks> Agent<H> {
         loop {
             tokio::select! {
                 () = stop_requested(&mut self.stopped) => return SessionEnd::Stopped,
+                order = next_order(&mut orders) => match order {
+                    Ok(Some(order)) => self.start_profile(&client, order),
+                    Ok(None) => return failed(true, Status::unavailable("profile order stream ended")),
+                    Err(error) => return failed(true, error),
+                },
                 message = steering.message() => match message {
                     Ok(Some(message)) => self.apply(message),
                     Ok(None) => return failed(true, Status::unavailable("steering stream ended")),
@@ -464,5 +537,15 @@ impl<H: NodeHooks> Agent<H> {
                 }
             }
         }
+    }
+}
+
+/// The next order of an open order stream; never resolves when the control plane has none.
+async fn next_order(
+    orders: &mut Option<tonic::Streaming<pb::ProfileOrder>>,
+) -> Result<Option<pb::ProfileOrder>, Status> {
+    match orders {
+        Some(orders) => orders.message().await,
+        None => std::future::pending().await,
     }
 }

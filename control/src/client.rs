@@ -21,7 +21,8 @@ use crate::agent::authorization_header;
 
 /// Longest wait for the TCP connection to the control plane.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest wait for one unary call.
+/// Longest wait for one unary call (but ProfileNode, which waits for the profile: its seconds plus
+/// [`crate::profile::PROFILE_ANSWER_GRACE`] plus this).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call failed.
@@ -109,8 +110,7 @@ impl CtlClient {
         };
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|error| connect_error(error.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT);
         let channel = runtime
             .block_on(endpoint.connect())
             .map_err(|error| connect_error(format!("{error}: is `larder control` running?")))?;
@@ -218,14 +218,40 @@ impl CtlClient {
         let request = self.request(message);
         unary(&self.runtime, self.client.set_container(request))
     }
+
+    /// ProfileNode; waits up to `seconds` + [`crate::profile::PROFILE_ANSWER_GRACE`] + [`CALL_TIMEOUT`].
+    pub fn profile_node(
+        &mut self,
+        message: pb::ProfileNodeRequest,
+    ) -> Result<pb::ProfileNodeResponse, CtlError> {
+        let timeout = Duration::from_secs(u64::from(message.seconds))
+            + crate::profile::PROFILE_ANSWER_GRACE
+            + CALL_TIMEOUT;
+        let request = self.request(message);
+        unary_within(&self.runtime, timeout, self.client.profile_node(request))
+    }
 }
 
-/// Runs one unary call on the client's runtime and unwraps its answer.
+/// Runs one unary call on the client's runtime, for at most [`CALL_TIMEOUT`], and unwraps its answer.
 fn unary<T>(
     runtime: &tokio::runtime::Runtime,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, CtlError> {
-    Ok(runtime.block_on(call)?.into_inner())
+    unary_within(runtime, CALL_TIMEOUT, call)
+}
+
+/// [`unary`] with its own time limit.
+fn unary_within<T>(
+    runtime: &tokio::runtime::Runtime,
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, CtlError> {
+    let answer = runtime
+        .block_on(async { tokio::time::timeout(timeout, call).await })
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no answer within {} s", timeout.as_secs()))
+        })?;
+    Ok(answer?.into_inner())
 }
 
 /// Renders `message` (whose full protobuf name is `message_name`, e.g.

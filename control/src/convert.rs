@@ -386,6 +386,104 @@ pub fn container_view_to_pb(view: &ContainerView) -> pb::ContainerStatus {
     }
 }
 
+/// A profile for the wire.
+pub fn profile_to_pb(profile: &crate::profile::Profile) -> pb::ProfileData {
+    pb::ProfileData {
+        stacks: profile
+            .stacks
+            .iter()
+            .map(|stack| pb::FoldedStack {
+                stack: stack.stack.clone(),
+                count: stack.count,
+            })
+            .collect(),
+        samples: profile.samples,
+        samples_lost: profile.samples_lost,
+        frequency_hz: profile.frequency_hz,
+        duration_ms: profile.duration_ms,
+    }
+}
+
+/// A profile from the wire.
+pub fn profile(profile: pb::ProfileData) -> crate::profile::Profile {
+    crate::profile::Profile {
+        stacks: profile
+            .stacks
+            .into_iter()
+            .map(|stack| crate::profile::FoldedStack {
+                stack: stack.stack,
+                count: stack.count,
+            })
+            .collect(),
+        samples: profile.samples,
+        samples_lost: profile.samples_lost,
+        frequency_hz: profile.frequency_hz,
+        duration_ms: profile.duration_ms,
+    }
+}
+
+/// A node's answer for the wire (the `outcome` of `SubmitProfileRequest`).
+pub fn profile_outcome_to_pb(
+    outcome: &crate::profile::ProfileOutcome,
+) -> pb::submit_profile_request::Outcome {
+    use crate::profile::ProfileFailureKind as K;
+    use pb::submit_profile_request::Outcome;
+    match outcome {
+        Ok(data) => Outcome::Profile(profile_to_pb(data)),
+        Err(failure) => Outcome::Failure(pb::ProfileFailure {
+            kind: match failure.kind {
+                K::PermissionDenied => pb::ProfileFailureKind::PermissionDenied,
+                K::Unsupported => pb::ProfileFailureKind::Unsupported,
+                K::Busy => pb::ProfileFailureKind::Busy,
+                K::InvalidArgument => pb::ProfileFailureKind::InvalidArgument,
+                K::Internal => pb::ProfileFailureKind::Internal,
+            } as i32,
+            message: failure.message.clone(),
+        }),
+    }
+}
+
+/// A node's answer from the wire; an absent outcome is the node's bug, reported as INVALID_ARGUMENT.
+pub fn profile_outcome(
+    outcome: Option<pb::submit_profile_request::Outcome>,
+) -> Result<crate::profile::ProfileOutcome, Status> {
+    use crate::profile::{ProfileFailure, ProfileFailureKind as K};
+    use pb::submit_profile_request::Outcome;
+    Ok(match outcome.ok_or_else(|| missing("outcome"))? {
+        Outcome::Profile(data) => Ok(profile(data)),
+        Outcome::Failure(failure) => {
+            let kind = match pb::ProfileFailureKind::try_from(failure.kind) {
+                Ok(pb::ProfileFailureKind::PermissionDenied) => K::PermissionDenied,
+                Ok(pb::ProfileFailureKind::Unsupported) => K::Unsupported,
+                Ok(pb::ProfileFailureKind::Busy) => K::Busy,
+                Ok(pb::ProfileFailureKind::InvalidArgument) => K::InvalidArgument,
+                _ => K::Internal,
+            };
+            Err(ProfileFailure::new(kind, failure.message))
+        }
+    })
+}
+
+/// A profile order for the wire.
+pub fn profile_order_to_pb(order: &crate::profile::ProfileOrder) -> pb::ProfileOrder {
+    pb::ProfileOrder {
+        order_id: order.order_id,
+        shard: order.request.shard.map(|shard| shard.0),
+        seconds: order.request.seconds,
+    }
+}
+
+/// A profile order from the wire.
+pub fn profile_order(order: pb::ProfileOrder) -> crate::profile::ProfileOrder {
+    crate::profile::ProfileOrder {
+        order_id: order.order_id,
+        request: crate::profile::ProfileRequest {
+            shard: order.shard.map(ShardId),
+            seconds: order.seconds,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,8 @@
 //!   rendering for `larder ctl`.
 //! - [`agent`]: [`NodeAgent::spawn`] registers a node, streams its load and applies
 //!   steering through [`NodeHooks`], on its own thread and tokio runtime.
+//! - [`profile`]: [`ProfileDesk`], which carries `Control.ProfileNode` orders to a node over its agent
+//!   session and its answer back; the node samples with `larder-profile`.
 //! - [`assign`]: the cluster dispatcher of distributed mode (one lard policy over
 //!   the nodes) behind `NodeService.Assign`; [`assign_client`]: [`AssignFeeder`],
 //!   the node side that fetches assignments in batches.
@@ -42,6 +44,7 @@ mod background;
 pub mod client;
 pub mod convert;
 pub mod persist;
+pub mod profile;
 pub mod reload;
 pub mod server;
 pub mod state;
@@ -51,13 +54,16 @@ pub use larder_proto as proto;
 
 pub use agent::{
     AgentConfig, AgentError, AgentStats, AgentStatsReader, NodeAgent, NodeHooks, NodeLoad,
-    ReloadOutcome, ReloadRefused,
+    ProfileJob, ReloadOutcome, ReloadRefused,
 };
 pub use assign::{Assignment, ASSIGN_TARGETS_MAX, ASSIGN_TTL_DEFAULT};
 pub use assign_client::{
     AssignFeeder, AssignFeederConfig, AssignFeederError, AssignFeederHandle, AssignFeederStats,
 };
 pub use client::{CtlClient, CtlError};
+pub use profile::{
+    ProfileDesk, ProfileFailure, ProfileFailureKind, ProfileOrder, ProfileOutcome, ProfileRequest,
+};
 pub use server::{
     Clock, ControlConfig, ControlError, ControlHandle, ControlPlane, ControlStats,
     ControlStatsReader, ManualClock, SystemClock,

@@ -68,9 +68,10 @@ use crate::assign::{AssignError, ASSIGN_TTL_DEFAULT};
 use crate::auth::{Authorizer, CallClass};
 use crate::convert;
 use crate::persist::{StateFile, StateFileError};
+use crate::profile::{ProfileDesk, ProfileRequest, PROFILE_ANSWER_GRACE};
 use crate::state::{
-    validate_node_id, ClusterLoad, ClusterState, Container, NodeId, StateConfig, StateError, Steering,
-    NODES_MAX,
+    validate_node_id, ClusterLoad, ClusterState, Container, NodeId, NodeState, ShardId,
+    StateConfig, StateError, Steering, NODES_MAX,
 };
 
 /// Default interval of node load reports.
@@ -227,6 +228,7 @@ struct Shared {
     reloads: crate::reload::ReloadRelay,
     /// `Assign` calls answered (a node's batch of targets each), for the metrics.
     assignment_batches: std::sync::atomic::AtomicU64,
+    profiles: ProfileDesk,
 }
 
 /// What happens to a settings change when the state file cannot be written (module docs, "State file").
@@ -555,6 +557,53 @@ impl Control for ControlService {
             kept: result.kept,
         }))
     }
+
+    async fn profile_node(
+        &self,
+        request: Request<pb::ProfileNodeRequest>,
+    ) -> Result<Response<pb::ProfileNodeResponse>, Status> {
+        // It costs the node CPU and shows its code: the same rule as a change.
+        self.0
+            .auth
+            .check_request(CallClass::OperatorMutation, &request)?;
+        let request = request.into_inner();
+        let duration = larder_profile::validate_seconds(request.seconds)
+            .map_err(|error| Status::invalid_argument(format!("invalid seconds: {error}")))?;
+        let id = node_id("node_id", request.node_id)?;
+        let (view, _) = self
+            .0
+            .read(|state, now| state.node(now, &id))
+            .map_err(convert::status)?;
+        if let Some(shard) = request.shard {
+            if shard >= view.info.cores {
+                return Err(Status::invalid_argument(format!(
+                    "invalid shard: {shard} is outside 0..{} (node {id} has {} cores)",
+                    view.info.cores, view.info.cores
+                )));
+            }
+        }
+        if view.state != NodeState::Up {
+            return Err(Status::unavailable(format!("node {id} is down")));
+        }
+        let pending = self.0.profiles.order(
+            &id,
+            ProfileRequest {
+                shard: request.shard.map(ShardId),
+                seconds: request.seconds,
+            },
+        )?;
+        tracing::info!(node = %id, shard = ?request.shard, seconds = request.seconds, "profile ordered");
+        let mut shutdown = self.0.shutdown.clone();
+        let profile = tokio::select! {
+            answer = pending.answer(duration + PROFILE_ANSWER_GRACE) => answer?,
+            () = stop_requested(&mut shutdown) => {
+                return Err(Status::unavailable("the control plane is shutting down"));
+            }
+        };
+        Ok(Response::new(pb::ProfileNodeResponse {
+            profile: Some(convert::profile_to_pb(&profile)),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -665,6 +714,37 @@ impl NodeService for NodeServiceImpl {
         self.0.auth.check_request(CallClass::Node, &request)?;
         self.0.reloads.done(request.into_inner())?;
         Ok(Response::new(pb::ReloadDoneResponse {}))
+    }
+
+    type WatchProfileOrdersStream = BoxStream<pb::ProfileOrder>;
+
+    async fn watch_profile_orders(
+        &self,
+        request: Request<pb::WatchProfileOrdersRequest>,
+    ) -> Result<Response<Self::WatchProfileOrdersStream>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let id = node_id("node_id", request.into_inner().node_id)?;
+        if !self.0.read(|state, _| state.contains_node(&id)) {
+            return Err(convert::status(StateError::NodeNotFound(id.0)));
+        }
+        let orders = ReceiverStream::new(self.0.profiles.open_stream(id))
+            .map(|order| Ok(convert::profile_order_to_pb(&order)));
+        Ok(Response::new(until_shutdown(
+            orders,
+            self.0.shutdown.clone(),
+        )))
+    }
+
+    async fn submit_profile(
+        &self,
+        request: Request<pb::SubmitProfileRequest>,
+    ) -> Result<Response<pb::SubmitProfileResponse>, Status> {
+        self.0.auth.check_request(CallClass::Node, &request)?;
+        let request = request.into_inner();
+        let id = node_id("node_id", request.node_id)?;
+        let outcome = convert::profile_outcome(request.outcome)?;
+        self.0.profiles.submit(&id, request.order_id, outcome)?;
+        Ok(Response::new(pb::SubmitProfileResponse {}))
     }
 
     type WatchSteeringStream = BoxStream<pb::Steering>;
@@ -958,6 +1038,7 @@ async fn serve(
         store,
         reloads: crate::reload::ReloadRelay::default(),
         assignment_batches: std::sync::atomic::AtomicU64::new(0),
+        profiles: ProfileDesk::default(),
     });
 
     let reflection_v1 = reflection_builder()
@@ -995,7 +1076,10 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ControlServer::new(ControlService(Arc::clone(&shared))))
         .add_service(NodeServiceServer::new(NodeServiceImpl(Arc::clone(&shared))));
-    if bound.send((local_addr, duplicate, Arc::clone(&shared))).is_err() {
+    if bound
+        .send((local_addr, duplicate, Arc::clone(&shared)))
+        .is_err()
+    {
         return Ok(()); // The spawner is gone: nobody can stop us, so do not start.
     }
     let (graceful_sender, graceful) = oneshot::channel::<()>();

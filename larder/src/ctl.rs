@@ -76,6 +76,8 @@ enum Call {
     },
     /// Containers with shares, limits and cluster CPU time.
     ListContainers,
+    /// Sample the CPU stacks of one node's shard (or all shards) and write them to a file.
+    Profile(crate::ctl_profile::ProfileFlags),
     /// Set a container's shares and limits (replaces all of them).
     SetContainer {
         #[command(flatten)]
@@ -354,6 +356,30 @@ fn call(args: CtlArgs) -> Result<(), Failure> {
                 &answer,
                 print_containers,
             )
+        }
+        Call::Profile(flags) => {
+            use crate::ctl_profile::{render, write_whole};
+            let request = flags.to_request()?;
+            let answer = client.profile_node(request)?;
+            let profile = answer.profile.unwrap_or_default();
+            let shard = flags
+                .shard
+                .map_or("every shard".to_string(), |shard| format!("shard {shard}"));
+            let title = format!(
+                "larder: node {}, {shard}, {} s at {} Hz",
+                flags.node_id, flags.seconds, profile.frequency_hz
+            );
+            write_whole(&flags.out, &render(&profile, flags.format(), &title)?)?;
+            show(json, "larder.v1.ProfileData", &profile, |profile| {
+                println!(
+                    "wrote {} stacks ({} samples, {} lost) of node {}, {shard}, to {}",
+                    profile.stacks.len(),
+                    profile.samples,
+                    profile.samples_lost,
+                    flags.node_id,
+                    flags.out.display()
+                )
+            })
         }
         Call::SetContainer { container, create } => {
             let answer = client.set_container(pb::SetContainerRequest {

@@ -10,6 +10,7 @@ mod cluster_link;
 mod control;
 mod cores;
 mod ctl;
+mod ctl_profile;
 mod dispatch;
 mod dispatch_link;
 mod handover;

@@ -46,6 +46,13 @@
 //! A refused steering (e.g. a control plane with a policy this node cannot build) is logged and the node keeps
 //! its current settings (fail static). So does a lost control plane: the agent reconnects with backoff.
 //!
+//! # Profiles ([`ServeHooks::profile`])
+//! `larder ctl profile` reaches the node as an order on its agent session (`larder_control::profile`). The node
+//! samples the order's shard thread (or every shard thread), found by the kernel thread id each shard
+//! publishes in its statistics, with `larder_profile` for the order's 1..=60 s at 997 Hz, on a thread of its
+//! own; the shards do nothing for it. One profile at a time: a second order while one runs is refused (busy)
+//! at once. A shard out of range or a shard thread not started yet is refused before any sampling.
+//!
 //! # Shutdown ([`NodeLink::shutdown`], after the node has stopped)
 //! 1. Stop the agent (it ends its session; nothing is applied after).
 //! 2. Stop the embedded control plane (at most its 1 s grace).
@@ -65,6 +72,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -72,7 +81,8 @@ use larder_control::state::HOT_TARGETS_PER_NODE_MAX;
 use larder_control::{
     AgentConfig, AgentStatsReader, Container, ContainerLimits, ContainerLoad, ContainerName,
     ControlConfig, ControlHandle, ControlPlane, NodeAgent, NodeHooks, NodeId, NodeInfo, NodeLoad,
-    ReloadOutcome, ReloadRefused, ShardId, ShardLoad, Steering, TargetLoad,
+    ProfileFailure, ProfileFailureKind, ProfileJob, ProfileRequest, ReloadOutcome, ReloadRefused,
+    ShardId, ShardLoad, Steering, TargetLoad,
 };
 use larder_server::config::ContainerConfig;
 
@@ -300,6 +310,17 @@ pub struct ServeHooks {
     previous: Option<(Instant, Vec<ShardSnapshot>)>,
     /// Re-reads the node's file (`ReloadNode`); `None`: the node refuses.
     reloader: Option<ReloadFn>,
+    /// Set while a profile runs (module docs, "Profiles").
+    profiling: Arc<AtomicBool>,
+}
+
+/// Holds the node's one profiling slot; frees it when dropped, whether or not the job ran.
+struct ProfilingSlot(Arc<AtomicBool>);
+
+impl Drop for ProfilingSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ServeHooks {
@@ -315,7 +336,45 @@ impl ServeHooks {
                 .collect(),
             previous: None,
             reloader,
+            profiling: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The threads an order samples, or why it is refused (module docs, "Profiles").
+    fn profile_targets(
+        &self,
+        request: ProfileRequest,
+    ) -> Result<Vec<larder_profile::ThreadTarget>, ProfileFailure> {
+        let invalid =
+            |message: String| ProfileFailure::new(ProfileFailureKind::InvalidArgument, message);
+        larder_profile::validate_seconds(request.seconds)
+            .map_err(|error| invalid(format!("invalid seconds: {error}")))?;
+        let shards: Vec<&StatsHandle> = match request.shard {
+            Some(shard) => vec![self.runtime.get(shard.0 as usize).ok_or_else(|| {
+                invalid(format!(
+                    "invalid shard: {} is outside 0..{}",
+                    shard.0,
+                    self.runtime.len()
+                ))
+            })?],
+            None => self.runtime.iter().collect(),
+        };
+        shards
+            .into_iter()
+            .map(|handle| {
+                let shard = handle.shard().0;
+                let tid = handle.thread_id().ok_or_else(|| {
+                    ProfileFailure::new(
+                        ProfileFailureKind::Internal,
+                        format!("shard {shard} has not started"),
+                    )
+                })?;
+                Ok(larder_profile::ThreadTarget {
+                    tid,
+                    label: format!("larder-shard-{shard}"),
+                })
+            })
+            .collect()
     }
 
     fn apply_policy(&mut self, policy: &PolicyConfig) {
@@ -487,6 +546,31 @@ impl NodeHooks for ServeHooks {
             ));
         };
         reloader()
+    }
+
+    fn profile(&mut self, request: ProfileRequest) -> ProfileJob {
+        let targets = match self.profile_targets(request) {
+            Ok(targets) => targets,
+            Err(failure) => return Box::new(move || Err(failure)),
+        };
+        if self.profiling.swap(true, Ordering::AcqRel) {
+            return Box::new(|| {
+                Err(ProfileFailure::new(
+                    ProfileFailureKind::Busy,
+                    "a profile is already running on this node (one at a time)",
+                ))
+            });
+        }
+        let slot = ProfilingSlot(Arc::clone(&self.profiling));
+        let duration = std::time::Duration::from_secs(u64::from(request.seconds));
+        tracing::info!(shard = ?request.shard, seconds = request.seconds, "profiling");
+        Box::new(move || {
+            let _slot = slot;
+            larder_profile::profile(&targets, duration).map_err(|error| {
+                tracing::warn!(%error, "profile refused");
+                ProfileFailure::from(&error)
+            })
+        })
     }
 
     fn connection_changed(&mut self, connected: bool) {

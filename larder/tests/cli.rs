@@ -72,6 +72,7 @@ fn no_help_text_prints_a_default_twice() {
         &["ctl", "undrain"],
         &["ctl", "list-containers"],
         &["ctl", "set-container"],
+        &["ctl", "profile"],
     ];
     for command in commands {
         let mut args = command.to_vec();

@@ -297,7 +297,10 @@ fn handover_under_load_loses_no_request_and_keeps_the_control_plane_and_health_a
         "the health listener keeps its address"
     );
     let (health, _) = common::get(metrics.as_str(), "/healthz");
-    assert!(health.starts_with("HTTP/1.1 200"), "the new process answers /healthz: {health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200"),
+        "the new process answers /healthz: {health}"
+    );
     // The new process offers its sockets on the same path for the next upgrade.
     new.wait_for_log_line("offering the listening sockets for a handover");
     assert_eq!(new.terminate(), 0);

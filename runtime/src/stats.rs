@@ -19,7 +19,7 @@
 //! Invariants: counters only grow; `tasks_completed <= tasks_spawned`; `busy_us <= wall_us` up to sampling skew
 //! (idle saturates at 0).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -57,6 +57,8 @@ pub(crate) struct StatsCell {
     cpu: CpuId,
     started: Instant,
     driver: AtomicU8,
+    /// The shard thread's kernel thread id (for a per-thread profiler); 0 until the thread has started.
+    thread_id: AtomicU32,
     pub(crate) tasks_spawned: AtomicU64,
     pub(crate) tasks_completed: AtomicU64,
     pub(crate) tasks_polled: AtomicU64,
@@ -142,6 +144,7 @@ impl StatsCell {
             cpu,
             started: Instant::now(),
             driver: AtomicU8::new(0),
+            thread_id: AtomicU32::new(0),
             tasks_spawned: AtomicU64::new(0),
             tasks_completed: AtomicU64::new(0),
             tasks_polled: AtomicU64::new(0),
@@ -174,6 +177,12 @@ impl StatsCell {
             DriverKind::Epoll => 2,
         };
         self.driver.store(code, Ordering::Relaxed);
+    }
+
+    /// Records the calling thread as the shard's thread; must be called on the shard's own thread.
+    pub(crate) fn set_thread_id(&self) {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        self.thread_id.store(tid as u32, Ordering::Relaxed);
     }
 
     /// Samples the calling thread's CPU time and beats the heartbeat; must be called on the shard's own thread.
@@ -217,6 +226,15 @@ impl StatsHandle {
     /// The shard these statistics belong to.
     pub fn shard(&self) -> ShardId {
         self.cell.shard
+    }
+
+    /// The shard thread's kernel thread id, once it has started (what `perf_event_open` and `/proc/<pid>/task`
+    /// name it by).
+    pub fn thread_id(&self) -> Option<u32> {
+        match self.cell.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            tid => Some(tid),
+        }
     }
 
     /// Whether the shard is alive (see [`ShardLiveness`]); two relaxed loads, never blocks the shard.

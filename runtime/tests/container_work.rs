@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use larder_runtime::container::{
-    Clock, ContainerError, ContainerId, ContainerScheduler, ContainerSpec, ManualClock, SchedulerConfig,
-    Turn, TURN_CONTENDED_NS_DEFAULT,
+    Clock, ContainerError, ContainerId, ContainerScheduler, ContainerSpec, ManualClock,
+    SchedulerConfig, Turn, TURN_CONTENDED_NS_DEFAULT,
 };
 
 /// A connection-like task: each poll costs `cost_ns` and "starts one I/O" (counted in `started`); it stays ready.
@@ -56,7 +56,12 @@ fn scheduler() -> ContainerScheduler<ManualClock> {
         .expect("valid config")
 }
 
-fn busy(scheduler: &ContainerScheduler<ManualClock>, id: ContainerId, tasks: usize, cost_ns: u64) -> Rc<Cell<u64>> {
+fn busy(
+    scheduler: &ContainerScheduler<ManualClock>,
+    id: ContainerId,
+    tasks: usize,
+    cost_ns: u64,
+) -> Rc<Cell<u64>> {
     let started = Rc::new(Cell::new(0));
     for _ in 0..tasks {
         let task = Busy {
@@ -196,7 +201,11 @@ fn a_container_that_wakes_is_picked_next_and_its_poll_ends_the_turn() {
         waker.take().expect("premium parked").wake();
         let turn = scheduler.run_turn();
         assert_eq!(
-            (turn.polls, premium_polls.get() - polls_before, flood_io.get() - flood_before),
+            (
+                turn.polls,
+                premium_polls.get() - polls_before,
+                flood_io.get() - flood_before
+            ),
             (1, 1, 0),
             "round {round}: the woken premium task is polled first and alone in its turn"
         );
@@ -223,7 +232,11 @@ fn cpu_percent_max_holds_a_container_alone_on_an_idle_shard() {
         (percent - 25.0).abs() <= 1.0,
         "capped container used {percent:.2}% of the shard, expected 25 ± 1"
     );
-    assert!(stats.throttles >= 90, "throttled {} times in 100 periods", stats.throttles);
+    assert!(
+        stats.throttles >= 90,
+        "throttled {} times in 100 periods",
+        stats.throttles
+    );
     // The time it was throttled the shard had nothing else to do: it slept (the test advanced to each refill).
 }
 
@@ -242,10 +255,15 @@ fn a_capped_container_does_not_hold_back_the_others() {
     let start_ns = scheduler.clock().now_ns();
     drive(&scheduler, 1_000_000_000, 0);
     let elapsed_ns = (scheduler.clock().now_ns() - start_ns) as f64;
-    let capped_percent = 100.0 * scheduler.container_stats(capped).unwrap().cpu_ns as f64 / elapsed_ns;
-    let other_percent = 100.0 * scheduler.container_stats(other).unwrap().cpu_ns as f64 / elapsed_ns;
+    let capped_percent =
+        100.0 * scheduler.container_stats(capped).unwrap().cpu_ns as f64 / elapsed_ns;
+    let other_percent =
+        100.0 * scheduler.container_stats(other).unwrap().cpu_ns as f64 / elapsed_ns;
     // 1,000 shares against 1 would take 99.9%; the cap leaves it 10%, and the rest goes to the other container.
-    assert!((capped_percent - 10.0).abs() <= 1.0, "capped {capped_percent:.2}%");
+    assert!(
+        (capped_percent - 10.0).abs() <= 1.0,
+        "capped {capped_percent:.2}%"
+    );
     assert!(other_percent >= 88.0, "other {other_percent:.2}%");
 }
 
@@ -255,19 +273,34 @@ fn cap_and_send_rate_settings_are_checked_and_change_live() {
     let id = add(&scheduler, "web", 100);
     assert!(matches!(
         scheduler.set_cpu_percent_max(id, 101),
-        Err(ContainerError::SettingOutOfRange { setting: "cpu_percent_max", .. })
+        Err(ContainerError::SettingOutOfRange {
+            setting: "cpu_percent_max",
+            ..
+        })
     ));
     assert!(matches!(
         scheduler.set_send_rate(id, 10_000_000_001),
-        Err(ContainerError::SettingOutOfRange { setting: "send_rate_bytes_per_second", .. })
+        Err(ContainerError::SettingOutOfRange {
+            setting: "send_rate_bytes_per_second",
+            ..
+        })
     ));
     let unchanged = scheduler.container_stats(id).unwrap();
-    assert_eq!((unchanged.cpu_percent_max, unchanged.send_rate_bytes_per_second), (0, 0));
+    assert_eq!(
+        (
+            unchanged.cpu_percent_max,
+            unchanged.send_rate_bytes_per_second
+        ),
+        (0, 0)
+    );
     scheduler.set_cpu_percent_max(id, 50).expect("in range");
     scheduler.set_send_rate(id, 1 << 20).expect("in range");
     assert_eq!(scheduler.send_rate(id), 1 << 20);
     let changed = scheduler.container_stats(id).unwrap();
-    assert_eq!((changed.cpu_percent_max, changed.send_rate_bytes_per_second), (50, 1 << 20));
+    assert_eq!(
+        (changed.cpu_percent_max, changed.send_rate_bytes_per_second),
+        (50, 1 << 20)
+    );
     assert!(matches!(
         scheduler.add_container(ContainerSpec {
             cpu_percent_max: 200,
@@ -355,16 +388,27 @@ fn the_loop_turns_spent_anticipating_a_container_are_charged_to_it() {
         while !scheduler.run_turn().anticipating {
             clock.advance_ns(5_000);
             turns += 1;
-            assert!(turns < 1_000, "round {round}: no anticipation in 1,000 turns");
+            assert!(
+                turns < 1_000,
+                "round {round}: no anticipation in 1,000 turns"
+            );
         }
         // The loop reaps for 2 µs and nothing arrives: the next turn anticipates again and charges those 2 µs.
         let before = scheduler.stats();
         clock.advance_ns(2_000);
-        assert!(scheduler.run_turn().anticipating, "round {round}: still within the anticipation window");
+        assert!(
+            scheduler.run_turn().anticipating,
+            "round {round}: still within the anticipation window"
+        );
         let after = scheduler.stats();
-        let charged = |stats: &larder_runtime::container::SchedulerStats, id: ContainerId| stats.containers[id.index()].cpu_ns;
+        let charged = |stats: &larder_runtime::container::SchedulerStats, id: ContainerId| {
+            stats.containers[id.index()].cpu_ns
+        };
         assert_eq!(
-            (charged(&after, gold) - charged(&before, gold), charged(&after, flood) - charged(&before, flood)),
+            (
+                charged(&after, gold) - charged(&before, gold),
+                charged(&after, flood) - charged(&before, flood)
+            ),
             (2_000, 0),
             "round {round}: the reaping while anticipating gold is charged to gold alone"
         );

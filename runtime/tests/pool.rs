@@ -775,7 +775,8 @@ fn throttled_container_resumes_when_its_budget_refills(driver: IoDriver) {
             })
             .unwrap();
         // (done, the waiting body's waker): set by the container task, awaited by the body below.
-        let done: std::rc::Rc<std::cell::RefCell<(bool, Option<std::task::Waker>)>> = Default::default();
+        let done: std::rc::Rc<std::cell::RefCell<(bool, Option<std::task::Waker>)>> =
+            Default::default();
         let finished = done.clone();
         let mut polls = 0;
         containers
@@ -811,7 +812,25 @@ fn throttled_container_resumes_when_its_budget_refills(driver: IoDriver) {
         .await;
         containers.container_stats(id).unwrap().throttles
     });
-    assert!(throttles >= 10, "the container was throttled {throttles} times");
+    assert!(
+        throttles >= 10,
+        "the container was throttled {throttles} times"
+    );
+    pool.shutdown();
+    pool.join().unwrap();
+}
+
+/// A per-thread profiler finds each shard's thread by the id its statistics publish: the kernel names that
+/// thread `larder-shard-<i>`.
+#[test]
+fn stats_name_each_shard_thread_by_its_kernel_id() {
+    let pool = ShardPool::<Msg>::start(config(IoDriver::Auto), |_ctx| async {}).unwrap();
+    let tids: Vec<Option<u32>> = pool.stats_handles().iter().map(|h| h.thread_id()).collect();
+    for (shard, tid) in tids.iter().enumerate() {
+        let tid = tid.unwrap_or_else(|| panic!("shard {shard} has no thread id after start"));
+        let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
+        assert_eq!(comm.trim(), format!("larder-shard-{shard}"), "thread {tid}");
+    }
     pool.shutdown();
     pool.join().unwrap();
 }

@@ -35,8 +35,8 @@ use super::clock::Clock;
 use super::queue::{Cap, Container};
 use super::scheduler::ContainerScheduler;
 use super::spec::{
-    check_cpu_percent_max, check_send_rate, check_shares, check_spec, ContainerError, ContainerId, ContainerLimit, ContainerSpec, TaskId,
-    VRUNTIME_SCALE,
+    check_cpu_percent_max, check_send_rate, check_shares, check_spec, ContainerError, ContainerId,
+    ContainerLimit, ContainerSpec, TaskId, VRUNTIME_SCALE,
 };
 use super::task::{TaskHeader, TaskKey, TaskSlot, TASK_QUEUED};
 

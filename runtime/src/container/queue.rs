@@ -301,7 +301,11 @@ impl State {
             }
         }
         let Some((vruntime, _, index)) = best else {
-            return Err(refill.map_or(NoPick::Idle, |refill_at_ns| NoPick::Throttled { refill_at_ns }));
+            return Err(
+                refill.map_or(NoPick::Idle, |refill_at_ns| NoPick::Throttled {
+                    refill_at_ns,
+                }),
+            );
         };
         if self.containers_live > 1 {
             if let Some(behind) = self.anticipated(index, now_ns) {
@@ -574,4 +578,3 @@ impl State {
         })
     }
 }
-

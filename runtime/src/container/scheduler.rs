@@ -191,7 +191,6 @@ impl<C: Clock> ContainerScheduler<C> {
         self.poll_next(start_ns).is_ok()
     }
 
-
     /// Runs turns until no task is ready or about `polls_max` polls were made; returns the number of polls.
     pub fn run_until_idle(&self, polls_max: usize) -> usize {
         let mut polls = 0;
@@ -239,7 +238,8 @@ impl<C: Clock> ContainerScheduler<C> {
                     polls += 1;
                     // The budget counts the work each poll causes after the turn (its I/O's submission and
                     // completion), so a saturated shard leaves ready work in the queues, where shares decide.
-                    let work_ns = now_ns.saturating_sub(start_ns) + polls as u64 * overhead_per_op_ns;
+                    let work_ns =
+                        now_ns.saturating_sub(start_ns) + polls as u64 * overhead_per_op_ns;
                     if end_turn || work_ns >= budget_ns {
                         break;
                     }
@@ -260,7 +260,10 @@ impl<C: Clock> ContainerScheduler<C> {
             shared.state.borrow_mut().charge_overhead(cpu_ns);
         } else if let Some(behind) = anticipated {
             let cpu_ns = shared.clock.cpu_ns();
-            shared.state.borrow_mut().charge_anticipation(cpu_ns, behind);
+            shared
+                .state
+                .borrow_mut()
+                .charge_anticipation(cpu_ns, behind);
         }
         Turn {
             polls,

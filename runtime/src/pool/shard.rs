@@ -150,6 +150,7 @@ where
         go,
     } = seed;
     let started = Instant::now();
+    stats.set_thread_id();
     if config.pin {
         topology::pin_current_thread(cpu).map_err(|e| e.to_string())?;
         let running_on = topology::current_cpu();
