@@ -363,6 +363,17 @@ async fn every_control_method_works_through_reflection_alone() {
         tonic::Code::NotFound
     );
 
+    // The node's kernel refuses sampling (the recording hooks): the operator is told so, naming the setting.
+    called.insert("ProfileNode");
+    let refused = call("ProfileNode", r#"{"nodeId": "node-a", "seconds": 1}"#)
+        .await
+        .expect_err("the node's kernel refuses sampling");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("perf_event_paranoid"),
+        "{refused:?}"
+    );
+
     let every_method: BTreeSet<String> = control
         .methods()
         .map(|method| method.name().to_string())

@@ -341,7 +341,8 @@ async fn exchange(
                 last_fault = Some(fault);
                 let now_ms = shared.now_ms();
                 let request_intact = head_buf.len() >= buffered;
-                if !retryable || !request_intact || !shared.balancer().try_retry(now_ms) {
+                let may_retry = retryable && request_intact;
+                if !shared.balancer().fail(ticket, may_retry, now_ms) {
                     break;
                 }
                 Counters::bump(&shared.counters.retries);

@@ -457,6 +457,8 @@ mod tests {
             weight: 1,
             in_flight: 0,
             requests: 0,
+            failures: 0,
+            retries: 0,
             external_load: 0,
             drained: false,
             down: false,

@@ -58,7 +58,8 @@
 //! 2. Stop the embedded control plane (at most its 1 s grace).
 //!
 //! # Load reports
-//! Per shard: active connections, requests in progress as queued work, requests/s and bytes/s over the last
+//! Per shard: active connections, requests in progress as queued work, requests/s, bytes/s and p99 latency (the
+//! bound of the latency histogram's bucket that holds it; none without requests) over the last
 //! interval (the first report has no interval: rates 0), cache bytes/hits/misses/evictions, handoffs sent,
 //! thread CPU time, and per-container CPU time (its polls plus its part of the loop's work around them; and its
 //! polls alone), rejections and cap throttles (sampled by the shard every 100 ms).
@@ -499,8 +500,9 @@ impl NodeHooks for ServeHooks {
                     handoffs: shard.handoffs_out,
                     cpu_time_us: runtime.map_or(0, |runtime| runtime.busy_us),
                     requests: shard.requests,
-                    // The node keeps no latency histogram yet: `larder top` shows "-".
-                    latency_p99_us: None,
+                    // Over the requests since the last report (none in the first: `larder top` shows "-"); the
+                    // histogram bucket's upper bound, as `histogram_quantile` places it.
+                    latency_p99_us: shard.latency.since(&before.latency).quantile_us(0.99),
                     containers: runtime
                         .map(|runtime| {
                             runtime
@@ -864,6 +866,34 @@ mod tests {
             assert!(
                 shards.iter().all(|&shard| shard == shards[0] && shard < 2),
                 "ch keeps {path} on one shard: {shards:?}"
+            );
+        }
+        fixture.stop();
+    }
+
+    #[test]
+    fn load_reports_carry_each_shards_p99_latency_over_the_interval() {
+        let fixture = start_registered(PolicyKind::Wrr);
+        let addr = fixture.node.local_addr();
+        let mut ctl = fixture.ctl();
+        // wrr spreads the requests over both shards; a report covers the requests since the one before.
+        let p99s = wait_for("every shard reports a p99", || {
+            for _ in 0..4 {
+                let (answer, _) = get(addr, "/a.txt");
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            }
+            let node = ctl.get_node(&addr.to_string()).ok()?;
+            let p99s: Option<Vec<u64>> = node
+                .shards
+                .iter()
+                .map(|shard| shard.latency_p99_us)
+                .collect();
+            p99s.filter(|p99s| p99s.len() == 2)
+        });
+        for p99_us in p99s {
+            assert!(
+                (1..=10_000_000).contains(&p99_us),
+                "a loopback GET of a cached file is answered within the histogram's bounds: {p99_us} µs"
             );
         }
         fixture.stop();

@@ -350,6 +350,7 @@ fn once_and_json_print_one_snapshot_of_both_nodes_and_node_narrows_it() {
     expected.sort();
     assert_eq!(ids, expected, "nodes by id");
     let mut requests_per_second = 0.0;
+    let mut p99s = 0;
     for node in nodes {
         let cores = node["cores"].as_array().expect("cores");
         assert_eq!(cores.len(), 2, "{node}");
@@ -358,13 +359,20 @@ fn once_and_json_print_one_snapshot_of_both_nodes_and_node_narrows_it() {
             let utilisation = core["utilisation"].as_f64().expect("a known utilisation");
             assert!((0.0..=1.0).contains(&utilisation), "{core}");
             requests_per_second += core["requests_per_second"].as_f64().expect("a known rate");
-            assert!(
-                core["latency_p99_us"].is_null(),
-                "nodes measure no latency yet: {core}"
-            );
+            // Null for a core that answered nothing in its node's last interval.
+            if let Some(p99_us) = core["latency_p99_us"].as_u64() {
+                assert!(
+                    (1..=10_000_000).contains(&p99_us),
+                    "a histogram bound: {core}"
+                );
+                p99s += 1;
+            } else {
+                assert!(core["latency_p99_us"].is_null(), "{core}");
+            }
         }
     }
     assert!(requests_per_second > 0.0, "the load shows: {document}");
+    assert!(p99s > 0, "a loaded core reports its p99: {document}");
 
     let one = cluster.top(&["--json", "--node", &addrs[1]]);
     let document: serde_json::Value = serde_json::from_slice(&one.stdout).expect("JSON");

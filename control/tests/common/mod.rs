@@ -189,6 +189,17 @@ impl NodeHooks for RecordingHooks {
         Ok(reload_outcome())
     }
 
+    /// A node whose kernel refuses sampling, as `kernel.perf_event_paranoid = 4` does.
+    fn profile(&mut self, request: larder_control::ProfileRequest) -> larder_control::ProfileJob {
+        let _ = request;
+        Box::new(|| {
+            Err(larder_control::ProfileFailure::new(
+                larder_control::ProfileFailureKind::PermissionDenied,
+                "kernel.perf_event_paranoid = 4; user-space samples need <= 2, or CAP_PERFMON",
+            ))
+        })
+    }
+
     fn connection_changed(&mut self, connected: bool) {
         self.record
             .lock()

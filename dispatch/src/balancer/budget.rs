@@ -16,6 +16,7 @@
 //! | saved retries | 100 (`retry_burst`) | a burst of failures is retried, a failing cluster is not |
 //! | earned retries | 20% of requests (`retry_ratio_permille` 200) + 10/s (`retries_per_second`) | retries stay a small share of load |
 
+use super::choice::Ticket;
 use super::Balancer;
 use crate::config::RetryBudgetConfig;
 
@@ -61,9 +62,18 @@ impl RetryBudget {
 }
 
 impl Balancer {
-    /// Spends one retry from the budget; false when it is exhausted.
-    pub(crate) fn try_retry(&mut self, now_ms: u64) -> bool {
-        self.budget.try_take(now_ms)
+    /// The try with `ticket` failed: counts it against its back-end and, when the request `may_retry`
+    /// (idempotent, still buffered whole), spends one retry from the budget. True when the request is to be
+    /// retried elsewhere (the retry is counted on the failed back-end too).
+    pub(crate) fn fail(&mut self, ticket: Ticket, may_retry: bool, now_ms: u64) -> bool {
+        let retry = may_retry && self.budget.try_take(now_ms);
+        let state = &mut self.backends[ticket.backend.0 as usize];
+        // The slot may have been freed and reused since the ticket was finished: count only on its back-end.
+        if state.addr == ticket.addr {
+            state.failures += 1;
+            state.retries += u64::from(retry);
+        }
+        retry
     }
 }
 
@@ -89,5 +99,29 @@ mod tests {
         assert!(!budget.try_take(0));
         assert!(budget.try_take(100), "100 ms at 10/s earn one retry");
         assert!(!budget.try_take(100));
+    }
+
+    #[test]
+    fn failures_and_retries_are_counted_on_the_back_end_that_failed() {
+        let mut balancer = crate::balancer::testing::balancer(2, 100);
+        let target = larder_lard::TargetId::from_path("/a");
+        let ticket = balancer.begin(target, None, 0, 0).expect("a back-end");
+        balancer.finish(ticket, target, 0);
+        assert!(
+            !balancer.fail(ticket, false, 0),
+            "a request that may not be retried is not"
+        );
+        let retried = (0..150).filter(|_| balancer.fail(ticket, true, 0)).count() as u64;
+        assert!(
+            (1..150).contains(&retried),
+            "the budget bounds retries: {retried}"
+        );
+        for status in balancer.status() {
+            if status.backend == ticket.backend {
+                assert_eq!((status.failures, status.retries), (151, retried));
+            } else {
+                assert_eq!((status.failures, status.retries), (0, 0));
+            }
+        }
     }
 }

@@ -49,6 +49,10 @@ pub(super) struct BackendState {
     pub(super) in_flight: u32,
     /// Requests started on it since it was added (a counter for the metrics).
     pub(super) requests: u64,
+    /// Tries that failed on it (connect, send or read error, timeout, malformed response): a counter.
+    pub(super) failures: u64,
+    /// Of those failures, the ones retried on another back-end: a counter.
+    pub(super) retries: u64,
     /// Requests in flight that were started on a policy replaced since (`balancer` module docs, policy swap).
     pub(super) carried: u32,
     /// Load last reported from elsewhere (the control plane).
@@ -69,6 +73,8 @@ impl BackendState {
             weight,
             in_flight: 0,
             requests: 0,
+            failures: 0,
+            retries: 0,
             carried: 0,
             external_load: 0,
             drained: false,
@@ -89,6 +95,10 @@ pub struct BackendStatus {
     pub in_flight: u32,
     /// Requests started on it since it was added (tries, retries included).
     pub requests: u64,
+    /// Tries that failed on it (connect, send or read error, timeout, malformed response).
+    pub failures: u64,
+    /// Of those failures, the ones retried on another back-end.
+    pub retries: u64,
     /// Load last set with [`crate::DispatchHandle::set_external_load`].
     pub external_load: u32,
     pub drained: bool,
@@ -195,6 +205,8 @@ impl Balancer {
                 weight: state.weight,
                 in_flight: state.in_flight,
                 requests: state.requests,
+                failures: state.failures,
+                retries: state.retries,
                 external_load: state.external_load,
                 drained: state.drained,
                 down: state.down,

@@ -274,6 +274,41 @@ mod tests {
     }
 
     #[test]
+    fn the_dispatcher_exports_failures_and_retries_per_back_end() {
+        let backend = |port: u16, failures: u64, retries: u64| larder_dispatch::BackendStatus {
+            backend: larder_dispatch::BackendId(u32::from(port)),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            in_flight: 0,
+            requests: 10,
+            failures,
+            retries,
+            external_load: 0,
+            drained: false,
+            down: false,
+            control_down: false,
+        };
+        let mut out = Exposition::new(Format::Prometheus);
+        planes::write_dispatch(
+            &mut out,
+            &Default::default(),
+            &[backend(1, 3, 2), backend(2, 0, 0)],
+        );
+        let text = out.finish();
+        for line in [
+            "larder_backend_failures_total{backend=\"127.0.0.1:1\"} 3",
+            "larder_backend_retries_total{backend=\"127.0.0.1:1\"} 2",
+            "larder_backend_failures_total{backend=\"127.0.0.1:2\"} 0",
+            "larder_backend_retries_total{backend=\"127.0.0.1:2\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn the_grafana_dashboard_queries_only_metrics_the_exporters_emit() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/larder.json");
         let text = std::fs::read_to_string(path).expect("docs/grafana/larder.json");

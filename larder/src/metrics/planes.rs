@@ -65,6 +65,18 @@ pub fn write_dispatch(
             |b| b.requests as f64,
         ),
         (
+            "larder_backend_failures",
+            Kind::Counter,
+            "Tries that failed on the back-end (connect, send or read error, timeout, malformed response).",
+            |b| b.failures as f64,
+        ),
+        (
+            "larder_backend_retries",
+            Kind::Counter,
+            "Requests that failed on the back-end and were retried on another.",
+            |b| b.retries as f64,
+        ),
+        (
             "larder_backend_in_flight",
             Kind::Gauge,
             "Requests in flight on the back-end.",
@@ -112,7 +124,7 @@ pub fn dispatch_status(
                 (false, false, true) => "drained",
                 _ => "down",
             };
-            json!({"backend": b.addr.to_string(), "health": health, "in_flight": b.in_flight, "requests": b.requests, "weight": b.weight})
+            json!({"backend": b.addr.to_string(), "health": health, "in_flight": b.in_flight, "requests": b.requests, "failures": b.failures, "retries": b.retries, "weight": b.weight})
         })
         .collect();
     json!({

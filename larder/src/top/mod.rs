@@ -13,7 +13,8 @@
 //! Every figure but p99 comes from the nodes' cumulative counters (requests, busy time, cache hits and misses,
 //! handoffs, each container's CPU time), divided over the time between two of a node's reports; so a snapshot
 //! needs two samples, and `--once`/`--json` take them [`live::REFRESH_INTERVAL`] apart. p99 is the node's own
-//! figure (`ShardLoad.latency_p99_us`) and shows "-" (JSON `null`) while the node does not measure latency.
+//! figure (`ShardLoad.latency_p99_us`, a histogram bucket bound) and shows "-" (JSON `null`) for a core that answered
+//! nothing in the node's last report interval.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

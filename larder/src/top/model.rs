@@ -75,7 +75,7 @@ pub struct CoreRow {
     /// Busy time over wall time, 0..=1.
     pub utilisation: Option<f64>,
     pub requests_per_second: Option<f64>,
-    /// As the node reports it; `None` when the node does not measure latency.
+    /// As the node reports it; `None` when the core answered nothing in the interval.
     pub latency_p99_us: Option<u64>,
     /// Cache hits over cache lookups in the interval, 0..=1; `None` without lookups.
     pub cache_hit_ratio: Option<f64>,

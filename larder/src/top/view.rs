@@ -173,7 +173,10 @@ fn rate_text(rate: f64) -> String {
 
 /// A latency in its handiest unit: `850µs`, `12.5ms`, `1.20s`.
 fn latency_text(us: u64) -> String {
-    if us >= 1_000_000 {
+    if us == u64::MAX {
+        // Beyond the node histogram's last bound (10 s).
+        ">10s".to_string()
+    } else if us >= 1_000_000 {
         format!("{:.2}s", us as f64 / 1e6)
     } else if us >= 1_000 {
         format!("{:.1}ms", us as f64 / 1e3)
