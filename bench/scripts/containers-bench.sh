@@ -127,10 +127,10 @@ stop_server() {
 thread_cpu_ns() { cut -d' ' -f1 "/proc/$SERVER_PID/task/$SHARD_TID/schedstat"; }
 # Softirq time of the server CPU (USER_HZ ticks) from /proc/stat.
 softirq_ticks() { awk -v cpu="cpu$SERVER_CPU" '$1 == cpu { print $8 }' /proc/stat; }
-# name=cpu_us lines of the shard's containers, from GetNode.
+# name=cpu_us and name:poll=poll_cpu_us lines of the shard's containers, from GetNode.
 container_cpu() {
     "$LARDER" ctl --control "$CONTROL" --json get-node "$NODE_ID" |
-        jq -r '.shards[0].containers[] | "\(.container)=\(.cpuTimeUs // 0)"'
+        jq -r '.shards[0].containers[] | "\(.container)=\(.cpuTimeUs // 0) \(.container):poll=\(.pollCpuTimeUs // 0)"'
 }
 
 # check_run NAME FILE: every response 2xx, no error.
@@ -151,7 +151,8 @@ check_run() {
 CLIENT_DRIVER=${CLIENT_DRIVER:-epoll}
 bench() { taskset -c "$CLIENT_CPU" "$LARDER_BENCH" --cpus "$CLIENT_CPU" --driver "$CLIENT_DRIVER" --quiet --json "$@"; }
 
-# Stats window around a command: sets CPU_THREAD_NS, CPU_CONTAINERS_US, CPU_GOLD_US, CPU_DEFAULT_US, SOFTIRQ_TICKS.
+# Stats window around a command: sets CPU_THREAD_NS, CPU_CONTAINERS_US, CPU_GOLD_US, CPU_DEFAULT_US, SOFTIRQ_TICKS,
+# and POLL_GOLD_US, POLL_DEFAULT_US (the CPU of their polls alone).
 measure_window() {
     local cpu0 soft0 before after
     before=$(container_cpu)
@@ -163,13 +164,14 @@ measure_window() {
     SOFTIRQ_TICKS=$(($(softirq_ticks) - soft0))
     after=$(container_cpu)
     # One parse of the two GetNode snapshots: all containers' CPU, then gold's and default's (µs).
-    read -r CPU_CONTAINERS_US CPU_GOLD_US CPU_DEFAULT_US < <(python3 - "$before" "$after" <<'PY'
+    read -r CPU_CONTAINERS_US CPU_GOLD_US CPU_DEFAULT_US POLL_GOLD_US POLL_DEFAULT_US < <(python3 - "$before" "$after" <<'PY'
 import sys
 def parse(text):
     return {k: int(v) for k, v in (line.split("=") for line in text.split() if "=" in line)}
 before, after = parse(sys.argv[1]), parse(sys.argv[2])
 delta = {k: after[k] - before.get(k, 0) for k in after}
-print(sum(delta.values()), delta.get("gold", 0), delta.get("default", 0))
+charged = sum(v for k, v in delta.items() if not k.endswith(":poll"))
+print(charged, delta.get("gold", 0), delta.get("default", 0), delta.get("gold:poll", 0), delta.get("default:poll", 0))
 PY
 )
 }
@@ -200,7 +202,7 @@ for driver in $DRIVERS; do
                 "$URL/4k.html" >"$out"
             check_run "shares $pair $driver round $round" "$out"
             rows+=("$(jq '.classes.gold.requests_per_sec' "$out") $(jq '.classes.default.requests_per_sec' "$out") \
-$CPU_THREAD_NS $CPU_CONTAINERS_US $SOFTIRQ_TICKS $CPU_GOLD_US $CPU_DEFAULT_US")
+$CPU_THREAD_NS $CPU_CONTAINERS_US $SOFTIRQ_TICKS $CPU_GOLD_US $CPU_DEFAULT_US $POLL_GOLD_US $POLL_DEFAULT_US")
         done
         stop_server
         printf '%s\n' "${rows[@]}" | python3 -c "
@@ -219,6 +221,10 @@ cpu_ratios = sorted(r[5] / r[6] for r in rows if r[6] > 0)
 per_request = sorted((r[5] / r[0]) / (r[6] / r[1]) for r in rows if r[6] > 0 and r[1] > 0)
 print(f'           charged CPU ratio gold:default, median {statistics.median(cpu_ratios):.3f} (rounds: {\" \".join(f\"{r:.2f}\" for r in cpu_ratios)}); '
       f'CPU per request gold/default {statistics.median(per_request):.3f}')
+poll_per_request = sorted((r[7] / r[0]) / (r[8] / r[1]) for r in rows if r[8] > 0 and r[1] > 0)
+loop_per_request = sorted(((r[5] - r[7]) / r[0]) / ((r[6] - r[8]) / r[1]) for r in rows if r[6] > r[8] and r[1] > 0)
+print(f'           of which polls alone gold/default {statistics.median(poll_per_request):.3f}, '
+      f'the loop work apportioned gold/default {statistics.median(loop_per_request):.3f} (per request)')
 "
     done
 
